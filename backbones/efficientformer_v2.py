@@ -1,0 +1,506 @@
+"""EfficientFormerV2 ("Rethinking Vision Transformers for MobileNet Size and Speed", Li et al.).
+
+The architecture is data: an `Arch` lists, per stage, the width, one FFN expansion ratio per
+block and how many trailing blocks carry multi-head self-attention. The four released variants
+and any searched network are built from such a description by the same code.
+
+Order of this file: blocks -> stage -> model -> variant table -> factories.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath, trunc_normal_
+from torch import nn
+
+from .layers import ConvNorm, LayerScale, OffsetAttentionBias, grid_size
+
+__all__ = ["Arch", "StageArch", "EfficientFormerV2", "VARIANTS", "efficientformerv2_s0",
+           "efficientformerv2_s1", "efficientformerv2_s2", "efficientformerv2_l"]
+
+
+# --------------------------------------------------------------------------------------------
+# Blocks
+# --------------------------------------------------------------------------------------------
+class ConvMlp(nn.Module):
+    """Unified FFN: 1x1 conv-BN-GELU, 3x3 depth-wise conv-BN-GELU, 1x1 conv-BN."""
+
+    def __init__(self, dim: int, hidden: int, act_layer: type[nn.Module] = nn.GELU,
+                 drop: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = ConvNorm(dim, hidden, 1)
+        self.act1 = act_layer()
+        self.mid = ConvNorm(hidden, hidden, 3, padding=1, groups=hidden)
+        self.act2 = act_layer()
+        self.drop1 = nn.Dropout(drop)
+        self.fc2 = ConvNorm(hidden, dim, 1)
+        self.drop2 = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act2(self.mid(self.act1(self.fc1(x))))
+        return self.drop2(self.fc2(self.drop1(x)))
+
+
+class Attention2d(nn.Module):
+    """MHSA on a 2-D token grid with locality in V, talking heads and an offset bias.
+
+    With `stride=2` (stage 3) Q/K/V are computed on a grid halved by a strided depth-wise
+    conv and the result is upsampled bilinearly back to the input grid.
+
+    Args:
+        dim: channels. resolution: side of the token grid at the training input size (before
+        the stride). key_dim, num_heads, attn_ratio: head geometry. stride: 1 or 2.
+    """
+
+    def __init__(self, dim: int, resolution: int, key_dim: int = 32, num_heads: int = 8,
+                 attn_ratio: int = 4, stride: int = 1, act_layer: type[nn.Module] = nn.GELU) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.key_dim = key_dim
+        self.val_dim = attn_ratio * key_dim
+        self.scale = key_dim ** -0.5
+        self.stride_conv = ConvNorm(dim, dim, 3, stride=2, padding=1, groups=dim) if stride == 2 else None
+        qk_dim, v_dim = key_dim * num_heads, self.val_dim * num_heads
+        self.q = ConvNorm(dim, qk_dim, 1)
+        self.k = ConvNorm(dim, qk_dim, 1)
+        self.v = ConvNorm(dim, v_dim, 1)
+        self.v_local = ConvNorm(v_dim, v_dim, 3, padding=1, groups=v_dim)
+        self.talking_head1 = nn.Conv2d(num_heads, num_heads, 1)
+        self.talking_head2 = nn.Conv2d(num_heads, num_heads, 1)
+        self.act = act_layer()
+        self.proj = ConvNorm(v_dim, dim, 1)
+        self.pos_bias = OffsetAttentionBias(num_heads, grid_size(resolution, stride))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        in_hw = x.shape[-2:]
+        if self.stride_conv is not None:
+            x = self.stride_conv(x)
+        b, _, h, w = x.shape
+        n = h * w
+        q = self.q(x).reshape(b, self.num_heads, self.key_dim, n).transpose(-1, -2)
+        k = self.k(x).reshape(b, self.num_heads, self.key_dim, n)
+        v = self.v(x)
+        v_local = self.v_local(v)
+        v = v.reshape(b, self.num_heads, self.val_dim, n).transpose(-1, -2)
+        attn = (q @ k) * self.scale + self.pos_bias((h, w), (h, w))
+        attn = self.talking_head2(self.talking_head1(attn).softmax(dim=-1))
+        x = (attn @ v).transpose(-1, -2).reshape(b, -1, h, w) + v_local
+        if self.stride_conv is not None:
+            x = F.interpolate(x, size=in_hw, mode="bilinear", align_corners=False)
+        return self.proj(self.act(x))
+
+
+class LocalGlobalQuery(nn.Module):
+    """Query of the downsampling attention: strided 1x1 pooling plus a strided depth-wise conv."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.pool = nn.AvgPool2d(1, 2, 0)
+        self.local = nn.Conv2d(in_dim, in_dim, 3, 2, 1, groups=in_dim)
+        self.proj = ConvNorm(in_dim, out_dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.local(x) + self.pool(x))
+
+
+class Attention2dDownsample(nn.Module):
+    """Attention that halves the grid: queries on the strided grid attend to every input token."""
+
+    def __init__(self, dim: int, out_dim: int, resolution: int, key_dim: int = 16, num_heads: int = 8,
+                 attn_ratio: int = 4, act_layer: type[nn.Module] = nn.GELU) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.key_dim = key_dim
+        self.val_dim = attn_ratio * key_dim
+        self.scale = key_dim ** -0.5
+        qk_dim, v_dim = key_dim * num_heads, self.val_dim * num_heads
+        self.q = LocalGlobalQuery(dim, qk_dim)
+        self.k = ConvNorm(dim, qk_dim, 1)
+        self.v = ConvNorm(dim, v_dim, 1)
+        self.v_local = ConvNorm(v_dim, v_dim, 3, stride=2, padding=1, groups=v_dim)
+        self.act = act_layer()
+        self.proj = ConvNorm(v_dim, out_dim, 1)
+        self.pos_bias = OffsetAttentionBias(num_heads, resolution, query_stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        hq, wq = grid_size(h, 2), grid_size(w, 2)
+        q = self.q(x).reshape(b, self.num_heads, self.key_dim, hq * wq).transpose(-1, -2)
+        k = self.k(x).reshape(b, self.num_heads, self.key_dim, h * w)
+        v = self.v(x)
+        v_local = self.v_local(v)
+        v = v.reshape(b, self.num_heads, self.val_dim, h * w).transpose(-1, -2)
+        attn = ((q @ k) * self.scale + self.pos_bias((hq, wq), (h, w))).softmax(dim=-1)
+        x = (attn @ v).transpose(-1, -2).reshape(b, -1, hq, wq) + v_local
+        return self.proj(self.act(x))
+
+
+class Downsample(nn.Module):
+    """Stride-2 conv-BN; with `attention`, plus the dual-path attention downsampling."""
+
+    def __init__(self, in_dim: int, out_dim: int, resolution: int = 0, attention: bool = False) -> None:
+        super().__init__()
+        self.conv = ConvNorm(in_dim, out_dim, 3, stride=2, padding=1)
+        self.attn = Attention2dDownsample(in_dim, out_dim, resolution) if attention else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv(x)
+        if self.attn is not None:
+            out = out + self.attn(x)
+        return out
+
+
+class EfficientFormerV2Block(nn.Module):
+    """Residual block: optional MHSA (token mixer) then the unified FFN, each layer-scaled."""
+
+    def __init__(self, dim: int, mlp_ratio: float, attention: bool = False, resolution: int = 7,
+                 attn_stride: int = 1, drop: float = 0.0, drop_path: float = 0.0,
+                 layer_scale_init: float = 1e-5) -> None:
+        super().__init__()
+        if attention:
+            self.token_mixer = Attention2d(dim, resolution, stride=attn_stride)
+            self.ls1 = LayerScale(dim, layer_scale_init)
+            self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        else:
+            self.token_mixer = None
+        self.mlp = ConvMlp(dim, int(dim * mlp_ratio), drop=drop)
+        self.ls2 = LayerScale(dim, layer_scale_init)
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.token_mixer is not None:
+            x = x + self.drop_path1(self.ls1(self.token_mixer(x)))
+        return x + self.drop_path2(self.ls2(self.mlp(x)))
+
+    @torch.no_grad()
+    def fuse(self) -> None:
+        """Fold each layer scale into the conv-BN that ends its branch."""
+        if self.token_mixer is not None and isinstance(self.ls1, LayerScale):
+            self.token_mixer.proj.scale_output(self.ls1.gamma)
+            self.ls1 = nn.Identity()
+        if isinstance(self.ls2, LayerScale):
+            self.mlp.fc2.scale_output(self.ls2.gamma)
+            self.ls2 = nn.Identity()
+
+
+# --------------------------------------------------------------------------------------------
+# Stage
+# --------------------------------------------------------------------------------------------
+class EfficientFormerV2Stage(nn.Module):
+    """Optional downsampling into the stage, then its blocks (the last ones with attention)."""
+
+    def __init__(self, in_dim: int, dim: int, mlp_ratios: Sequence[float], num_attention: int,
+                 downsample: str | None, resolution: int, attn_stride: int,
+                 drop_path: Sequence[float], drop: float = 0.0, layer_scale_init: float = 1e-5) -> None:
+        super().__init__()
+        if downsample is None:
+            self.downsample = None
+        else:
+            # resolution: grid side at the stage input, before downsampling
+            self.downsample = Downsample(in_dim, dim, resolution, attention=downsample == "attention")
+            resolution = grid_size(resolution, 2)
+        depth = len(mlp_ratios)
+        self.blocks = nn.Sequential(*[
+            EfficientFormerV2Block(dim, mlp_ratios[i], attention=i >= depth - num_attention,
+                                   resolution=resolution, attn_stride=attn_stride, drop=drop,
+                                   drop_path=drop_path[i], layer_scale_init=layer_scale_init)
+            for i in range(depth)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.downsample is not None:
+            x = self.downsample(x)
+        return self.blocks(x)
+
+
+# --------------------------------------------------------------------------------------------
+# Architecture description
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StageArch:
+    """One stage: `width` channels, one FFN expansion ratio per block (the depth is their number),
+    and `attention` trailing blocks that carry MHSA before their FFN (stages 3 and 4 only)."""
+
+    width: int
+    expansions: tuple[float, ...]
+    attention: int = 0
+
+    @property
+    def depth(self) -> int:
+        return len(self.expansions)
+
+
+@dataclass(frozen=True)
+class Arch:
+    """Architecture of an EfficientFormerV2 network: four stages and a stem width.
+
+    Build from a dict with `Arch.from_dict({"widths": [...], "expansions": [[...], ...],
+    "attention": [0, 0, 2, 2]})` ("depths" optional, checked against the expansions).
+    """
+
+    stages: tuple[StageArch, ...]
+    stem_width: int = 0  # 0: half of the first stage width
+    drop_path_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        if len(self.stages) != 4:
+            raise ValueError(f"EfficientFormerV2 has 4 stages, the architecture gives {len(self.stages)}")
+        for i, s in enumerate(self.stages):
+            if s.width <= 0 or s.depth < 1:
+                raise ValueError(f"stage {i + 1}: width must be > 0 and depth >= 1, got width "
+                                 f"{s.width} and {s.depth} blocks")
+            if any(e <= 0 for e in s.expansions):
+                raise ValueError(f"stage {i + 1}: expansion ratios must be > 0, got {list(s.expansions)}")
+            if not 0 <= s.attention <= s.depth:
+                raise ValueError(f"stage {i + 1}: {s.attention} attention blocks but only {s.depth} blocks")
+            if i < 2 and s.attention:
+                raise ValueError(f"stage {i + 1}: attention blocks are only possible in stages 3 and 4")
+        if self.stem_width == 0:
+            object.__setattr__(self, "stem_width", self.stages[0].width // 2)
+
+    @property
+    def widths(self) -> list[int]:
+        return [s.width for s in self.stages]
+
+    @property
+    def depths(self) -> list[int]:
+        return [s.depth for s in self.stages]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Arch":
+        unknown = set(d) - {"widths", "depths", "expansions", "attention", "stem_width", "drop_path_rate"}
+        if unknown:
+            raise ValueError(f"unknown architecture keys {sorted(unknown)}; expected widths, expansions, "
+                             "attention, and optionally depths, stem_width, drop_path_rate")
+        try:
+            widths, expansions = list(d["widths"]), [tuple(e) for e in d["expansions"]]
+        except KeyError as e:
+            raise ValueError(f"architecture needs {e.args[0]!r}: widths (4 ints) and expansions "
+                             "(4 lists, one ratio per block)") from None
+        attention = list(d.get("attention", [0, 0, 0, 0]))
+        if not len(widths) == len(expansions) == len(attention):
+            raise ValueError("widths, expansions and attention must each have one entry per stage")
+        if "depths" in d and list(d["depths"]) != [len(e) for e in expansions]:
+            raise ValueError(f"depths {list(d['depths'])} disagree with the number of expansion "
+                             f"ratios per stage {[len(e) for e in expansions]}")
+        stages = tuple(StageArch(int(w), e, int(a)) for w, e, a in zip(widths, expansions, attention))
+        return cls(stages, int(d.get("stem_width", 0)), float(d.get("drop_path_rate", 0.0)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"widths": self.widths, "depths": self.depths,
+                "expansions": [list(s.expansions) for s in self.stages],
+                "attention": [s.attention for s in self.stages],
+                "stem_width": self.stem_width, "drop_path_rate": self.drop_path_rate}
+
+
+# --------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------
+class EfficientFormerV2(nn.Module):
+    """EfficientFormerV2 classifier or multi-scale backbone, built from an architecture.
+
+    Args:
+        arch: an `Arch`, a dict for `Arch.from_dict`, or a variant name ("s0", "s1", "s2", "l").
+        num_classes: classes of the head (0: no head, `forward` returns pooled features).
+        distillation: add the distillation head (DeiT); in eval the two heads are averaged.
+        drop_path_rate: stochastic depth, rising linearly over blocks (None: the arch's value).
+        drop_rate: dropout inside the FFNs.
+        img_size: training input side; sets the grid of the attention-bias tables. Any input
+            size works at run time.
+        features_only: return the stage outputs (strides 4, 8, 16, 32) instead of logits.
+        out_indices: which stages `features_only` returns.
+        layer_scale_init: initial value of the layer scales.
+    """
+
+    def __init__(self, arch: Arch | Mapping[str, Any] | str, num_classes: int = 1000,
+                 distillation: bool = True, drop_path_rate: float | None = None, drop_rate: float = 0.0,
+                 img_size: int = 224, features_only: bool = False,
+                 out_indices: Iterable[int] = (0, 1, 2, 3), layer_scale_init: float = 1e-5) -> None:
+        super().__init__()
+        arch = resolve_arch(arch)
+        self.arch = arch
+        self.num_classes = num_classes
+        self.distillation = distillation
+        self.distilled_training = False
+        self.features_only = features_only
+        self.out_indices = tuple(out_indices)
+        if not self.out_indices or any(i not in range(4) for i in self.out_indices):
+            raise ValueError(f"out_indices must be stage indices in 0..3, got {self.out_indices}")
+        self.img_size = img_size
+        dpr_max = arch.drop_path_rate if drop_path_rate is None else drop_path_rate
+        self.drop_path_rate = dpr_max
+        total = sum(arch.depths)
+        dpr = [dpr_max * i / max(total - 1, 1) for i in range(total)]
+
+        stem = arch.stem_width
+        self.stem = nn.Sequential()
+        self.stem.add_module("conv1", ConvNorm(3, stem, 3, stride=2, padding=1))
+        self.stem.add_module("act1", nn.GELU())
+        self.stem.add_module("conv2", ConvNorm(stem, arch.widths[0], 3, stride=2, padding=1))
+        self.stem.add_module("act2", nn.GELU())
+
+        resolution = grid_size(grid_size(img_size, 2), 2)
+        stages, prev, start = [], arch.widths[0], 0
+        self.feature_info = []
+        for i, s in enumerate(arch.stages):
+            downsample = None if i == 0 else ("attention" if i == 3 else "conv")
+            stages.append(EfficientFormerV2Stage(
+                prev, s.width, s.expansions, s.attention, downsample, resolution,
+                attn_stride=2 if i == 2 else 1, drop_path=dpr[start:start + s.depth], drop=drop_rate,
+                layer_scale_init=layer_scale_init))
+            if i > 0:
+                resolution = grid_size(resolution, 2)
+            prev, start = s.width, start + s.depth
+            self.feature_info.append(dict(num_chs=s.width, reduction=2 ** (i + 2), module=f"stages.{i}"))
+        self.stages = nn.ModuleList(stages)
+        self.num_features = prev
+
+        if features_only:
+            self.norm = self.head = self.head_dist = None
+        else:
+            self.norm = nn.BatchNorm2d(prev)
+            self.head = nn.Linear(prev, num_classes) if num_classes > 0 else nn.Identity()
+            self.head_dist = (nn.Linear(prev, num_classes) if num_classes > 0 else nn.Identity()) \
+                if distillation else None
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    # -- timm-style interface ----------------------------------------------------------------
+    def set_distilled_training(self, enable: bool = True) -> None:
+        """In training mode, return (head, distillation head) logits separately."""
+        self.distilled_training = enable
+
+    def get_classifier(self) -> nn.Module | None:
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the head(s) for `num_classes` classes (fresh weights)."""
+        if self.features_only:
+            raise RuntimeError("a features_only model has no classifier")
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if self.head_dist is not None:
+            self.head_dist = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        for m in (self.head, self.head_dist):
+            if m is not None:
+                self._init_weights(m)
+
+    def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Outputs of the stages in `out_indices` (strides 4, 8, 16, 32)."""
+        x = self.stem(x)
+        outs = []
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i in self.out_indices:
+                outs.append(x)
+            if i >= max(self.out_indices) and self.features_only:
+                break
+        return outs
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+        return self.norm(x) if self.norm is not None else x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
+        x = x.flatten(2).mean(-1)
+        if pre_logits:
+            return x
+        logits = self.head(x)
+        if self.head_dist is None:
+            return logits
+        logits_dist = self.head_dist(x)
+        if self.distilled_training and self.training and not torch.jit.is_scripting():
+            return logits, logits_dist
+        return (logits + logits_dist) / 2
+
+    def forward(self, x: torch.Tensor):
+        if self.features_only:
+            return self.forward_intermediates(x)
+        return self.forward_head(self.forward_features(x))
+
+    # -- deployment ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def fuse(self) -> "EfficientFormerV2":
+        """Deploy form, in place: BatchNorm folded into convolutions, layer scales folded into
+        the last conv of their branch, attention biases precomputed for the training grid and the
+        two heads merged into one. Outputs equal the unfused eval-mode model. Returns self."""
+        self.eval()
+        for m in self.modules():
+            if isinstance(m, EfficientFormerV2Block):
+                m.fuse()
+        for m in self.modules():
+            if isinstance(m, (ConvNorm, OffsetAttentionBias)):
+                m.fuse()
+        if self.head_dist is not None and isinstance(self.head, nn.Linear):
+            merged = nn.Linear(self.num_features, self.num_classes)
+            merged.weight.copy_((self.head.weight + self.head_dist.weight) / 2)
+            merged.bias.copy_((self.head.bias + self.head_dist.bias) / 2)
+            self.head, self.head_dist = merged, None
+        return self
+
+
+def resolve_arch(arch: Arch | Mapping[str, Any] | str) -> Arch:
+    """An `Arch` from an Arch, a dict, or a variant name (s0, s1, s2, l or efficientformerv2_*)."""
+    if isinstance(arch, Arch):
+        return arch
+    if isinstance(arch, str):
+        key = arch.lower().removeprefix("efficientformerv2_")
+        if key not in VARIANTS:
+            raise ValueError(f"unknown EfficientFormerV2 variant {arch!r}; known: {sorted(VARIANTS)}")
+        return VARIANTS[key]
+    if isinstance(arch, Mapping):
+        return Arch.from_dict(arch)
+    raise TypeError(f"arch must be an Arch, a dict or a variant name, not {type(arch).__name__}")
+
+
+# --------------------------------------------------------------------------------------------
+# Variant table (paper Table 12; expansion ratios per block as released)
+# --------------------------------------------------------------------------------------------
+def _arch(widths, expansions, attention, drop_path_rate) -> Arch:
+    return Arch(tuple(StageArch(w, tuple(e), a) for w, e, a in zip(widths, expansions, attention)),
+                drop_path_rate=drop_path_rate)
+
+
+VARIANTS: dict[str, Arch] = {
+    "s0": _arch([32, 48, 96, 176],
+                [[4, 4], [4, 4], [4, 3, 3, 3, 4, 4], [4, 3, 3, 4]], [0, 0, 2, 2], 0.0),
+    "s1": _arch([32, 48, 120, 224],
+                [[4] * 3, [4] * 3, [4, 4, 3, 3, 3, 3, 4, 4, 4], [4, 4, 3, 3, 4, 4]], [0, 0, 2, 2], 0.0),
+    "s2": _arch([32, 64, 144, 288],
+                [[4] * 4, [4] * 4, [4, 4] + [3] * 6 + [4] * 4, [4, 4, 3, 3, 3, 3, 4, 4]], [0, 0, 4, 4], 0.02),
+    "l": _arch([40, 80, 192, 384],
+               [[4] * 5, [4] * 5, [4] * 4 + [3] * 7 + [4] * 4, [4, 4, 4] + [3] * 4 + [4] * 3], [0, 0, 6, 6], 0.1),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Factories
+# --------------------------------------------------------------------------------------------
+def efficientformerv2_s0(**kwargs: Any) -> EfficientFormerV2:
+    """EfficientFormerV2-S0 (3.6M parameters, 0.40 GMACs at 224)."""
+    return EfficientFormerV2(VARIANTS["s0"], **kwargs)
+
+
+def efficientformerv2_s1(**kwargs: Any) -> EfficientFormerV2:
+    """EfficientFormerV2-S1 (6.2M parameters, 0.65 GMACs at 224)."""
+    return EfficientFormerV2(VARIANTS["s1"], **kwargs)
+
+
+def efficientformerv2_s2(**kwargs: Any) -> EfficientFormerV2:
+    """EfficientFormerV2-S2 (12.7M parameters, 1.25 GMACs at 224)."""
+    return EfficientFormerV2(VARIANTS["s2"], **kwargs)
+
+
+def efficientformerv2_l(**kwargs: Any) -> EfficientFormerV2:
+    """EfficientFormerV2-L (26.3M parameters, 2.56 GMACs at 224)."""
+    return EfficientFormerV2(VARIANTS["l"], **kwargs)

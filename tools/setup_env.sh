@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Creates .venv with the pinned stack; idempotent (a stamp records what was installed).
+# mmcv 2.1.0 has no wheel for torch 2.14 on PyPI: it is built once from source with ops,
+# in C++20, and the wheel is cached outside the repository under a name keyed by torch.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=.venv
+PY=$PWD/$VENV/bin/python
+TORCH=2.14.1
+TORCHVISION=0.29.1
+MMCV=2.1.0
+CACHE=${EFV2_CACHE:-$HOME/.cache/efficientformerv2}/mmcv-$MMCV-torch$TORCH
+STAMP=$VENV/.installed
+WANT=$(cat requirements.txt setup.py tools/setup_env.sh | sha256sum | cut -c1-16)
+
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then
+  exit 0
+fi
+[ -x "$PY" ] || python3 -m venv "$VENV"
+pip_() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
+
+"$PY" -c "import torch, torchvision; assert torch.__version__.startswith('$TORCH')" 2>/dev/null \
+  || pip_ "torch==$TORCH" "torchvision==$TORCHVISION"
+# torch 2.14 wants setuptools >= 77; mmcv's setup.py needs pkg_resources (gone in 82).
+pip_ "setuptools>=77,<82" wheel ninja
+
+if ! "$PY" -c "from mmcv.ops import nms, roi_align" 2>/dev/null; then
+  if ! ls "$CACHE"/mmcv-$MMCV-*.whl >/dev/null 2>&1; then
+    echo "setup_env: building mmcv $MMCV with ops for torch $TORCH (about 9 minutes, once per machine)"
+    mkdir -p "$CACHE"
+    WORK=$(mktemp -d)
+    "$PY" -m pip download --disable-pip-version-check -q --no-deps --no-binary :all: \
+      --no-build-isolation "mmcv==$MMCV" -d "$WORK"
+    tar -xzf "$WORK"/mmcv-$MMCV.tar.gz -C "$WORK"
+    sed -i 's/-std=c++17/-std=c++20/g' "$WORK"/mmcv-$MMCV/setup.py
+    (cd "$WORK"/mmcv-$MMCV && MMCV_WITH_OPS=1 MAX_JOBS=2 "$PY" -m pip wheel -q \
+       --no-deps --no-build-isolation --no-cache-dir -w "$CACHE" .)
+    rm -rf "$WORK"
+  fi
+  pip_ --no-deps "$CACHE"/mmcv-$MMCV-*.whl
+  # mmcv's own runtime dependencies (addict, yapf, ...), without letting pip touch mmcv
+  pip_ addict packaging pillow pyyaml yapf opencv-python
+  "$PY" -c "from mmcv.ops import nms, roi_align"
+fi
+
+pip_ -r requirements.txt
+pip_ --no-deps --no-build-isolation -e .
+echo "$WANT" > "$STAMP"
+echo "setup_env: environment ready in $VENV"
