@@ -1,0 +1,1 @@
+"""Deployment: export (ONNX, CoreML, TorchScript), latency measurement, MES."""
