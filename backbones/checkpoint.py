@@ -104,13 +104,13 @@ def unwrap_state_dict(obj: Any, where: str = "checkpoint") -> dict[str, torch.Te
 # --------------------------------------------------------------------------------------------
 _OFFICIAL_STEM = {"patch_embed.0.": "stem.conv1.conv.", "patch_embed.1.": "stem.conv1.bn.",
                   "patch_embed.3.": "stem.conv2.conv.", "patch_embed.4.": "stem.conv2.bn."}
-_OFFICIAL_INNER = [  # (pattern, replacement) inside a block or downsample
+_OFFICIAL_INNER = [  # (pattern, replacement) inside a block or downsample, applied in order
+    (r"q\.local\.0\.", "q.local."), (r"q\.proj\.0\.", "q.proj.conv."), (r"q\.proj\.1\.", "q.proj.bn."),
     (r"mlp\.fc1\.", "mlp.fc1.conv."), (r"mlp\.norm1\.", "mlp.fc1.bn."),
     (r"mlp\.mid\.", "mlp.mid.conv."), (r"mlp\.mid_norm\.", "mlp.mid.bn."),
     (r"mlp\.fc2\.", "mlp.fc2.conv."), (r"mlp\.norm2\.", "mlp.fc2.bn."),
     (r"\b(q|k|v|v_local|stride_conv)\.0\.", r"\1.conv."), (r"\b(q|k|v|v_local|stride_conv)\.1\.", r"\1.bn."),
     (r"proj\.1\.", "proj.conv."), (r"proj\.2\.", "proj.bn."),
-    (r"q\.local\.0\.", "q.local."), (r"q\.proj\.0\.", "q.proj.conv."), (r"q\.proj\.1\.", "q.proj.bn."),
     (r"layer_scale_1$", "ls1.gamma"), (r"layer_scale_2$", "ls2.gamma"),
 ]
 
