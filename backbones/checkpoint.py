@@ -140,20 +140,28 @@ def _official_key(key: str) -> str | None:
     return prefix + rest
 
 
+_ANCHORS = ("stem.conv1.conv.weight", "patch_embed.0.weight")
+_PREFERRED_PREFIXES = ("", "model.", "module.", "backbone.", "model.module.", "module.model.")
+
+
+def _strip_wrapper_prefix(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keep the network's keys under whatever prefix wraps them ("model." of a LightningModule,
+    "backbone." of a detector, "module." of DDP, ...) and drop the wrapper's other members."""
+    prefixes = [key[: -len(anchor)] for key in sd for anchor in _ANCHORS if key.endswith(anchor)]
+    if prefixes:
+        # a Lightning module may hold a teacher network too: the student ("model.") comes first
+        prefix = min(prefixes, key=lambda p: (p not in _PREFERRED_PREFIXES, len(p)))
+        return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    return sd
+
+
 def to_project_keys(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
     """Convert a state dict of any supported layout to the project's keys.
 
     Returns (state dict, detected format: "project", "timm" or "official"). Prefixes added by
-    wrappers ("module.", "model.", "backbone.", "_orig_mod.") are stripped.
+    wrappers ("module.", "model.", "backbone.", ...) are stripped and their other members dropped.
     """
-    sd = dict(state_dict)
-    for _ in range(3):  # nested wrappers, e.g. "model.module."
-        for prefix in ("module.", "model.", "backbone.", "_orig_mod."):
-            if sd and all(k.startswith(prefix) for k in sd):
-                sd = {k[len(prefix):]: v for k, v in sd.items()}
-        # Lightning modules keep other members (teacher, metrics) beside the model
-        if any(k.startswith("model.stem.") for k in sd) or any(k.startswith("model.patch_embed.") for k in sd):
-            sd = {k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")}
+    sd = _strip_wrapper_prefix(dict(state_dict))
     if any(k.startswith("patch_embed.") for k in sd):
         out = {}
         for k, v in sd.items():

@@ -211,3 +211,18 @@ def test_profile_tool_cli():
     out = subprocess.run([sys.executable, str(ROOT / "tools/profile.py"), "--model", "efficientformerv2_s0"],
                          capture_output=True, text=True, env=env, check=True)
     assert "params 3,600,256" in out.stdout and "GMACs 0.396" in out.stdout
+
+
+def test_wrapped_in_a_detector_or_lightning_module(reference):
+    """mmengine detector checkpoints ("backbone.") and Lightning ones ("model." beside a teacher)."""
+    sd = reference.state_dict()
+    detector = {"meta": {"epoch": 1}, "state_dict": {**{"backbone." + k: v for k, v in sd.items()},
+                                                     "neck.conv.weight": torch.zeros(2)}}
+    backbone = create_model("efficientformerv2_s0", features_only=True)
+    assert load_checkpoint(backbone, detector["state_dict"]).ok
+    teacher = create_model("efficientformerv2_s0").state_dict()
+    lightning = {"state_dict": {**{"teacher." + k: v for k, v in teacher.items()},
+                                **{"model." + k: v for k, v in sd.items()}}}
+    model = create_model("efficientformerv2_s0")
+    load_checkpoint(model, lightning)
+    assert torch.equal(model.stem.conv1.conv.weight, reference.stem.conv1.conv.weight)
