@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
 from torch import nn
 
-from .layers import ConvNorm, LayerScale, OffsetAttentionBias, grid_size
+from .layers import ConvNorm, LayerScale, OffsetAttentionBias, concat_convs, grid_size
 
 __all__ = ["Arch", "StageArch", "EfficientFormerV2", "VARIANTS", "efficientformerv2_s0",
            "efficientformerv2_s1", "efficientformerv2_s2", "efficientformerv2_l"]
@@ -73,8 +73,14 @@ class Attention2d(nn.Module):
         self.act = act_layer()
         self.proj = ConvNorm(v_dim, dim, 1)
         self.pos_bias = OffsetAttentionBias(num_heads, grid_size(resolution, stride))
+        # deploy form (set by fuse()): q, k, v in one conv, scale folded into q, the position bias
+        # passed through the first talking head ahead of time
+        self.qkv: nn.Conv2d | None = None
+        self.register_buffer("head_bias", None, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.qkv is not None:
+            return self._forward_deploy(x)
         in_hw = x.shape[-2:]
         if self.stride_conv is not None:
             x = self.stride_conv(x)
@@ -92,6 +98,65 @@ class Attention2d(nn.Module):
             x = F.interpolate(x, size=in_hw, mode="bilinear", align_corners=False)
         return self.proj(self.act(x))
 
+    # -- deploy form ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def fuse(self) -> None:
+        """Deploy form (after the conv-BN units are fused): one conv for q, k and v with the
+        attention scale folded into q, and the first talking head applied to the position bias
+        ahead of time: th1(s * q.k + bias) = W1 (q'.k) + (W1 bias + b1)."""
+        if self.qkv is not None:
+            return
+        q, k, v = self.q.conv, self.k.conv, self.v.conv
+        q.weight.mul_(self.scale)
+        q.bias.mul_(self.scale)
+        self.qkv = concat_convs(q, k, v)
+        self.q = self.k = self.v = None
+        if self.pos_bias.cached is not None:
+            self.head_bias = self._talking_head1_bias(self.pos_bias.cached)
+
+    def shape_generic(self) -> None:
+        """No precomputed bias: the graph is the same for every input size (symbolic export)."""
+        self.head_bias = None
+        self.pos_bias.shape_generic()
+
+    def _talking_head1_bias(self, pos_bias: torch.Tensor) -> torch.Tensor:
+        """W1 bias + b1 for a (heads, Nq, Nk) position bias: the bias after the first talking head."""
+        return F.conv2d(pos_bias.unsqueeze(0), self.talking_head1.weight, self.talking_head1.bias).squeeze(0)
+
+    def _forward_deploy(self, x: torch.Tensor) -> torch.Tensor:
+        in_hw = x.shape[-2:]
+        if self.stride_conv is not None:
+            x = self.stride_conv(x)
+        b, _, h, w = x.shape
+        n = h * w
+        qk_dim = self.num_heads * self.key_dim
+        q, k, v = self.qkv(x).split([qk_dim, qk_dim, self.num_heads * self.val_dim], dim=1)
+        v_local = self.v_local(v)
+        # channel-major token layout throughout: no transposes of q, v or the output
+        q = q.reshape(b, self.num_heads, self.key_dim, n)
+        k = k.reshape(b, self.num_heads, self.key_dim, n)
+        v = v.reshape(b, self.num_heads, self.val_dim, n)
+        if self.head_bias is not None and (h, w) == (self.pos_bias.resolution,) * 2:
+            bias = self.head_bias
+        else:
+            bias = self._talking_head1_bias(self.pos_bias((h, w), (h, w)))
+        attn = _mix_heads(q.transpose(-1, -2) @ k, self.talking_head1.weight) + bias
+        attn = _mix_heads(attn.softmax(dim=-1), self.talking_head2.weight, self.talking_head2.bias)
+        x = (v @ attn.transpose(-1, -2)).reshape(b, -1, h, w) + v_local
+        if self.stride_conv is not None:
+            x = F.interpolate(x, size=in_hw, mode="bilinear", align_corners=False)
+        return self.proj(self.act(x))
+
+
+def _mix_heads(attn: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """A 1x1 conv over the head axis of (B, heads, Nq, Nk) attention maps (a talking head), as
+    one matrix product over the flattened maps."""
+    b, heads, nq, nk = attn.shape
+    out = weight.view(heads, heads) @ attn.reshape(b, heads, nq * nk)
+    if bias is not None:
+        out = out + bias.view(heads, 1)
+    return out.view(b, heads, nq, nk)
+
 
 class LocalGlobalQuery(nn.Module):
     """Query of the downsampling attention: strided 1x1 pooling plus a strided depth-wise conv."""
@@ -103,7 +168,17 @@ class LocalGlobalQuery(nn.Module):
         self.proj = ConvNorm(in_dim, out_dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pool is None:  # deploy form
+            return self.proj(self.local(x))
         return self.proj(self.local(x) + self.pool(x))
+
+    @torch.no_grad()
+    def fuse(self) -> None:
+        """Deploy form: the strided 1x1 pooling picks the centre tap of the strided 3x3 depth-wise
+        conv's window, so it folds into that tap's weight (+1)."""
+        if self.pool is not None:
+            self.local.weight[:, :, 1, 1] += 1.0
+            self.pool = None
 
 
 class Attention2dDownsample(nn.Module):
@@ -124,8 +199,11 @@ class Attention2dDownsample(nn.Module):
         self.act = act_layer()
         self.proj = ConvNorm(v_dim, out_dim, 1)
         self.pos_bias = OffsetAttentionBias(num_heads, resolution, query_stride=2)
+        self.kv: nn.Conv2d | None = None  # deploy form: k and v in one conv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kv is not None:
+            return self._forward_deploy(x)
         b, _, h, w = x.shape
         hq, wq = grid_size(h, 2), grid_size(w, 2)
         q = self.q(x).reshape(b, self.num_heads, self.key_dim, hq * wq).transpose(-1, -2)
@@ -135,6 +213,35 @@ class Attention2dDownsample(nn.Module):
         v = v.reshape(b, self.num_heads, self.val_dim, h * w).transpose(-1, -2)
         attn = ((q @ k) * self.scale + self.pos_bias((hq, wq), (h, w))).softmax(dim=-1)
         x = (attn @ v).transpose(-1, -2).reshape(b, -1, hq, wq) + v_local
+        return self.proj(self.act(x))
+
+    # -- deploy form ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def fuse(self) -> None:
+        """Deploy form (after the conv-BN units are fused): the attention scale folded into the
+        query projection, k and v computed by one conv, the query's pooling folded."""
+        if self.kv is not None:
+            return
+        self.q.fuse()
+        self.q.proj.conv.weight.mul_(self.scale)
+        self.q.proj.conv.bias.mul_(self.scale)
+        self.kv = concat_convs(self.k.conv, self.v.conv)
+        self.k = self.v = None
+
+    def shape_generic(self) -> None:
+        """No precomputed bias: the graph is the same for every input size (symbolic export)."""
+        self.pos_bias.shape_generic()
+
+    def _forward_deploy(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        hq, wq = grid_size(h, 2), grid_size(w, 2)
+        q = self.q(x).reshape(b, self.num_heads, self.key_dim, hq * wq)
+        k, v = self.kv(x).split([self.num_heads * self.key_dim, self.num_heads * self.val_dim], dim=1)
+        v_local = self.v_local(v)
+        k = k.reshape(b, self.num_heads, self.key_dim, h * w)
+        v = v.reshape(b, self.num_heads, self.val_dim, h * w)
+        attn = (q.transpose(-1, -2) @ k + self.pos_bias((hq, wq), (h, w))).softmax(dim=-1)
+        x = (v @ attn.transpose(-1, -2)).reshape(b, -1, hq, wq) + v_local
         return self.proj(self.act(x))
 
 
@@ -441,11 +548,31 @@ class EfficientFormerV2(nn.Module):
         for m in self.modules():
             if isinstance(m, (ConvNorm, OffsetAttentionBias)):
                 m.fuse()
+        for m in list(self.modules()):
+            if isinstance(m, (Attention2d, Attention2dDownsample)):
+                m.fuse()
         if self.head_dist is not None and isinstance(self.head, nn.Linear):
             merged = nn.Linear(self.num_features, self.num_classes)
             merged.weight.copy_((self.head.weight + self.head_dist.weight) / 2)
             merged.bias.copy_((self.head.bias + self.head_dist.bias) / 2)
             self.head, self.head_dist = merged, None
+        if isinstance(self.norm, nn.BatchNorm2d) and isinstance(self.head, nn.Linear):
+            # the final norm is per channel and commutes with the mean pooling: fold it in the head
+            scale = self.norm.weight / torch.sqrt(self.norm.running_var + self.norm.eps)
+            shift = self.norm.bias - self.norm.running_mean * scale
+            self.head.bias.add_(self.head.weight @ shift)
+            self.head.weight.mul_(scale)
+            self.norm = nn.Identity()
+        return self
+
+    def shape_generic(self) -> "EfficientFormerV2":
+        """Deploy form (after `fuse()`) whose code path does not depend on the input size: for
+        graphs exported with symbolic height and width. Outputs are unchanged. Returns self."""
+        attention = [m for m in self.modules() if isinstance(m, (Attention2d, Attention2dDownsample))]
+        if any((m.qkv if isinstance(m, Attention2d) else m.kv) is None for m in attention):
+            raise RuntimeError("shape_generic() applies to the deploy form: call fuse() first")
+        for m in attention:
+            m.shape_generic()
         return self
 
 

@@ -39,6 +39,18 @@ class ConvNorm(nn.Module):
         self.conv.bias.mul_(scale)
 
 
+def concat_convs(*convs: nn.Conv2d) -> nn.Conv2d:
+    """One convolution computing the (fused, biased) convolutions `convs` on the same input, their
+    outputs stacked along channels (deploy form: one kernel launch instead of several)."""
+    first = convs[0]
+    out = nn.Conv2d(first.in_channels, sum(c.out_channels for c in convs), first.kernel_size,
+                    first.stride, first.padding, groups=first.groups)
+    with torch.no_grad():
+        out.weight.copy_(torch.cat([c.weight for c in convs]))
+        out.bias.copy_(torch.cat([c.bias for c in convs]))
+    return out
+
+
 class LayerScale(nn.Module):
     """Learned per-channel scale of a residual branch (initialised small)."""
 
@@ -76,12 +88,14 @@ class OffsetAttentionBias(nn.Module):
         self.attention_biases = nn.Parameter(torch.zeros(num_heads, resolution * resolution))
         # deploy form: the bias at the training grid, precomputed by fuse()
         self.register_buffer("cached", None, persistent=False)
+        # deploy form for symbolic-size export (`shape_generic()`): no branch on the grid size
+        self.always_resample = False
 
     def table(self, key_hw: tuple[int, int]) -> torch.Tensor:
         """Bias table (heads, H, W) over offsets 0..H-1, 0..W-1."""
         r = self.resolution
         table = self.attention_biases.view(self.num_heads, r, r)
-        if tuple(key_hw) != (r, r):
+        if self.always_resample or tuple(key_hw) != (r, r):
             table = F.interpolate(table.unsqueeze(0), size=tuple(key_hw), mode="bilinear",
                                   align_corners=True).squeeze(0)
         return table
@@ -110,4 +124,11 @@ class OffsetAttentionBias(nn.Module):
         r = self.resolution
         q = grid_size(r, self.query_stride)
         self.cached = self.forward((q, q), (r, r)).detach().clone()
+
+    def shape_generic(self) -> None:
+        """Deploy form for graphs exported with symbolic height/width: drop the cache and always
+        resample the table (the identity at the training grid), so that no code path depends on
+        the grid size."""
+        self.cached = None
+        self.always_resample = True
 
