@@ -1,0 +1,114 @@
+"""Models to deploy: the project's EfficientFormerV2 family (deploy form) or any timm model,
+optionally with the ImageNet input normalisation built in."""
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from backbones import CheckpointError, EfficientFormerV2, create_model, list_models, load_checkpoint
+from backbones.checkpoint import read_state_dict, to_project_keys
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "build_model", "deploy_form", "is_project_model",
+           "ImageInput", "FeatureTuple"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def is_project_model(name: str) -> bool:
+    """Whether `name` is one of the project's EfficientFormerV2 variants."""
+    return name in list_models()
+
+
+def _timm_names() -> list[str]:
+    import timm
+    return timm.list_models()
+
+
+def _unknown_model(name: str) -> ValueError:
+    candidates = list_models() + _timm_names()
+    close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return ValueError(f"unknown model {name!r}: use one of {', '.join(list_models())} or a timm model "
+                      f"name (timm.list_models()).{hint}")
+
+
+def build_model(name: str, checkpoint: str | Path | None = None, features: bool = False,
+                num_classes: int | None = None) -> nn.Module:
+    """An eval-mode model by name: a project variant (optionally with weights from `checkpoint`,
+    whose class count and distillation head are read from the file) or any timm model (random
+    weights; timm's `features_only` for `features`).
+
+    Raises:
+        ValueError: unknown name, or a checkpoint passed for a timm model.
+        backbones.CheckpointError: the checkpoint is of another variant or does not fit.
+    """
+    if is_project_model(name):
+        kwargs: dict = {"features_only": features}
+        state = None
+        if checkpoint is not None:
+            state, _ = to_project_keys(read_state_dict(checkpoint))
+            if "head.weight" in state and not features:
+                kwargs["num_classes"] = state["head.weight"].shape[0]
+                kwargs["distillation"] = "head_dist.weight" in state
+            elif not features and num_classes is None:
+                raise CheckpointError(f"{checkpoint} has no classifier head (a backbone checkpoint): "
+                                      "export it with --features, or pass a classifier checkpoint")
+        if num_classes is not None and "num_classes" not in kwargs:
+            kwargs["num_classes"] = num_classes
+        model = create_model(name, **kwargs)
+        if state is not None:
+            load_checkpoint(model, state)
+        return model.eval()
+    if checkpoint is not None:
+        if name not in _timm_names():
+            raise _unknown_model(name)
+        raise ValueError(f"--checkpoint is only supported for the project's models ({', '.join(list_models())}); "
+                         f"{name!r} is a timm model")
+    import timm
+    if name not in _timm_names():
+        raise _unknown_model(name)
+    kwargs = {"features_only": True} if features else {}
+    if num_classes is not None and not features:
+        kwargs["num_classes"] = num_classes
+    return timm.create_model(name, pretrained=False, **kwargs).eval()
+
+
+def deploy_form(model: nn.Module) -> nn.Module:
+    """A copy in deploy form: EfficientFormerV2 fused (see `EfficientFormerV2.fuse`), timm models
+    re-parameterised where they have such a form; eval mode."""
+    model = copy.deepcopy(model).eval()
+    if isinstance(model, EfficientFormerV2):
+        return model.fuse()
+    from timm.utils.model import reparameterize_model
+    return reparameterize_model(model)
+
+
+class ImageInput(nn.Module):
+    """Wraps a model so that it takes RGB images scaled to [0, 1] (pixel / 255) and applies the
+    ImageNet mean/std normalisation itself."""
+
+    def __init__(self, model: nn.Module, mean: tuple[float, ...] = IMAGENET_MEAN,
+                 std: tuple[float, ...] = IMAGENET_STD) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("inv_std", 1.0 / torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor):
+        return self.model((x - self.mean) * self.inv_std)
+
+
+class FeatureTuple(nn.Module):
+    """Wraps a features model so that it returns a tuple (exporters name each output)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.model(x))

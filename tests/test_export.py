@@ -1,0 +1,128 @@
+"""Export of the deploy form: ONNX (parity with ONNX Runtime), CoreML (package validates),
+TorchScript, at 224 and with feature maps at a non-square size; helpful errors."""
+import importlib.util
+
+import pytest
+import torch
+
+from backbones import CheckpointError, create_model, save_checkpoint
+from deploy.export import ONNX_ATOL, ExportStackError, check_onnx, export_model
+from deploy.models import FeatureTuple, ImageInput, build_model, deploy_form
+
+S0 = "efficientformerv2_s0"
+FEAT_SIZE = (160, 224)  # non-square, not the training grid
+FEAT_SHAPES = [(32, 40, 56), (48, 20, 28), (96, 10, 14), (176, 5, 7)]  # S0 strides 4/8/16/32 at 160x224
+
+
+@pytest.fixture(scope="module")
+def s0():
+    torch.manual_seed(0)
+    model = create_model(S0, num_classes=10).eval()
+    with torch.no_grad():  # non-trivial BN statistics and biases, so parity is not vacuous
+        for name, buf in model.named_buffers():
+            if name.endswith("running_var"):
+                buf.uniform_(0.5, 1.5)
+            elif name.endswith("running_mean"):
+                buf.normal_(0, 0.1)
+        for name, p in model.named_parameters():
+            if name.endswith(("attention_biases", "gamma")):
+                p.normal_(0, 0.2)
+    return model
+
+
+@pytest.fixture(scope="module")
+def s0_features(s0):
+    model = create_model(S0, features_only=True).eval()
+    model.load_state_dict({k: v for k, v in s0.state_dict().items() if not k.startswith(("head", "norm"))})
+    return model
+
+
+def test_onnx_classifier_224(s0, tmp_path):
+    res = export_model(S0, "onnx", tmp_path / "s0.onnx", model=s0)
+    assert res.ok and res.path.is_file()
+    assert res.max_abs_diff <= ONNX_ATOL
+    import onnx
+    graph = onnx.load(str(res.path)).graph
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
+    assert [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim[1:]] == [3, 224, 224]
+    assert any(n.op_type == "Gelu" for n in graph.node)  # a single Gelu op per activation (opset 20)
+
+
+def test_onnx_features_dynamic_nonsquare(s0_features, tmp_path):
+    res = export_model(S0, "onnx", tmp_path / "s0_feat.onnx", model=s0_features, features=True, size=FEAT_SIZE)
+    assert res.max_abs_diff <= ONNX_ATOL
+    from deploy.ort import create_session
+    sess = create_session(res.path)
+    assert [o.name for o in sess.get_outputs()] == ["feat0", "feat1", "feat2", "feat3"]
+    x = torch.rand(1, 3, *FEAT_SIZE)
+    outs = sess.run(None, {"image": x.numpy()})
+    assert [tuple(o.shape[1:]) for o in outs] == FEAT_SHAPES
+    # symbolic height/width: a third size, square and at the training grid, also matches PyTorch
+    net = ImageInput(FeatureTuple(deploy_form(s0_features))).eval()
+    assert check_onnx(res.path, net, torch.rand(2, 3, 224, 224), session=sess) <= ONNX_ATOL
+
+
+def test_onnx_tuned_session_keeps_parity_and_blocked_layout(s0, tmp_path):
+    from deploy.export import export_onnx
+    from deploy.ort import create_session, optimize_for_cpu
+    net = deploy_form(s0)
+    x = torch.randn(1, 3, 224, 224)
+    path = export_onnx(net, x, tmp_path / "s0_static.onnx", dynamic_batch=False)
+    _, rewired = optimize_for_cpu(path, tmp_path / "s0.cpu.onnx", threads=2)
+    assert rewired > 0  # GELUs between convolutions now run on the blocked layout
+    sess = create_session(path, threads=2, tuned=True)
+    assert check_onnx(path, net, x, session=sess) <= ONNX_ATOL
+
+
+def test_torchscript_classifier_and_features(s0, s0_features, tmp_path):
+    res = export_model(S0, "torchscript", tmp_path / "s0.pt", model=s0)
+    assert res.max_abs_diff <= 1e-5
+    res = export_model(S0, "torchscript", tmp_path / "s0_feat.pt", model=s0_features, features=True, size=FEAT_SIZE)
+    traced = torch.jit.load(str(res.path))
+    outs = traced(torch.rand(1, 3, *FEAT_SIZE))
+    assert [tuple(o.shape[1:]) for o in outs] == FEAT_SHAPES
+    # the traced graph holds for other sizes too (the bias is computed for the actual grid)
+    x = torch.rand(1, 3, 224, 192)
+    net = ImageInput(FeatureTuple(deploy_form(s0_features))).eval()
+    with torch.no_grad():
+        assert max(float((a - b).abs().max()) for a, b in zip(traced(x), net(x))) <= 1e-4
+
+
+@pytest.mark.skipif(importlib.util.find_spec("coremltools") is None, reason="coremltools not installed")
+def test_coreml_classifier_and_features(s0, s0_features, tmp_path):
+    res = export_model(S0, "coreml", tmp_path / "s0.mlpackage", model=s0)
+    assert res.ok and (res.path / "Manifest.json").is_file()
+    assert "conv" in res.ops and "softmax" in res.ops and "matmul" in res.ops
+    import coremltools as ct
+    spec = ct.utils.load_spec(str(res.path))
+    assert spec.description.input[0].type.WhichOneof("Type") == "imageType"
+    assert spec.specificationVersion >= 7  # iOS 16
+    res = export_model(S0, "coreml", tmp_path / "s0_feat.mlpackage", model=s0_features, features=True,
+                       size=FEAT_SIZE, precision="float32", coreml_shapes=[FEAT_SIZE, (224, 224)])
+    spec = ct.utils.load_spec(str(res.path))
+    assert [o.name for o in spec.description.output] == ["feat0", "feat1", "feat2", "feat3"]
+    sizes = spec.description.input[0].type.imageType.enumeratedSizes.sizes
+    assert {(s.height, s.width) for s in sizes} == {FEAT_SIZE, (224, 224)}
+
+
+def test_unknown_model_is_refused_with_a_hint():
+    with pytest.raises(ValueError, match="efficientformerv2_s0"):
+        build_model("efficientformerv2_s00")
+
+
+def test_checkpoint_of_another_variant_is_refused(tmp_path):
+    path = save_checkpoint(create_model("efficientformerv2_s1", num_classes=10), tmp_path / "s1.safetensors")
+    with pytest.raises(CheckpointError, match="efficientformerv2_s1"):
+        export_model(S0, "torchscript", tmp_path / "x.pt", checkpoint=path)
+
+
+def test_checkpoint_class_count_is_taken_from_the_file(tmp_path):
+    path = save_checkpoint(create_model(S0, num_classes=7), tmp_path / "s0.safetensors")
+    assert build_model(S0, path).head.out_features == 7
+
+
+def test_missing_export_stack_says_what_to_install(monkeypatch, tmp_path):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "coremltools" else real(name, *a))
+    with pytest.raises(ExportStackError, match="make install"):
+        export_model(S0, "coreml", tmp_path / "x.mlpackage")
