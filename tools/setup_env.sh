@@ -39,7 +39,7 @@ if ! "$PY" -c "from mmcv.ops import nms, roi_align" 2>/dev/null; then
   fi
   pip_ --no-deps "$CACHE"/mmcv-$MMCV-*.whl
   # mmcv's own runtime dependencies (addict, yapf, ...), without letting pip touch mmcv
-  pip_ addict packaging pillow pyyaml yapf opencv-python
+  pip_ addict packaging pillow pyyaml yapf opencv-python "mmengine==0.10.7"
   "$PY" -c "from mmcv.ops import nms, roi_align"
 fi
 
