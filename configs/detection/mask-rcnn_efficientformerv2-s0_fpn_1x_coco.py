@@ -1,0 +1,24 @@
+# Mask R-CNN + FPN with an EfficientFormerV2-S0 backbone on COCO 2017, 1x schedule (12 epochs),
+# 1333x800, AdamW lr 2e-4, weight decay 0.05 (paper Section 5.2). The model, data, schedule and
+# runtime come from mmdet's packaged Mask R-CNN R-50 config; only the backbone, the FPN input
+# widths and the optimizer change. Put the ImageNet checkpoint (project, official or timm
+# format) at the path below or override model.backbone.init_cfg.checkpoint.
+_base_ = 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'
+
+custom_imports = dict(imports=['detection'], allow_failed_imports=False)
+
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='EfficientFormerV2',
+        arch='s0',
+        out_indices=(0, 1, 2, 3),
+        frozen_stages=-1,
+        norm_eval=True,
+        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/efficientformerv2_s0.pth')),
+    neck=dict(in_channels=[32, 48, 96, 176], out_channels=256, num_outs=5))
+
+optim_wrapper = dict(
+    _delete_=True,
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=2e-4, weight_decay=0.05))

@@ -1,0 +1,9 @@
+# Mask R-CNN + FPN with an EfficientFormerV2-S2 backbone on COCO 2017, 1x schedule: the S0
+# config with the S2 architecture, its FPN input widths and its ImageNet checkpoint.
+_base_ = './mask-rcnn_efficientformerv2-s0_fpn_1x_coco.py'
+
+model = dict(
+    backbone=dict(
+        arch='s2',
+        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/efficientformerv2_s2.pth')),
+    neck=dict(in_channels=[32, 64, 144, 288]))

@@ -1,0 +1,31 @@
+"""Evaluate an MMDetection or MMSegmentation checkpoint: COCO bbox/segm mAP or ADE20K mIoU.
+
+    python tools/mm_test.py CONFIG CHECKPOINT [--work-dir DIR] [--cfg-options k=v ...]
+    torchrun --nproc_per_node=8 tools/mm_test.py CONFIG CHECKPOINT --launcher pytorch
+"""
+from __future__ import annotations
+
+import argparse
+
+from mmengine.config import DictAction
+
+from detection.engine import LAUNCHERS, test
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="the config the checkpoint was trained with")
+    parser.add_argument("checkpoint", help="mmengine checkpoint (.pth), loaded with torch's safe loading")
+    parser.add_argument("--work-dir", help="where the logs go (default work_dirs/<config name>)")
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
+                        help="override config keys, e.g. test_dataloader.batch_size=2")
+    parser.add_argument("--launcher", choices=LAUNCHERS, default="none", help="job launcher (pytorch for torchrun)")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    metrics = test(args.config, args.checkpoint, args.work_dir, args.cfg_options, args.launcher)
+    for name, value in metrics.items():
+        print(f"{name}: {value}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""Train an MMDetection or MMSegmentation config (EfficientFormerV2 backbones).
+
+    python tools/mm_train.py CONFIG [--work-dir DIR] [--cfg-options k=v ...] [--resume [CKPT]] [--amp]
+    torchrun --nproc_per_node=8 tools/mm_train.py CONFIG --launcher pytorch     # multi-GPU
+    torchrun --nnodes=2 --node_rank=R --master_addr=HOST --nproc_per_node=8 \\
+        tools/mm_train.py CONFIG --launcher pytorch                              # multi-node
+"""
+from __future__ import annotations
+
+import argparse
+
+from mmengine.config import DictAction
+
+from detection.engine import LAUNCHERS, train
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="config file, e.g. configs/detection/mask-rcnn_efficientformerv2-s0_fpn_1x_coco.py")
+    parser.add_argument("--work-dir", help="where logs and checkpoints go (default work_dirs/<config name>)")
+    parser.add_argument("--resume", nargs="?", const="auto", default=None,
+                        help="resume from CKPT, or from the latest checkpoint of the work dir when no path is given")
+    parser.add_argument("--amp", action="store_true", help="mixed-precision training")
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
+                        help="override config keys, e.g. train_cfg.max_epochs=1 model.backbone.arch=s1")
+    parser.add_argument("--launcher", choices=LAUNCHERS, default="none", help="job launcher (pytorch for torchrun)")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    train(args.config, args.work_dir, args.cfg_options, args.resume, args.amp, args.launcher)
+
+
+if __name__ == "__main__":
+    main()
