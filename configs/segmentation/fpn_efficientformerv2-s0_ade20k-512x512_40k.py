@@ -16,6 +16,7 @@ crop_size = (512, 512)
 data_preprocessor = dict(size=crop_size)
 model = dict(
     data_preprocessor=data_preprocessor,
+    pretrained=None,  # the base's ResNet weights; the backbone's init_cfg loads ImageNet weights
     backbone=dict(
         _delete_=True,
         type='EfficientFormerV2',
