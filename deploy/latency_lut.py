@@ -1,0 +1,274 @@
+"""Latency lookup table of the supernet's building blocks (paper Alg. 1, table T).
+
+Every block type the search can change is timed on the device at hand, once per setting:
+
+| key | module | input |
+|---|---|---|
+| `stem:<c_stem>-<c_1>` | the two stride-2 stem convs | image |
+| `down<j>:<c_in>-<c_out>` | downsampling into stage j (j = 2, 3: conv; j = 4: conv + attention) | previous stage map |
+| `ffn<j>:<c>x<e>` | residual FFN block of stage j, width c, expansion e | stage map |
+| `mhsa<j>:<c>` | residual MHSA of stage j (j = 3 with stride attention, 4) | stage map |
+| `head:<c>` | final norm, pooling and the classifier head(s) | last stage map |
+
+A sub-network's latency is predicted as the sum of its modules' entries (`LatencyTable.predict`).
+Tables are stored as JSON with the conditions they were measured under.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import platform
+import random
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal, Mapping
+
+import torch
+from torch import nn
+
+from backbones import EfficientFormerV2
+from backbones.efficientformer_v2 import Attention2d, Downsample, EfficientFormerV2Block
+from backbones.layers import ConvNorm, LayerScale, grid_size
+from backbones.supernet import ATTENTION_STAGES, SearchSpace, SubnetConfig, as_subnet_config
+
+__all__ = ["Backend", "LatencyTable", "build_latency_table", "measure_latency", "subnet_keys",
+           "evaluate_table", "TableReport"]
+
+Backend = Literal["torch", "onnxruntime"]
+BACKENDS = ("torch", "onnxruntime")
+
+
+# --------------------------------------------------------------------------------------------
+# Keys
+# --------------------------------------------------------------------------------------------
+def _fmt(e: float) -> str:
+    return f"{e:g}"
+
+
+def stage_resolutions(img_size: int) -> list[int]:
+    """Side of the feature map of each stage (strides 4, 8, 16, 32)."""
+    r = grid_size(grid_size(img_size, 2), 2)
+    out = [r]
+    for _ in range(3):
+        r = grid_size(r, 2)
+        out.append(r)
+    return out
+
+
+def subnet_keys(config: SubnetConfig) -> list[str]:
+    """Table keys whose entries sum to the latency of `config`."""
+    s = config.stages
+    keys = [f"stem:{config.stem_width}-{s[0].width}"]
+    for j, stage in enumerate(s):
+        if j > 0:
+            keys.append(f"down{j + 1}:{s[j - 1].width}-{stage.width}")
+        first_mhsa = stage.depth - stage.attention
+        for k, e in enumerate(stage.expansions):
+            if k >= first_mhsa:
+                keys.append(f"mhsa{j + 1}:{stage.width}")
+            keys.append(f"ffn{j + 1}:{stage.width}x{_fmt(e)}")
+    keys.append(f"head:{s[3].width}")
+    return keys
+
+
+class _Residual(nn.Module):
+    """x + layer_scale(branch(x)): the MHSA half of a block."""
+
+    def __init__(self, branch: nn.Module, dim: int) -> None:
+        super().__init__()
+        self.branch = branch
+        self.ls = LayerScale(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.ls(self.branch(x))
+
+
+class _Head(nn.Module):
+    def __init__(self, dim: int, num_classes: int, distillation: bool) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(dim)
+        self.head = nn.Linear(dim, num_classes)
+        self.head_dist = nn.Linear(dim, num_classes) if distillation else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x).flatten(2).mean(-1)
+        out = self.head(x)
+        return (out + self.head_dist(x)) / 2 if self.head_dist is not None else out
+
+
+def table_entries(space: SearchSpace, img_size: int, num_classes: int = 1000, distillation: bool = True
+                  ) -> Iterator[tuple[str, Callable[[], nn.Module], tuple[int, int, int, int]]]:
+    """(key, module factory, input shape) of every entry of `space`'s table."""
+    res = stage_resolutions(img_size)
+    w = space.widths
+
+    def stem(cs: int, c1: int) -> nn.Module:
+        return nn.Sequential(ConvNorm(3, cs, 3, 2, 1), nn.GELU(), ConvNorm(cs, c1, 3, 2, 1), nn.GELU())
+
+    for cs in space.stem_widths:
+        for c1 in w[0]:
+            yield f"stem:{cs}-{c1}", (lambda cs=cs, c1=c1: stem(cs, c1)), (1, 3, img_size, img_size)
+    for j in range(1, 4):
+        for cin in w[j - 1]:
+            for cout in w[j]:
+                yield (f"down{j + 1}:{cin}-{cout}",
+                       lambda cin=cin, cout=cout, j=j: Downsample(cin, cout, res[j - 1], attention=j == 3),
+                       (1, cin, res[j - 1], res[j - 1]))
+    for j in range(4):
+        for c in w[j]:
+            for e in space.expansions:
+                yield (f"ffn{j + 1}:{c}x{_fmt(e)}", lambda c=c, e=e: EfficientFormerV2Block(c, e),
+                       (1, c, res[j], res[j]))
+            if j in ATTENTION_STAGES:
+                stride = 2 if j == 2 else 1
+                yield (f"mhsa{j + 1}:{c}",
+                       lambda c=c, j=j, stride=stride: _Residual(Attention2d(c, res[j], stride=stride), c),
+                       (1, c, res[j], res[j]))
+    for c in w[3]:
+        yield f"head:{c}", (lambda c=c: _Head(c, num_classes, distillation)), (1, c, res[3], res[3])
+
+
+# --------------------------------------------------------------------------------------------
+# Timing
+# --------------------------------------------------------------------------------------------
+def measure_latency(module: nn.Module, shape: tuple[int, ...], backend: Backend = "torch", threads: int = 1,
+                    warmup: int = 5, runs: int = 20) -> float:
+    """Median wall time of one forward pass of `module` (eval mode) on a random input, in ms.
+
+    torch: eager inference mode with `threads` intra-op threads. onnxruntime: the module exported
+    with the TorchScript-based ONNX exporter (fast for many small modules), run on the CPU
+    execution provider with `threads` intra-op threads.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1, got {runs}")
+    module = module.eval()
+    x = torch.randn(*shape)
+    if backend == "torch":
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            with torch.inference_mode():
+                call = lambda: module(x)  # noqa: E731
+                return _median_ms(call, warmup, runs)
+        finally:
+            torch.set_num_threads(previous)
+    import onnxruntime as ort
+    buffer = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(module, (x,), buffer, dynamo=False, opset_version=17, input_names=["x"])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(buffer.getvalue(), opts, providers=["CPUExecutionProvider"])
+    feed = {"x": x.numpy()}
+    return _median_ms(lambda: session.run(None, feed), warmup, runs)
+
+
+def _median_ms(call: Callable[[], Any], warmup: int, runs: int) -> float:
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+# --------------------------------------------------------------------------------------------
+# Table
+# --------------------------------------------------------------------------------------------
+@dataclass
+class LatencyTable:
+    """Latency (ms) per block setting, measured under the stated conditions."""
+
+    backend: str
+    img_size: int
+    threads: int
+    entries: dict[str, float]
+    space: dict[str, Any]
+    num_classes: int = 1000
+    distillation: bool = True
+    device: str = field(default_factory=platform.processor)
+
+    def predict(self, config: SubnetConfig | Mapping[str, Any]) -> float:
+        """Predicted latency (ms) of a sub-network: the sum of its modules' entries."""
+        config = as_subnet_config(config)
+        missing = [k for k in subnet_keys(config) if k not in self.entries]
+        if missing:
+            raise KeyError(f"the latency table has no entries {missing[:5]}: it was built for another "
+                           "search space or input size; rebuild it with tools/build_latency_lut.py")
+        return sum(self.entries[k] for k in subnet_keys(config))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LatencyTable":
+        """Read a table written by `save` (plain JSON, no code)."""
+        try:
+            data = json.loads(Path(path).read_text())
+            table = cls(**data)
+        except (OSError, json.JSONDecodeError, TypeError) as e:
+            raise ValueError(f"{path} is not a latency table written by tools/build_latency_lut.py: {e}") from e
+        bad = [k for k, v in table.entries.items() if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0)]
+        if bad:
+            raise ValueError(f"{path}: entries {bad[:5]} are not non-negative latencies in ms")
+        return table
+
+
+def build_latency_table(space: SearchSpace, img_size: int = 224, backend: Backend = "torch", threads: int = 1,
+                        warmup: int = 5, runs: int = 20, num_classes: int = 1000, distillation: bool = True,
+                        progress: Callable[[int, int, str, float], None] | None = None) -> LatencyTable:
+    """Time every entry of `space` (see the module docstring) and return the table."""
+    entries = list(table_entries(space, img_size, num_classes, distillation))
+    table: dict[str, float] = {}
+    for i, (key, factory, shape) in enumerate(entries):
+        table[key] = measure_latency(factory(), shape, backend, threads, warmup, runs)
+        if progress is not None:
+            progress(i + 1, len(entries), key, table[key])
+    return LatencyTable(backend, img_size, threads, table, space.to_dict(), num_classes, distillation)
+
+
+@dataclass
+class TableReport:
+    """How well the table's sums predict measured whole-network latency."""
+
+    predicted_ms: list[float]
+    measured_ms: list[float]
+    pearson_r: float
+    mean_abs_error_ms: float
+    mean_rel_error: float
+
+    def summary(self) -> str:
+        return (f"LUT vs measured on {len(self.measured_ms)} random sub-networks: Pearson r {self.pearson_r:.3f}, "
+                f"mean abs error {self.mean_abs_error_ms:.3f} ms ({100 * self.mean_rel_error:.1f}%)")
+
+
+def evaluate_table(table: LatencyTable, num_subnets: int = 10, seed: int = 0, warmup: int = 5,
+                   runs: int = 20) -> TableReport:
+    """Measure `num_subnets` random sub-networks whole (as plain models) and compare with the table."""
+    space = SearchSpace.from_dict(table.space)
+    rng = random.Random(seed)
+    configs = [space.largest(), space.smallest()] + [space.sample(rng) for _ in range(max(num_subnets - 2, 0))]
+    predicted, measured = [], []
+    for config in configs[:max(num_subnets, 2)]:
+        model = EfficientFormerV2(config.to_arch(), num_classes=table.num_classes,
+                                  distillation=table.distillation, img_size=table.img_size)
+        measured.append(measure_latency(model, (1, 3, table.img_size, table.img_size), table.backend,
+                                        table.threads, warmup, runs))
+        predicted.append(table.predict(config))
+    errors = [abs(p - m) for p, m in zip(predicted, measured)]
+    return TableReport(predicted, measured, statistics.correlation(predicted, measured),
+                       statistics.fmean(errors), statistics.fmean(e / m for e, m in zip(errors, measured)))
