@@ -253,6 +253,8 @@ class ImageNetDataModule(LightningDataModule):
         self.classes = find_classes(self.root / train_dir)
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         self.datasets: dict[str, ImageFolderDataset] = {}
+        self._train_loader: ResumableDataLoader | None = None
+        self._resume: dict[str, int] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -309,9 +311,23 @@ class ImageNetDataModule(LightningDataModule):
         h = self.hparams
         sampler = SeededSampler(dataset, h.batch_size, num_replicas=replicas, rank=rank, shuffle=True,
                                 seed=h.seed, drop_last=h.drop_last)
-        return ResumableDataLoader(dataset, batch_size=h.batch_size, sampler=sampler, drop_last=h.drop_last,
-                                   position=self._training_position if trainer is not None else None,
-                                   **self._loader_kwargs())
+        loader = ResumableDataLoader(dataset, batch_size=h.batch_size, sampler=sampler, drop_last=h.drop_last,
+                                     position=self._training_position if trainer is not None else None,
+                                     **self._loader_kwargs())
+        if self._resume is not None:
+            loader.load_state_dict(self._resume)
+            self._resume = None
+        self._train_loader = loader
+        return loader
+
+    def state_dict(self) -> dict[str, int]:
+        """The training position within its epoch; Lightning stores it in checkpoints."""
+        return self._train_loader.state_dict() if self._train_loader is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Resume at a stored position: Lightning restores the DataModule before it builds the
+        training DataLoader, which then starts on the next unseen batch of that epoch."""
+        self._resume = dict(state_dict) if state_dict else None
 
     def _eval_loader(self, split: str) -> DataLoader:
         return DataLoader(self._dataset(split), batch_size=self.hparams.eval_batch_size or self.hparams.batch_size,

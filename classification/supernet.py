@@ -28,7 +28,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from backbones.supernet import EfficientFormerV2Supernet, SearchSpace, SubnetConfig
 
-__all__ = ["SupernetModule", "sandwich_configs"]
+__all__ = ["SupernetModule", "sandwich_configs", "main"]
 
 
 def sandwich_configs(space: SearchSpace, seed: int, step: int, num_random: int = 2) -> list[SubnetConfig]:
@@ -185,3 +185,32 @@ class SupernetModule(LightningModule):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def main(args: Any = None, run: bool = True):
+    """Lightning CLI for supernet training:
+
+        python -m classification.supernet fit --config configs/search/supernet_imagenet.yaml --data.root DIR
+
+    Data: the classification `ImageNetDataModule` (`data:` keys as in configs/classification).
+    A `checkpoint:` section configures the always-on ModelCheckpoint (last.ckpt at every epoch end).
+    """
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+    from .data import ImageNetDataModule
+
+    class SupernetCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+            parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+            parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0,
+                                 "checkpoint.enable_version_counter": False})
+            parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+            parser.link_arguments("data.img_size", "model.img_size")
+
+    return SupernetCLI(SupernetModule, ImageNetDataModule, save_config_kwargs={"overwrite": True}, args=args,
+                       run=run)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""Training through the CLI on toy data: a short fit whose checkpoints load with the backbone's
+loader, resume after a kill equal to an uninterrupted run, DDP on two CPU processes, bad images
+during training, and checkpoints of other classes refused."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Callback
+
+from backbones import CheckpointError, efficientformerv2_s0, load_checkpoint
+from classification.__main__ import main as cli
+from classification.toy_data import make_toy_classification
+
+REPO = Path(__file__).resolve().parents[1]
+TOY = REPO / "configs" / "classification" / "toy.yaml"
+
+
+class KillAtStep(Callback):
+    """Ends the process abruptly (like a kill) when training reaches `step`."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step >= self.step:
+            os._exit(17)
+
+
+class RecordRank(Callback):
+    """Writes what each DDP rank saw (samples, lr, weights checksum) to OUT/rank<k>.json."""
+
+    def __init__(self, out: str) -> None:
+        self.out = out
+        self.targets: list[int] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.targets += batch[1].tolist()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        sampler = trainer.train_dataloader.sampler
+        sampler.set_epoch(0)
+        params = torch.cat([p.detach().flatten() for p in pl_module.model.parameters()])
+        record = {"epoch0": [i for i, _, _ in sampler], "rank": trainer.global_rank, "world": trainer.world_size, "targets": self.targets,
+                  "lr_peak": trainer.lr_scheduler_configs[0].scheduler.base_values[0],
+                  "checksum": float(params.double().sum()), "l2": float(params.double().norm()),
+                  "val_top1": float(trainer.callback_metrics["val/top1"])}
+        Path(self.out, f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one intra-op thread is several times faster than two on a busy 2-core box."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> Path:
+    return make_toy_classification(tmp_path_factory.mktemp("toy"), train_per_class=6, val_per_class=2, size=32)
+
+
+def _args(root: Path, *extra: str) -> list[str]:
+    """CLI arguments for the toy config on `root`; run in a temporary working directory, where the
+    config's relative runs/cls_toy (logs and checkpoints) then lands."""
+    return ["--config", str(TOY), "--data.root", str(root), "--data.img_size", "32", "--data.batch_size", "4",
+            "--data.num_workers", "0", "--data.persistent_workers", "false", *extra]
+
+
+CKPT = Path("runs/cls_toy/checkpoints")
+
+
+def _fit(root: Path, *extra: str):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return cli(["fit", *_args(root, *extra)])
+
+
+def _subprocess(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    paths = [str(REPO / "tests"), str(REPO), os.environ.get("PYTHONPATH", "")]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p), OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "classification", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+
+def test_cli_fit_logs_metrics_and_checkpoints_load_safely(toy, tmp_path):
+    c = _fit(toy, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3")
+    metrics = c.trainer.callback_metrics
+    assert {"val/top1", "val/top5", "val/loss", "train/loss"} <= set(metrics)
+    assert 0 <= float(metrics["val/top1"]) <= float(metrics["val/top5"]) <= 1
+    assert sorted(p.name for p in CKPT.iterdir()) == ["best-000.ckpt", "last.ckpt"]
+    raw = torch.load(CKPT / "last.ckpt", map_location="cpu", weights_only=True)
+    assert raw["hyper_parameters"]["num_classes"] == 10 and raw["class_names"] == sorted(raw["class_names"])
+    model = efficientformerv2_s0(num_classes=10, distillation=False, img_size=32)
+    assert load_checkpoint(model, CKPT / "last.ckpt").ok
+    for k, v in c.model.model.state_dict().items():
+        assert torch.equal(v, model.state_dict()[k]), k
+    # TensorBoard and CSV logs
+    assert list(tmp_path.rglob("events.out.tfevents.*")) and list(tmp_path.rglob("metrics.csv"))
+
+
+def test_validate_test_predict_subcommands(toy):
+    _fit(toy, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2")
+    ckpt = str(CKPT / "last.ckpt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        v = cli(["validate", *_args(toy), "--ckpt_path", ckpt])
+        t = cli(["test", *_args(toy), "--ckpt_path", ckpt])
+        p = cli(["predict", *_args(toy), "--ckpt_path", ckpt, "--trainer.callbacks", "[]", "--trainer.logger", "false"])
+    assert float(v.trainer.callback_metrics["val/top1"]) == float(t.trainer.callback_metrics["test/top1"])
+    preds = p.trainer.predict_loop.predictions
+    assert sum(len(b["pred"]) for b in preds) == 20
+
+
+def test_resume_after_kill_equals_uninterrupted(toy, tmp_path):
+    # 60 images / batch 4 = 15 steps per epoch, 2 epochs; killed in epoch 1 at step 23, last saved at 20
+    step_ckpt = ["--trainer.max_epochs", "2", "--trainer.limit_val_batches", "2",
+                 "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+                 "--trainer.callbacks.dirpath", str(CKPT), "--trainer.callbacks.every_n_train_steps", "5",
+                 "--trainer.callbacks.save_top_k", "0", "--trainer.callbacks.save_last", "true",
+                 "--trainer.callbacks.enable_version_counter", "false"]
+    (tmp_path / "full").mkdir()
+    os.chdir(tmp_path / "full")
+    full = _fit(toy, *step_ckpt)
+    (tmp_path / "killed").mkdir()
+    os.chdir(tmp_path / "killed")
+    r = _subprocess(["fit", *_args(toy, *step_ckpt, "--trainer.callbacks+=test_classification_training.KillAtStep",
+                                   "--trainer.callbacks.step", "23")])
+    assert r.returncode == 17, r.stderr[-3000:]
+    state = torch.load(CKPT / "last.ckpt", map_location="cpu", weights_only=True)
+    assert (state["global_step"], state["epoch"]) == (20, 1)  # mid-epoch
+    resumed = _fit(toy, *step_ckpt, "--ckpt_path", "last")
+    assert resumed.trainer.global_step == full.trainer.global_step == 30
+    a, b = full.model.model.state_dict(), resumed.model.model.state_dict()
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6), k
+    assert float(resumed.trainer.callback_metrics["val/top1"]) == float(full.trainer.callback_metrics["val/top1"])
+
+
+def test_ddp_two_cpu_processes(toy, tmp_path):
+    r = _subprocess(["fit", *_args(toy, "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu",
+                                   "--trainer.devices", "2", "--trainer.max_epochs", "2",
+                                   "--trainer.callbacks+=test_classification_training.RecordRank",
+                                   "--trainer.callbacks.out", str(tmp_path))], timeout=400)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{k}.json").read_text()) for k in (0, 1))
+    assert (r0["world"], r1["world"]) == (2, 2)
+    # each rank trains on its own half of an epoch: together they cover the whole set once
+    assert len(r0["epoch0"]) == len(r1["epoch0"]) == 30
+    assert sorted(r0["epoch0"] + r1["epoch0"]) == list(range(60))
+    assert len(r0["targets"]) == len(r1["targets"]) == 2 * 28  # 7 batches of 4 per epoch
+    # gradients were averaged: both ranks hold the same weights; lr from the toy config (absolute)
+    assert r0["checksum"] == pytest.approx(r1["checksum"], rel=1e-6) and r0["l2"] == pytest.approx(r1["l2"], rel=1e-6)
+    assert r0["lr_peak"] == r1["lr_peak"] == pytest.approx(2.0e-3)
+    assert r0["val_top1"] == r1["val_top1"]
+
+
+def test_ddp_lr_follows_the_global_batch(toy):
+    from classification.module import ImageClassifier
+    model = ImageClassifier(num_classes=10, batch_size=64, base_lr=1e-3, lr_base_batch=1024)
+
+    class _Trainer:
+        world_size, accumulate_grad_batches = 16, 1
+    model._trainer = _Trainer()
+    assert model.global_batch_size() == 1024 and model.learning_rate() == pytest.approx(1e-3)
+    model._trainer = None
+
+
+def test_training_goes_on_past_bad_images(tmp_path):
+    root = make_toy_classification(tmp_path / "bad", train_per_class=2, val_per_class=1, size=32)
+    folder = root / "train" / "star"
+    good = next(folder.iterdir()).read_bytes()
+    (folder / "zero.JPEG").write_bytes(b"")
+    (folder / "truncated.JPEG").write_bytes(good[: len(good) // 3])
+    (root / "val" / "dots" / "broken.JPEG").write_bytes(b"\xff\xd8\xff garbage")
+    with pytest.warns(RuntimeWarning, match="skipped unreadable image") as record:
+        c = cli(["fit", *_args(root, "--trainer.max_epochs", "1")])
+    named = " ".join(str(w.message) for w in record)
+    for p in (folder / "zero.JPEG", folder / "truncated.JPEG", root / "val" / "dots" / "broken.JPEG"):
+        assert str(p) in named
+    assert c.datamodule.num_skipped >= 3 and c.trainer.global_step > 0
+    assert float(c.trainer.callback_metrics["data/skipped_images"]) >= 2
+
+
+def test_checkpoint_of_other_classes_is_refused(toy, tmp_path):
+    _fit(toy, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1")
+    ckpt = str(CKPT / "last.ckpt")
+    fewer = tmp_path / "fewer"
+    shutil.copytree(toy, fewer)
+    for split in ("train", "val"):
+        shutil.rmtree(fewer / split / "star")
+    with pytest.raises(CheckpointError, match="10 classes but the model has 9.*--model.pretrained"):
+        cli(["validate", *_args(fewer), "--ckpt_path", ckpt])
+    renamed = tmp_path / "renamed"
+    shutil.copytree(toy, renamed)
+    for split in ("train", "val"):
+        (renamed / split / "star").rename(renamed / split / "zstar")
+    with pytest.raises(CheckpointError, match="classes do not match"):
+        cli(["validate", *_args(renamed), "--ckpt_path", ckpt])
