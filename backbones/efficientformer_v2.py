@@ -77,6 +77,10 @@ class Attention2d(nn.Module):
         # passed through the first talking head ahead of time
         self.qkv: nn.Conv2d | None = None
         self.register_buffer("head_bias", None, persistent=False)
+        # deploy form of the stride-2 variant: the bilinear upsampling at the training grid as a
+        # (h*w, H*W) matrix, one matrix product instead of a resize
+        self.register_buffer("upsample", None, persistent=False)
+        self.resolution = resolution
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.qkv is not None:
@@ -113,10 +117,14 @@ class Attention2d(nn.Module):
         self.q = self.k = self.v = None
         if self.pos_bias.cached is not None:
             self.head_bias = self._talking_head1_bias(self.pos_bias.cached)
+        if self.stride_conv is not None:
+            g, r = self.pos_bias.resolution, self.resolution
+            basis = torch.eye(g * g, device=q.weight.device).view(g * g, 1, g, g)
+            self.upsample = F.interpolate(basis, size=(r, r), mode="bilinear", align_corners=False).view(g * g, r * r)
 
     def shape_generic(self) -> None:
-        """No precomputed bias: the graph is the same for every input size (symbolic export)."""
-        self.head_bias = None
+        """No precomputed bias or upsampling: the graph is the same for every input size."""
+        self.head_bias = self.upsample = None
         self.pos_bias.shape_generic()
 
     def _talking_head1_bias(self, pos_bias: torch.Tensor) -> torch.Tensor:
@@ -144,7 +152,10 @@ class Attention2d(nn.Module):
         attn = _mix_heads(attn.softmax(dim=-1), self.talking_head2.weight, self.talking_head2.bias)
         x = (v @ attn.transpose(-1, -2)).reshape(b, -1, h, w) + v_local
         if self.stride_conv is not None:
-            x = F.interpolate(x, size=in_hw, mode="bilinear", align_corners=False)
+            if self.upsample is not None and tuple(in_hw) == (self.resolution,) * 2:
+                x = (x.flatten(2) @ self.upsample).view(b, -1, *in_hw)
+            else:
+                x = F.interpolate(x, size=in_hw, mode="bilinear", align_corners=False)
         return self.proj(self.act(x))
 
 
@@ -233,15 +244,17 @@ class Attention2dDownsample(nn.Module):
         self.pos_bias.shape_generic()
 
     def _forward_deploy(self, x: torch.Tensor) -> torch.Tensor:
-        b, _, h, w = x.shape
-        hq, wq = grid_size(h, 2), grid_size(w, 2)
-        q = self.q(x).reshape(b, self.num_heads, self.key_dim, hq * wq)
+        h, w = x.shape[-2:]
+        q = self.q(x)
+        hq, wq = q.shape[-2:]
+        # token layout (B, heads, dim, N) by flatten/unflatten: no batch-size arithmetic in the graph
+        q = q.flatten(2).unflatten(1, (self.num_heads, self.key_dim))
         k, v = self.kv(x).split([self.num_heads * self.key_dim, self.num_heads * self.val_dim], dim=1)
         v_local = self.v_local(v)
-        k = k.reshape(b, self.num_heads, self.key_dim, h * w)
-        v = v.reshape(b, self.num_heads, self.val_dim, h * w)
+        k = k.flatten(2).unflatten(1, (self.num_heads, self.key_dim))
+        v = v.flatten(2).unflatten(1, (self.num_heads, self.val_dim))
         attn = (q.transpose(-1, -2) @ k + self.pos_bias((hq, wq), (h, w))).softmax(dim=-1)
-        x = (v @ attn.transpose(-1, -2)).reshape(b, -1, hq, wq) + v_local
+        x = (v @ attn.transpose(-1, -2)).reshape(v_local.shape) + v_local
         return self.proj(self.act(x))
 
 

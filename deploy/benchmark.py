@@ -74,18 +74,20 @@ def available_backends() -> dict[str, str]:
     return status
 
 
-def _build(name: str) -> nn.Module:
+def _build(name: str, resolution: int) -> nn.Module:
     model_name, from_timm = _resolve(name)
     if from_timm:
         import timm
         if model_name not in timm.list_models():
             return build_model(model_name)  # raises the helpful unknown-model error
-        return timm.create_model(model_name, pretrained=False).eval()
+        try:  # models with a fixed token grid (ViTs, timm's EfficientFormerV2) take the size here
+            return timm.create_model(model_name, pretrained=False, img_size=resolution).eval()
+        except TypeError:
+            return timm.create_model(model_name, pretrained=False).eval()
     return build_model(model_name)
 
 
-def _prepare(label: str, model: nn.Module, backend: str, x: torch.Tensor, threads: int, workdir: Path,
-             ort_tuned: bool) -> _Entry:
+def _prepare(label: str, model: nn.Module, backend: str, x: torch.Tensor, threads: int, workdir: Path) -> _Entry:
     net = deploy_form(model)
     key = f"{label}|{backend}"
     if backend == "torch":
@@ -105,7 +107,7 @@ def _prepare(label: str, model: nn.Module, backend: str, x: torch.Tensor, thread
     path = workdir / (label.replace(":", "_").replace("/", "_") + ".onnx")
     export_onnx(net, x, path, dynamic_batch=False)
     if backend == "onnxruntime":
-        sess = create_session(path, threads=threads, tuned=ort_tuned)
+        sess = create_session(path, threads=threads)
     else:
         sess = create_session(path, threads=threads, providers=["TensorrtExecutionProvider", "CUDAExecutionProvider"])
     diff = check_onnx(path, net, x, session=sess)
@@ -118,7 +120,7 @@ def _prepare(label: str, model: nn.Module, backend: str, x: torch.Tensor, thread
 
 def run_benchmark(models: Sequence[str], backends: Sequence[str] = ("onnxruntime",), batch_size: int = 1,
                   threads: int = 2, resolution: int = 224, runs: int = 50, warmup: int = 10,
-                  ort_tuned: bool = True, baseline: str | None = None,
+                  baseline: str | None = None,
                   log: Callable[[str], None] = lambda s: None) -> list[dict]:
     """Measure every (model, backend) pair interleaved and return one record per pair.
 
@@ -146,11 +148,11 @@ def run_benchmark(models: Sequence[str], backends: Sequence[str] = ("onnxruntime
     info: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="efv2-bench-") as tmp:
         for name in models:
-            model = _build(name)
+            model = _build(name, resolution)
             info[name] = {"params": count_params(model), "gmacs": count_gmacs(model, resolution)}
             for backend in backends:
                 log(f"preparing {name} on {backend}")
-                entries.append(_prepare(name, model, backend, x, threads, Path(tmp), ort_tuned))
+                entries.append(_prepare(name, model, backend, x, threads, Path(tmp)))
         log(f"measuring {len(entries)} model/backend pairs interleaved: {warmup} warm-up + {runs} runs each")
         stats = measure_interleaved([e.timed for e in entries], runs=runs, warmup=warmup)
     records = []

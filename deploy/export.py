@@ -146,7 +146,8 @@ def check_onnx(path: str | Path, module: nn.Module, example: torch.Tensor, atol:
 def export_coreml(module: nn.Module, example: torch.Tensor, path: str | Path,
                   precision: Literal["float16", "float32"] = "float16", image_input: bool = True,
                   shapes: list[tuple[int, int]] | None = None):
-    """Convert the traced `module` to an ML program package (`.mlpackage`, iOS 16 target).
+    """Convert `module` to an ML program package (`.mlpackage`, iOS 16 target), from its
+    `torch.export` program at the example's size (or its trace, for enumerated `shapes`).
 
     Args:
         image_input: the input is a CoreML `ImageType` (RGB, pixel values 0..255 scaled by 1/255;
@@ -163,21 +164,22 @@ def export_coreml(module: nn.Module, example: torch.Tensor, path: str | Path,
     if path.suffix != ".mlpackage":
         raise ValueError(f"a CoreML ML program is saved as a .mlpackage, got {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
-        traced = torch.jit.trace(module.eval(), example, check_trace=False)
     n, c = example.shape[:2]
-    if shapes:
-        shape = ct.EnumeratedShapes(shapes=[(n, c, h, w) for h, w in shapes],
-                                    default=(n, c) + tuple(example.shape[-2:]))
-    else:
-        shape = tuple(example.shape)
+    with torch.no_grad():
+        if shapes:  # a traced graph, for models whose trace holds at every size
+            source = torch.jit.trace(module.eval(), example, check_trace=False)
+            shape = ct.EnumeratedShapes(shapes=[(n, c, h, w) for h, w in shapes],
+                                        default=(n, c) + tuple(example.shape[-2:]))
+        else:  # torch.export at the example's size: every shape is a constant
+            source = torch.export.export(module.eval(), (example,)).run_decompositions({})
+            shape = tuple(example.shape)
     if image_input:
         inp = ct.ImageType(name="image", shape=shape, scale=1.0 / 255.0, bias=[0.0, 0.0, 0.0],
                            color_layout=ct.colorlayout.RGB)
     else:
         inp = ct.TensorType(name="image", shape=shape)
     names = _output_names(module, example)
-    mlmodel = ct.convert(traced, inputs=[inp], outputs=[ct.TensorType(name=nm) for nm in names],
+    mlmodel = ct.convert(source, inputs=[inp], outputs=[ct.TensorType(name=nm) for nm in names],
                          convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16,
                          compute_precision=ct.precision.FLOAT16 if precision == "float16" else ct.precision.FLOAT32)
     mlmodel.short_description = "EfficientFormerV2 (deploy form); input: RGB image, ImageNet normalisation built in"
@@ -262,10 +264,11 @@ def export_model(name: str, fmt: Format, out: str | Path, checkpoint: str | Path
         fmt: onnx, coreml or torchscript. out: output path (.onnx, .mlpackage, .pt).
         checkpoint: weights for a project model (its class count is taken from the file).
         features: export the four feature maps (strides 4/8/16/32) instead of logits; ONNX then
-            has dynamic height/width, CoreML the enumerated sizes `coreml_shapes` (default: the
-            export size, its transpose, and 1.5x it).
+            has dynamic height/width (TorchScript's traced graph also holds for any size); the
+            CoreML package of an EfficientFormerV2 has the fixed size `size`.
         size: example input (height, width). normalize: ImageNet normalisation inside the graph.
         precision: CoreML compute precision. model: an already built model (skips `name` lookup).
+        coreml_shapes: enumerated CoreML input sizes (timm models; EfficientFormerV2 only `size`).
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -275,8 +278,8 @@ def export_model(name: str, fmt: Format, out: str | Path, checkpoint: str | Path
     if model is None:
         model = build_model(name, checkpoint, features=features)
     net = deploy_form(model)
-    if features and isinstance(net, EfficientFormerV2):
-        net.shape_generic()  # one graph for every input size (symbolic or enumerated sizes)
+    if features and isinstance(net, EfficientFormerV2) and fmt != "coreml":
+        net.shape_generic()  # one graph for every input size (ONNX symbolic sizes, traced TorchScript)
     if features:
         net = FeatureTuple(net)
     if normalize:
@@ -299,11 +302,14 @@ def export_model(name: str, fmt: Format, out: str | Path, checkpoint: str | Path
         return ExportResult("onnx", out, time.perf_counter() - start,
                             f"ONNX Runtime vs PyTorch on {shapes} (bound {ONNX_ATOL})", max_abs_diff=diff)
     if fmt == "coreml":
-        if features and coreml_shapes is None:
-            h, w = size
-            coreml_shapes = sorted({(h, w), (w, h), (h * 3 // 2, w * 3 // 2)})
-        export_coreml(net, example, out, precision=precision, image_input=normalize,
-                      shapes=coreml_shapes if features else None)
+        if coreml_shapes and not isinstance(model, EfficientFormerV2):
+            export_coreml(net, example, out, precision=precision, image_input=normalize, shapes=coreml_shapes)
+        elif coreml_shapes and set(coreml_shapes) != {tuple(size)}:
+            raise ValueError("flexible input sizes are not available for EfficientFormerV2 in CoreML yet "
+                             "(coremltools 9 cannot convert the size-dependent attention bias): export one "
+                             "package per input size with --size H W")
+        else:
+            export_coreml(net, example, out, precision=precision, image_input=normalize)
         result = check_coreml(out, net, example)
         result.seconds = time.perf_counter() - start
         return result

@@ -2,6 +2,7 @@
 drifting machine (other jobs, clock changes) affects every model of a table alike."""
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ def summarize(times_ms: Sequence[float]) -> LatencyStats:
     if not times_ms:
         raise ValueError("no timings to summarize")
     ordered = sorted(times_ms)
-    rank = max(0, min(len(ordered) - 1, int(round(0.9 * len(ordered) + 0.5)) - 1))
+    rank = max(0, math.ceil(0.9 * len(ordered) - 1e-9) - 1)  # nearest rank
     return LatencyStats(statistics.median(ordered), ordered[rank], statistics.fmean(ordered), ordered[0],
                         len(ordered))
 

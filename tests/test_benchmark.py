@@ -52,7 +52,8 @@ def test_records_have_the_interface_fields(tiny_records):
     assert s0["gmacs"] == pytest.approx(0.396 * (64 / 224) ** 2, rel=0.1)
     assert first[1]["max_abs_diff"] <= 1e-4          # ONNX Runtime graph equals PyTorch
     assert {r["vs_baseline"] for r in first if r["model"] == "mobilenetv2_050"} == {1.0}
-    assert second[0]["batch_size"] == 2 and second[0]["params"] == 3_600_256  # timm's graph, same size
+    # timm's graph at 64 px (its bias tables follow its img_size): same network size within 0.1%
+    assert second[0]["batch_size"] == 2 and abs(second[0]["params"] - 3_600_256) < 3_600
 
 
 def test_json_csv_table_and_plot(tiny_records, tmp_path):

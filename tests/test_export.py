@@ -62,15 +62,22 @@ def test_onnx_features_dynamic_nonsquare(s0_features, tmp_path):
     assert check_onnx(res.path, net, torch.rand(2, 3, 224, 224), session=sess) <= ONNX_ATOL
 
 
-def test_onnx_tuned_session_keeps_parity_and_blocked_layout(s0, tmp_path):
+def test_onnx_static_graph_is_the_fused_deploy_form(s0, tmp_path):
+    """The classifier graph of the benchmark: static shapes, no resize (the upsampling of the
+    stride attention is a matrix product at 224), q/k/v in one conv, parity with PyTorch."""
+    import onnx
+
     from deploy.export import export_onnx
-    from deploy.ort import create_session, optimize_for_cpu
+    from deploy.ort import create_session
     net = deploy_form(s0)
     x = torch.randn(1, 3, 224, 224)
     path = export_onnx(net, x, tmp_path / "s0_static.onnx", dynamic_batch=False)
-    _, rewired = optimize_for_cpu(path, tmp_path / "s0.cpu.onnx", threads=2)
-    assert rewired > 0  # GELUs between convolutions now run on the blocked layout
-    sess = create_session(path, threads=2, tuned=True)
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert "Resize" not in ops and "BatchNormalization" not in ops
+    assert ops.count("Split") == 5  # q/k/v (4 attention blocks) and k/v (downsampling attention)
+    optimized = tmp_path / "s0.opt.onnx"
+    sess = create_session(path, threads=2, optimized_path=optimized)
+    assert optimized.is_file()
     assert check_onnx(path, net, x, session=sess) <= ONNX_ATOL
 
 
@@ -98,11 +105,14 @@ def test_coreml_classifier_and_features(s0, s0_features, tmp_path):
     assert spec.description.input[0].type.WhichOneof("Type") == "imageType"
     assert spec.specificationVersion >= 7  # iOS 16
     res = export_model(S0, "coreml", tmp_path / "s0_feat.mlpackage", model=s0_features, features=True,
-                       size=FEAT_SIZE, precision="float32", coreml_shapes=[FEAT_SIZE, (224, 224)])
+                       size=FEAT_SIZE, precision="float32")
     spec = ct.utils.load_spec(str(res.path))
     assert [o.name for o in spec.description.output] == ["feat0", "feat1", "feat2", "feat3"]
-    sizes = spec.description.input[0].type.imageType.enumeratedSizes.sizes
-    assert {(s.height, s.width) for s in sizes} == {FEAT_SIZE, (224, 224)}
+    image = spec.description.input[0].type.imageType
+    assert (image.height, image.width) == FEAT_SIZE
+    with pytest.raises(ValueError, match="--size"):
+        export_model(S0, "coreml", tmp_path / "x.mlpackage", model=s0_features, features=True,
+                     size=FEAT_SIZE, coreml_shapes=[FEAT_SIZE, (224, 224)])
 
 
 def test_unknown_model_is_refused_with_a_hint():

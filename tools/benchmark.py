@@ -3,15 +3,15 @@
     python tools/benchmark.py --models efficientformerv2_s0 mobilenetv2_100 [timm:efficientformerv2_s0 ...]
                               [--backend onnxruntime [torch compile tensorrt]] [--threads 2]
                               [--batch-size 1] [--resolution 224] [--runs 50] [--warmup 10]
-                              [--baseline mobilenetv2_100] [--ort-default] [--json OUT] [--csv OUT]
+                              [--baseline mobilenetv2_100] [--json OUT] [--csv OUT]
                               [--plot OUT.png]
 
 All (model, backend) pairs are measured interleaved in one run (compare latencies only inside a
 run). Project models run in their deploy form; `timm:NAME` is timm's implementation (the
-reference graph). ONNX Runtime runs each exported graph through the same session pipeline
-(`deploy.ort`): full optimisation for this CPU with the blocked layout kept across GELU
-(`--ort-default`: ONNX Runtime's default session). The plot draws the paper's Table 2 top-1
-against the measured latency.
+reference graph). ONNX Runtime runs every exported graph (static shapes at the benchmark's
+batch and resolution) with the same session options (`deploy.ort`), and each is checked against
+PyTorch (max abs difference in the table). The plot draws the paper's Table 2 top-1 against the
+measured latency.
 """
 from __future__ import annotations
 
@@ -21,12 +21,11 @@ from pathlib import Path
 
 
 def benchmark(models: list[str], backends: list[str], threads: int = 2, batch_size: int = 1,
-              resolution: int = 224, runs: int = 50, warmup: int = 10, baseline: str | None = None,
-              ort_tuned: bool = True) -> list[dict]:
+              resolution: int = 224, runs: int = 50, warmup: int = 10, baseline: str | None = None) -> list[dict]:
     """Run the interleaved benchmark; returns one record per (model, backend)."""
     from deploy.benchmark import run_benchmark
     return run_benchmark(models, backends, batch_size=batch_size, threads=threads, resolution=resolution,
-                         runs=runs, warmup=warmup, ort_tuned=ort_tuned, baseline=baseline,
+                         runs=runs, warmup=warmup, baseline=baseline,
                          log=lambda s: print(f"benchmark: {s}", file=sys.stderr, flush=True))
 
 
@@ -41,7 +40,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--baseline", help="report each latency relative to this model (same backend)")
-    parser.add_argument("--ort-default", action="store_true", help="ONNX Runtime's default session instead")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--csv", type=Path)
     parser.add_argument("--plot", type=Path, help="PNG: paper top-1 against measured latency")
@@ -49,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     from deploy.benchmark import format_table, plot_accuracy_latency, write_csv, write_json
     try:
         records = benchmark(args.models, args.backend, args.threads, args.batch_size, args.resolution,
-                            args.runs, args.warmup, args.baseline, not args.ort_default)
+                            args.runs, args.warmup, args.baseline)
     except (ValueError, RuntimeError, ImportError) as e:
         print(f"benchmark: error: {e}", file=sys.stderr)
         return 2

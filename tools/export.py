@@ -7,9 +7,10 @@
 Inputs of the exported model: RGB images scaled to [0, 1] (pixel / 255), NCHW, ImageNet mean/std
 normalisation inside the graph (CoreML: an ImageType taking 0..255 pixels); `--no-normalize`
 exports a graph taking already normalised tensors. ONNX has a dynamic batch axis, and dynamic
-height/width with `--features` (the four feature maps, strides 4/8/16/32). CoreML packages are
-ML programs for iOS 16, float16 unless `--precision float32`; with `--features` they accept the
-enumerated sizes `--coreml-shapes`. Every export is checked: ONNX Runtime against PyTorch (max
+height/width with `--features` (the four feature maps, strides 4/8/16/32; TorchScript's traced
+graph also holds for any size). CoreML packages are ML programs for iOS 16, float16 unless
+`--precision float32`, at the input size `--size` (enumerated sizes `--coreml-shapes` for timm
+models only: coremltools 9 cannot convert EfficientFormerV2's size-dependent attention bias). Every export is checked: ONNX Runtime against PyTorch (max
 abs difference printed, bounded by 1e-4), CoreML by validating the saved package and listing its
 ops (prediction parity only on macOS), TorchScript by reloading it.
 """
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", choices=["float16", "float32"], default="float16", help="CoreML precision")
     parser.add_argument("--no-normalize", action="store_true", help="no ImageNet normalisation in the graph")
     parser.add_argument("--coreml-shapes", type=_hw, nargs="+", metavar="HxW",
-                        help="CoreML --features: enumerated input sizes")
+                        help="CoreML: enumerated input sizes (timm models)")
     args = parser.parse_args(argv)
     if len(args.size) not in (1, 2):
         parser.error("--size takes H or H W")
