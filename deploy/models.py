@@ -30,7 +30,7 @@ def _timm_names() -> list[str]:
 
 
 def _unknown_model(name: str) -> ValueError:
-    candidates = list_models() + _timm_names()
+    candidates = sorted(set(list_models()) | set(_timm_names()))
     close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     return ValueError(f"unknown model {name!r}: use one of {', '.join(list_models())} or a timm model "
