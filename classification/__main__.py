@@ -30,10 +30,16 @@ class ClassificationCLI(LightningCLI):
         parser.link_arguments("data.seed", "model.seed")
 
 
-def main(args: ArgsType = None, run: bool = True) -> ClassificationCLI:
-    """Run the CLI (`args`: None reads sys.argv) and return it (its `trainer`, `model`, `datamodule`)."""
+def cli(args: ArgsType = None, run: bool = True) -> ClassificationCLI:
+    """Run the CLI in-process (`args`: None reads sys.argv) and return it, with its `trainer`,
+    `model` and `datamodule`."""
     return ClassificationCLI(ImageClassifier, ImageNetDataModule, auto_configure_optimizers=False,
                              save_config_kwargs={"overwrite": True}, args=args, run=run)
+
+
+def main() -> None:
+    """Console entry point (`efficientformerv2-cls`)."""
+    cli()
 
 
 if __name__ == "__main__":

@@ -43,33 +43,34 @@ class TeacherConfig(TypedDict, total=False):
 
 
 def build_teacher(config: TeacherConfig, num_classes: int) -> nn.Module:
-    """The frozen, eval-mode teacher described by `config`."""
+    """The frozen, eval-mode teacher described by `config`, with weights from its checkpoint."""
     import timm
 
-    name = config.get("name")
+    name, checkpoint = config.get("name"), config.get("checkpoint")
     if not name:
         raise ValueError("model.teacher needs a 'name' (a timm model such as regnety_160, or "
-                         "efficientformerv2_s0 ...) and a 'checkpoint' with its weights")
-    kwargs = dict(config.get("kwargs") or {})
-    checkpoint = config.get("checkpoint")
-    if name.startswith("efficientformerv2"):
-        teacher = create_model(name, num_classes=num_classes, **kwargs)
-        if checkpoint:
-            load_checkpoint(teacher, checkpoint)
-    else:
-        teacher = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
-        if checkpoint:
-            sd = read_state_dict(checkpoint)
-            own = teacher.state_dict()
-            if not any(k in own for k in sd):  # e.g. a Lightning checkpoint: keys under "model."
-                sd = {k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")}
-            missing, unexpected = teacher.load_state_dict(sd, strict=False)
-            if missing or unexpected:
-                raise CheckpointError(f"teacher checkpoint {checkpoint} does not fit timm's {name!r} with "
-                                      f"{num_classes} classes: missing {missing[:5]}, unexpected {unexpected[:5]}")
+                         "efficientformerv2_l) and a 'checkpoint' with its weights")
     if not checkpoint:
         raise ValueError(f"model.teacher.checkpoint is required: a randomly initialised {name!r} "
                          "would teach noise (weights are never downloaded)")
+    kwargs = dict(config.get("kwargs") or {})
+    if name.startswith("efficientformerv2"):
+        teacher = create_model(name, num_classes=num_classes, **kwargs)
+        load_checkpoint(teacher, checkpoint)
+    else:
+        teacher = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+        sd = read_state_dict(checkpoint)
+        own = teacher.state_dict()
+        if not any(k in own for k in sd):  # e.g. a Lightning checkpoint: keys under "model."
+            sd = {k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")}
+        try:
+            missing, unexpected = teacher.load_state_dict(sd, strict=False)
+        except RuntimeError as e:  # shape mismatches
+            raise CheckpointError(f"teacher checkpoint {checkpoint} does not fit timm's {name!r} with "
+                                  f"{num_classes} classes: {e}") from e
+        if missing or unexpected:
+            raise CheckpointError(f"teacher checkpoint {checkpoint} does not fit timm's {name!r} with "
+                                  f"{num_classes} classes: missing {missing[:5]}, unexpected {unexpected[:5]}")
     teacher.requires_grad_(False)
     return teacher.eval()
 

@@ -30,7 +30,8 @@ from deploy.mes import ALPHA_LATENCY, ALPHA_SIZE, U_LATENCY_MS, U_SIZE, mobile_e
 
 __all__ = ["Action", "frontier", "recalibrate_bn", "evaluate", "Target", "MesSpec", "SubnetEvaluator",
            "SearchStep", "SearchResult", "arch_dict", "greedy_search", "random_baseline", "random_cloud",
-           "sample_at_budget", "plot_trajectory", "ProxyReport", "proxy_correlation"]
+           "sample_at_budget", "plot_trajectory", "ProxyReport", "proxy_correlation", "load_supernet",
+           "image_batches", "classification_config"]
 
 Batches = Iterable[Any]
 
@@ -454,3 +455,59 @@ def _pearson(a: Sequence[float], b: Sequence[float]) -> float:
         return statistics.correlation(a, b)
     except statistics.StatisticsError:  # a constant series
         return 0.0
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and data for the search tool
+# --------------------------------------------------------------------------------------------
+def load_supernet(checkpoint: str | Path) -> EfficientFormerV2Supernet:
+    """The supernet of a `SupernetModule` Lightning checkpoint (read with weights_only=True)."""
+    try:
+        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as e:
+        raise ValueError(f"cannot read supernet checkpoint {checkpoint}: {e}") from e
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+        raise ValueError(f"{checkpoint} is not a Lightning checkpoint of classification.supernet.SupernetModule "
+                         "(python -m classification.supernet fit ... writes one)")
+    hp = ckpt["hyper_parameters"]
+    state = {k[len("supernet."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("supernet.")}
+    if not state:
+        raise ValueError(f"{checkpoint} holds no supernet weights (no 'supernet.*' keys)")
+    net = EfficientFormerV2Supernet(hp.get("space"), num_classes=hp["num_classes"],
+                                    distillation=hp.get("distillation", True), img_size=hp["img_size"])
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{checkpoint} does not fit the supernet its hyper-parameters describe: missing "
+                         f"{missing[:5]}, unexpected {unexpected[:5]}")
+    return net.eval()
+
+
+def image_batches(root: str | Path, split: str, img_size: int, batch_size: int, max_images: int | None = None,
+                  cache: bool = True, num_workers: int = 0, **data_kwargs: Any) -> Batches:
+    """Evaluation-transformed batches of one split of an ImageNet-layout folder (the classification
+    DataModule's transforms and reader). `max_images` takes evenly spaced images (every class
+    keeps its share); `cache` holds the batches in memory (small splits: evaluated many times)."""
+    from torch.utils.data import DataLoader, Subset
+
+    from .data import ImageFolderDataset, ImageNetDataModule, collate_skip_bad, scan_split
+
+    dm = ImageNetDataModule(root, img_size=img_size, batch_size=batch_size, num_workers=num_workers, **data_kwargs)
+    dataset = ImageFolderDataset(scan_split(Path(root) / split, dm.class_to_idx), dm.eval_transform(), dm.classes)
+    if max_images is not None and max_images < len(dataset):
+        step = len(dataset) / max_images
+        dataset = Subset(dataset, [int(i * step) for i in range(max_images)])
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=collate_skip_bad)
+    return [b for b in loader if b is not None] if cache else loader
+
+
+def classification_config(result: SearchResult, base_config: str | Path | None = None) -> dict[str, Any]:
+    """A `python -m classification fit` config that trains the searched network from scratch:
+    `base_config` (a classification YAML) with `model.arch` set to the searched architecture."""
+    import yaml
+
+    config: dict[str, Any] = yaml.safe_load(Path(base_config).read_text()) if base_config else {}
+    model = config.setdefault("model", {}) or {}
+    config["model"] = model
+    model["arch"] = arch_dict(result.config)   # used instead of model_name
+    return config

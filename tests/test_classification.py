@@ -18,7 +18,7 @@ from timm.data.random_erasing import RandomErasing
 from torchvision import transforms as T
 
 from backbones import load_checkpoint
-from classification.__main__ import main as cli
+from classification.__main__ import cli
 from classification.data import (DataError, ImageFolderDataset, ImageNetDataModule, collate_skip_bad,
                                  load_rgb, scan_split)
 from classification.module import ImageClassifier

@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch import Callback
 
 from backbones import CheckpointError, efficientformerv2_s0, load_checkpoint
-from classification.__main__ import main as cli
+from classification.__main__ import cli
 from classification.toy_data import make_toy_classification
 
 REPO = Path(__file__).resolve().parents[1]
