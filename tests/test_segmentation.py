@@ -33,9 +33,11 @@ def test_configs_build_from_the_mmseg_registry(variant):
     assert cfg.train_cfg.max_iters == 40000 and cfg.train_dataloader.batch_size * 8 == 32
     assert cfg.crop_size == (512, 512) and cfg.model.decode_head.num_classes == 150
     assert cfg.model.neck.in_channels == WIDTHS[variant]
+    if variant != "s0":  # one full segmentor is enough
+        assert MODELS.build(cfg.model.backbone).widths == WIDTHS[variant]
+        return
     model = MODELS.build(cfg.model)
     assert type(model).__name__ == "EncoderDecoder" and isinstance(model.backbone, EfficientFormerV2)
-    assert model.backbone.widths == WIDTHS[variant]
     model.eval()
     with torch.no_grad():
         logits = model(torch.randn(1, 3, 64, 96), mode="tensor")

@@ -1,6 +1,6 @@
 # CPU toy run of the S0 Mask R-CNN config on the generated toy COCO set
 # (`python tools/make_toy_data.py --task det --out data/toy_coco`): 160x160 images, 3 classes,
-# FPN and heads at 128 channels with fewer proposals and RoI samples, 1 image scale, short
+# FPN and heads at 128 channels, a 2-conv mask head, fewer proposals and RoI samples, 1 image scale, short
 # schedule. Everything else (model type, losses, data pipeline, CocoMetric) is the real config's.
 _base_ = './mask-rcnn_efficientformerv2-s0_fpn_1x_coco.py'
 
@@ -9,7 +9,7 @@ metainfo = dict(classes=('circle', 'square', 'triangle'),
                 palette=[(220, 60, 50), (50, 200, 70), (60, 90, 230)])
 image_scale = (160, 160)
 width = 128
-max_epochs = 16
+max_epochs = 10
 
 model = dict(
     # the classifier `make demo` trains on the toy classification set, as users start from ImageNet
@@ -20,10 +20,10 @@ model = dict(
         bbox_roi_extractor=dict(out_channels=width),
         bbox_head=dict(in_channels=width, fc_out_channels=256, num_classes=3),
         mask_roi_extractor=dict(out_channels=width),
-        mask_head=dict(in_channels=width, conv_out_channels=width, num_classes=3)),
+        mask_head=dict(num_convs=2, in_channels=width, conv_out_channels=width, num_classes=3)),
     train_cfg=dict(
         rpn_proposal=dict(nms_pre=500, max_per_img=200),
-        rcnn=dict(sampler=dict(num=128))),
+        rcnn=dict(sampler=dict(num=64))),
     test_cfg=dict(
         rpn=dict(nms_pre=500, max_per_img=100),
         rcnn=dict(max_per_img=20)))

@@ -6,7 +6,7 @@ _base_ = './fpn_efficientformerv2-s0_ade20k-512x512_40k.py'
 
 data_root = 'data/toy_ade20k/'
 crop_size = (128, 128)
-max_iters = 800
+max_iters = 500
 norm_cfg = dict(type='BN', requires_grad=True)
 
 model = dict(
