@@ -23,7 +23,8 @@ def _ort():
 def session_options(threads: int | None = None, level: str = "all", optimized_path: str | Path | None = None,
                     profile_prefix: str | None = None):
     """`onnxruntime.SessionOptions` for low-latency CPU inference: sequential execution, `threads`
-    intra-op threads (None: ONNX Runtime's default), one inter-op thread, spinning threads.
+    intra-op threads (None: ONNX Runtime's default), one inter-op thread, worker threads that
+    spin during a run and stop spinning when it ends.
 
     Args:
         level: graph optimisation level, "all", "extended", "basic" or "disabled".
@@ -43,6 +44,9 @@ def session_options(threads: int | None = None, level: str = "all", optimized_pa
     if threads is not None:
         so.intra_op_num_threads = int(threads)
     so.inter_op_num_threads = 1
+    # worker threads spin while a run is in progress and stop at its end: idle sessions (several
+    # models timed interleaved, or an app between frames) do not take cores from the active one
+    so.add_session_config_entry("session.force_spinning_stop", "1")
     so.log_severity_level = 3
     if optimized_path is not None:
         so.optimized_model_filepath = str(optimized_path)
