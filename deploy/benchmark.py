@@ -224,7 +224,11 @@ def plot_accuracy_latency(records: Sequence[dict], path: str | Path, backend: st
     pts = [r for r in records if r["backend"] == backend and r.get("top1_paper") is not None]
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     ours = sorted((r for r in pts if is_project_model(r["model"])), key=lambda r: r["latency_ms_median"])
-    others = [r for r in pts if r not in ours]
+    reference = [r for r in pts if r["model"].startswith("timm:")]
+    others = [r for r in pts if r not in ours and r not in reference]
+    if reference:
+        ax.plot([r["latency_ms_median"] for r in reference], [r["top1_paper"] for r in reference], "x",
+                color="gray", label="same models, timm's graph")
     if ours:
         ax.plot([r["latency_ms_median"] for r in ours], [r["top1_paper"] for r in ours], "o-", color="tab:red",
                 label="EfficientFormerV2 (this project)")
@@ -232,8 +236,9 @@ def plot_accuracy_latency(records: Sequence[dict], path: str | Path, backend: st
         ax.plot([r["latency_ms_median"] for r in others], [r["top1_paper"] for r in others], "s",
                 color="tab:blue", label="other models")
     for r in pts:
-        ax.annotate(r["model"].removeprefix("timm:"), (r["latency_ms_median"], r["top1_paper"]), fontsize=7,
-                    xytext=(4, 3), textcoords="offset points")
+        if r not in reference:
+            ax.annotate(r["model"], (r["latency_ms_median"], r["top1_paper"]), fontsize=7, xytext=(4, -10),
+                        textcoords="offset points")
     first = records[0]
     ax.set_xlabel(f"latency (ms, median; {backend}, batch {first['batch_size']}, {first['threads']} threads, "
                   f"{first['resolution']}px)")
