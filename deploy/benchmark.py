@@ -164,7 +164,7 @@ def run_benchmark(models: Sequence[str], backends: Sequence[str] = ("onnxruntime
                "latency_ms_p90": round(s.p90, 4), "latency_ms_mean": round(s.mean, 4),
                "latency_ms_min": round(s.min, 4), "runs": s.runs, "params": info[e.label]["params"],
                "gmacs": round(info[e.label]["gmacs"], 4),
-               "mes": round(mobile_efficiency_score(info[e.label]["params"], s.median / batch_size), 2),
+               "mes": round(mobile_efficiency_score(info[e.label]["params"], s.median / batch_size), 4),
                "top1_paper": PAPER_TOP1.get(model_name), "max_abs_diff": e.max_abs_diff}
         records.append(rec)
     if baseline is not None:
