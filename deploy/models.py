@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 from pathlib import Path
 
 import torch
@@ -17,6 +18,10 @@ __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "build_model", "deploy_form", "is_pr
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# the downsampling attention's bias table covers the stage-3 grid (input size / 16) of training
+_TRAIN_GRID_KEY = "stages.3.downsample.attn.pos_bias.attention_biases"
 
 
 def is_project_model(name: str) -> bool:
@@ -40,7 +45,7 @@ def _unknown_model(name: str) -> ValueError:
 def build_model(name: str, checkpoint: str | Path | None = None, features: bool = False,
                 num_classes: int | None = None) -> nn.Module:
     """An eval-mode model by name: a project variant (optionally with weights from `checkpoint`,
-    whose class count and distillation head are read from the file) or any timm model (random
+    whose class count, distillation head and training input size are read from the file) or any timm model (random
     weights; timm's `features_only` for `features`).
 
     Raises:
@@ -60,6 +65,10 @@ def build_model(name: str, checkpoint: str | Path | None = None, features: bool 
                                       "export it with --features, or pass a classifier checkpoint")
         if num_classes is not None and "num_classes" not in kwargs:
             kwargs["num_classes"] = num_classes
+        if state is not None and _TRAIN_GRID_KEY in state:
+            # the bias tables are stored at the training grid: build the model for that input size
+            side = math.isqrt(state[_TRAIN_GRID_KEY].shape[-1])
+            kwargs["img_size"] = 16 * side
         model = create_model(name, **kwargs)
         if state is not None:
             load_checkpoint(model, state)

@@ -126,9 +126,10 @@ def test_checkpoint_of_another_variant_is_refused(tmp_path):
         export_model(S0, "torchscript", tmp_path / "x.pt", checkpoint=path)
 
 
-def test_checkpoint_class_count_is_taken_from_the_file(tmp_path):
-    path = save_checkpoint(create_model(S0, num_classes=7), tmp_path / "s0.safetensors")
-    assert build_model(S0, path).head.out_features == 7
+def test_checkpoint_class_count_and_training_size_are_taken_from_the_file(tmp_path):
+    path = save_checkpoint(create_model(S0, num_classes=7, img_size=64), tmp_path / "s0.safetensors")
+    model = build_model(S0, path)
+    assert model.head.out_features == 7 and model.img_size == 64
 
 
 def test_missing_export_stack_says_what_to_install(monkeypatch, tmp_path):

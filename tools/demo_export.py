@@ -17,14 +17,14 @@ from pathlib import Path
 DEFAULT_CKPT = Path("artifacts/cls_toy/efficientformerv2_s0.safetensors")
 
 
-def _toy_images(data: Path, n: int = 2):
-    """Up to `n` toy validation images as a (n, 3, 224, 224) tensor in [0, 1], or None."""
+def _toy_images(data: Path, size: int, n: int = 2):
+    """Up to `n` toy validation images as a (n, 3, size, size) tensor in [0, 1], or None."""
     import torch
     from PIL import Image
     files = sorted((data / "toy_cls" / "val").glob("*/*"))[:n]
     if not files:
         return None
-    imgs = [torch.from_numpy(__import__("numpy").asarray(Image.open(f).convert("RGB").resize((224, 224))).copy())
+    imgs = [torch.from_numpy(__import__("numpy").asarray(Image.open(f).convert("RGB").resize((size, size))).copy())
             for f in files]
     return torch.stack(imgs).permute(0, 3, 1, 2).float() / 255
 
@@ -40,16 +40,17 @@ def run_demo(data: Path, checkpoint: Path, out: Path) -> tuple[float, str]:
     else:
         print(f"demo-export: {checkpoint} not found (run `make demo` first); exporting a fresh S0")
         model = build_model(name)
-    onnx_res = export_model(name, "onnx", out / f"{name}.onnx", model=model)
+    size = (model.img_size, model.img_size)  # the training input size of the checkpoint
+    onnx_res = export_model(name, "onnx", out / f"{name}.onnx", model=model, size=size)
     print(onnx_res.summary())
     diff = onnx_res.max_abs_diff
-    images = _toy_images(data)
+    images = _toy_images(data, size[0])
     if images is not None:
         net = ImageInput(deploy_form(model)).eval()
         diff = max(diff, check_onnx(onnx_res.path, net, images))
         print(f"demo-export: ONNX Runtime on {len(images)} toy validation images: max abs diff {diff:.3g}")
     try:
-        cm = export_model(name, "coreml", out / f"{name}.mlpackage", model=model)
+        cm = export_model(name, "coreml", out / f"{name}.mlpackage", model=model, size=size)
     except ExportStackError as e:
         return diff, f"not exported ({e})"
     print(f"coreml ops: {', '.join(f'{k} x{v}' for k, v in sorted(cm.ops.items(), key=lambda kv: -kv[1]))}")
