@@ -34,6 +34,8 @@ class EfficientFormerV2(BaseModule):
             (eval mode, no gradients), as in mmdet's ResNet.
         norm_eval: keep every BatchNorm in eval mode and its affine parameters frozen.
         drop_path_rate: stochastic depth (None: the variant's own rate).
+        img_size: the classification resolution of the pretrained weights; it sets the grid of
+            the attention-bias tables (224 for ImageNet checkpoints). Inputs of any size work.
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH[, strict=True])`` loads ImageNet
             weights of the project, the official release, timm, Lightning or mmengine through
             `backbones.load_checkpoint` (classifier dropped). With strict (default) any missing,
@@ -43,14 +45,14 @@ class EfficientFormerV2(BaseModule):
 
     def __init__(self, arch: str | Mapping[str, Any] = "s0", out_indices: Sequence[int] = (0, 1, 2, 3),
                  frozen_stages: int = -1, norm_eval: bool = False, drop_path_rate: float | None = None,
-                 init_cfg: dict | None = None) -> None:
+                 img_size: int = 224, init_cfg: dict | None = None) -> None:
         if init_cfg is not None and init_cfg.get("type") == "Pretrained" and not init_cfg.get("checkpoint"):
             raise ValueError("init_cfg=dict(type='Pretrained') needs checkpoint=PATH to an ImageNet checkpoint")
         super().__init__(init_cfg=init_cfg)
         if not -1 <= frozen_stages <= 4:
             raise ValueError(f"frozen_stages must be in -1..4 (4 = every stage), got {frozen_stages}")
         self.body = _EfficientFormerV2(dict(arch) if isinstance(arch, Mapping) else arch, features_only=True,
-                                       out_indices=out_indices, drop_path_rate=drop_path_rate)
+                                       out_indices=out_indices, drop_path_rate=drop_path_rate, img_size=img_size)
         self.out_indices = self.body.out_indices
         self.widths = [self.body.feature_info[i]["num_chs"] for i in self.out_indices]
         self.strides = [self.body.feature_info[i]["reduction"] for i in self.out_indices]

@@ -60,7 +60,7 @@ def test_toy_ade20k_layout(tmp_path, toy_ade):
 
 def test_train_evaluate_resume_on_toy_ade20k(tmp_path, toy_ade):
     """Two iterations of Semantic FPN, IoUMetric evaluation, test from the checkpoint, resume."""
-    backbone_ckpt = save_checkpoint(efficientformerv2_s0(), tmp_path / "s0.safetensors")
+    backbone_ckpt = save_checkpoint(efficientformerv2_s0(img_size=64), tmp_path / "s0.safetensors")  # like the toy classifier
     options = {"train_dataloader.batch_size": 2, "train_dataloader.dataset.data_root": str(toy_ade),
                "val_dataloader.dataset.data_root": str(toy_ade), "test_dataloader.dataset.data_root": str(toy_ade),
                "train_cfg.max_iters": 2, "train_cfg.val_interval": 2, "default_hooks.checkpoint.interval": 2,

@@ -12,8 +12,10 @@ width = 128
 max_epochs = 10
 
 model = dict(
-    # the classifier `make demo` trains on the toy classification set, as users start from ImageNet
-    backbone=dict(init_cfg=dict(checkpoint='artifacts/cls_toy/efficientformerv2_s0.safetensors')),
+    # the classifier `make demo` trains on the toy classification set (64 px images: the grid of
+    # its attention-bias tables), as users start from ImageNet weights (224 px)
+    backbone=dict(img_size=64,
+                  init_cfg=dict(checkpoint='artifacts/cls_toy/efficientformerv2_s0.safetensors')),
     neck=dict(out_channels=width),
     rpn_head=dict(in_channels=width, feat_channels=width),
     roi_head=dict(

@@ -11,8 +11,10 @@ norm_cfg = dict(type='BN', requires_grad=True)
 
 model = dict(
     data_preprocessor=dict(size=crop_size),
-    # the classifier `make demo` trains on the toy classification set, as users start from ImageNet
-    backbone=dict(init_cfg=dict(checkpoint='artifacts/cls_toy/efficientformerv2_s0.safetensors')),
+    # the classifier `make demo` trains on the toy classification set (64 px images: the grid of
+    # its attention-bias tables), as users start from ImageNet weights (224 px)
+    backbone=dict(img_size=64,
+                  init_cfg=dict(checkpoint='artifacts/cls_toy/efficientformerv2_s0.safetensors')),
     decode_head=dict(norm_cfg=norm_cfg))
 
 train_pipeline = [
