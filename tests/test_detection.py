@@ -158,7 +158,8 @@ def test_toy_coco_is_deterministic_and_valid(tmp_path, toy_coco):
 def test_train_evaluate_resume_on_toy_coco(tmp_path, toy_coco):
     """Two iterations of Mask R-CNN, CocoMetric evaluation, test from the checkpoint, resume.
     (The command-line tools run in tests/test_segmentation.py.)"""
-    backbone_ckpt = save_checkpoint(efficientformerv2_s0(img_size=64), tmp_path / "s0.safetensors")  # like the toy classifier
+    # a classifier at 64 px like the one `make demo` trains
+    backbone_ckpt = save_checkpoint(efficientformerv2_s0(img_size=64), tmp_path / "s0.safetensors")
     ann = str(toy_coco / "annotations/instances_val2017.json")
     options = {"train_dataloader.batch_size": 2, "val_dataloader.batch_size": 2, "test_dataloader.batch_size": 2,
                "train_dataloader.dataset.data_root": str(toy_coco), "val_dataloader.dataset.data_root": str(toy_coco),

@@ -11,7 +11,6 @@ from mmengine.config import Config
 from PIL import Image
 
 from backbones import efficientformerv2_s0, save_checkpoint
-from detection.engine import test as mm_test
 from detection.engine import train as mm_train
 from segmentation import EfficientFormerV2
 from segmentation.toy_data import make_toy_ade20k
@@ -59,8 +58,10 @@ def test_toy_ade20k_layout(tmp_path, toy_ade):
 
 
 def test_train_evaluate_resume_on_toy_ade20k(tmp_path, toy_ade):
-    """Two iterations of Semantic FPN, IoUMetric evaluation, test from the checkpoint, resume."""
-    backbone_ckpt = save_checkpoint(efficientformerv2_s0(img_size=64), tmp_path / "s0.safetensors")  # like the toy classifier
+    """Two iterations of Semantic FPN with IoUMetric evaluation, then a resume through the
+    command-line tool in a fresh process (safe loading of mmengine's checkpoint)."""
+    # a classifier at 64 px like the one `make demo` trains
+    backbone_ckpt = save_checkpoint(efficientformerv2_s0(img_size=64), tmp_path / "s0.safetensors")
     options = {"train_dataloader.batch_size": 2, "train_dataloader.dataset.data_root": str(toy_ade),
                "val_dataloader.dataset.data_root": str(toy_ade), "test_dataloader.dataset.data_root": str(toy_ade),
                "train_cfg.max_iters": 2, "train_cfg.val_interval": 2, "default_hooks.checkpoint.interval": 2,
@@ -70,13 +71,12 @@ def test_train_evaluate_resume_on_toy_ade20k(tmp_path, toy_ade):
     runner = mm_train(config, tmp_path / "run", options)
     assert runner.iter == 2
     assert 0 <= runner.message_hub.get_scalar("val/mIoU").current() <= 100
-    ckpt = tmp_path / "run" / "iter_2.pth"
-    metrics = mm_test(config, ckpt, tmp_path / "test", options)
-    assert {"aAcc", "mIoU", "mAcc"} <= set(metrics)
+    assert (tmp_path / "run" / "iter_2.pth").is_file()
 
     cli_options = [f"{k}={v}" for k, v in options.items()
                    if k not in ("param_scheduler", "train_cfg.max_iters")]
     subprocess.run([sys.executable, str(ROOT / "tools/mm_train.py"), str(config), "--work-dir", str(tmp_path / "run"),
-                    "--resume", "--cfg-options", *cli_options, "train_cfg.max_iters=4"], check=True, cwd=tmp_path, capture_output=True)
+                    "--resume", "--cfg-options", *cli_options, "train_cfg.max_iters=4"],
+                   check=True, cwd=tmp_path, capture_output=True)
     resumed = torch.load(tmp_path / "run" / "iter_4.pth", map_location="cpu", weights_only=True)
     assert resumed["meta"]["iter"] == 4

@@ -16,7 +16,8 @@ from detection.engine import LAUNCHERS, train
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", help="config file, e.g. configs/detection/mask-rcnn_efficientformerv2-s0_fpn_1x_coco.py")
+    parser.add_argument("config", help="an mmdet or mmseg config, e.g. configs/detection/"
+                        "mask-rcnn_efficientformerv2-s0_fpn_1x_coco.py")
     parser.add_argument("--work-dir", help="where logs and checkpoints go (default work_dirs/<config name>)")
     parser.add_argument("--resume", nargs="?", const="auto", default=None,
                         help="resume from CKPT, or from the latest checkpoint of the work dir when no path is given")
