@@ -200,7 +200,8 @@ def test_recipe_reaches_optimizer_scheduler_and_clipping(toy):
              "--data.img_size", "32", "--data.batch_size", "4", "--trainer.accumulate_grad_batches", "2",
              "--trainer.limit_train_batches", "4", "--trainer.limit_val_batches", "0",
              "--trainer.logger", "false", "--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "true",
-             "--checkpoint.dirpath", str(toy.parent / "ck_recipe"))
+             "--checkpoint.dirpath", str(toy.parent / "ck_recipe"),
+             "--trainer.default_root_dir", str(toy.parent / "recipe_run"))  # where config.yaml is saved
     probe = _Inspect()
     c.trainer.callbacks.append(probe)
     c.trainer.fit(c.model, datamodule=c.datamodule)
