@@ -9,7 +9,7 @@ metainfo = dict(classes=('circle', 'square', 'triangle'),
                 palette=[(220, 60, 50), (50, 200, 70), (60, 90, 230)])
 image_scale = (160, 160)
 width = 128
-max_epochs = 10
+max_epochs = 8
 
 model = dict(
     # the classifier `make demo` trains on the toy classification set (64 px images: the grid of
