@@ -511,3 +511,55 @@ def classification_config(result: SearchResult, base_config: str | Path | None =
     config["model"] = model
     model["arch"] = arch_dict(result.config)   # used instead of model_name
     return config
+
+
+def target_from_spec(spec: dict[str, Any], evaluator: SubnetEvaluator) -> Target:
+    """A Target from a config dict: params / latency_ms / mes, or mes_factor (x the largest
+    sub-network's MES)."""
+    unknown = set(spec) - {"params", "latency_ms", "mes", "mes_factor"}
+    if unknown:
+        raise ValueError(f"unknown target keys {sorted(unknown)}: use params, latency_ms, mes or mes_factor")
+    mes = spec.get("mes")
+    if spec.get("mes_factor") is not None:
+        mes = evaluator.cost(evaluator.supernet.space.largest())[2] * float(spec["mes_factor"])
+    return Target(spec.get("params"), spec.get("latency_ms"), mes)
+
+
+def run_search(supernet: EfficientFormerV2Supernet, data_root: str | Path, table: LatencyTable,
+               settings: dict[str, Any], out: str | Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The search tool's job: greedy search to the target, the random baseline at the same
+    budget, and their outputs in `out`: search.json (every step), searched.yaml (a
+    classification config training the result from scratch), random.json, trajectory.png."""
+    import json
+
+    import yaml
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if table.img_size != supernet.img_size:
+        raise ValueError(f"the latency table was built at {table.img_size}px, the supernet at {supernet.img_size}px")
+    s, r = settings["search"], settings.get("random", {})
+    batches = dict(img_size=supernet.img_size, batch_size=s.get("batch_size", 100), cache=s.get("cache", True))
+    val = image_batches(data_root, s.get("split", "val"), max_images=s.get("max_images"), **batches)
+    calib = image_batches(data_root, s.get("calib_split", "train"), **batches)
+    evaluator = SubnetEvaluator(supernet, table, val, calib, s.get("calib_batches", 10),
+                                MesSpec(**settings.get("mes", {})))
+    target = target_from_spec(s["target"], evaluator)
+    log(f"search: target {target}")
+    result = greedy_search(evaluator, target, log=lambda st: log(
+        f"  step {st.step:3d} {st.action:40s} params {st.params / 1e6:7.3f}M latency {st.latency_ms:8.3f} ms "
+        f"MES {st.mes:9.2f} top-1 {st.top1:6.2f} ({st.candidates} candidates, {st.seconds:.0f} s)"))
+    log(f"search: {result.reason} after {len(result.steps) - 1} steps, {result.evaluations} evaluations")
+    (out / "search.json").write_text(json.dumps({"target": asdict(target), **result.to_dict()}, indent=1))
+    (out / "searched.yaml").write_text(yaml.safe_dump(classification_config(result, settings.get("base_config")),
+                                                     sort_keys=False))
+    budget = Target(mes=result.final.mes) if target.mes is not None else target
+    randoms = random_baseline(evaluator, budget, r.get("count", 10), r.get("seed", 0), r.get("tolerance", 0.1))
+    cloud = random_cloud(evaluator, r.get("cloud", 0), r.get("seed", 0) + 1) if r.get("cloud", 0) else []
+    (out / "random.json").write_text(json.dumps({"budget": asdict(budget), "at_budget": randoms, "cloud": cloud},
+                                                indent=1))
+    plot_trajectory(result, randoms + cloud, out / "trajectory.png")
+    mean_random = statistics.fmean(x["top1"] for x in randoms)
+    log(f"search: searched top-1 {result.final.top1:.2f} at MES {result.final.mes:.2f}; random at the same "
+        f"budget {mean_random:.2f} (mean of {len(randoms)}), best {max(x['top1'] for x in randoms):.2f}")
+    return {"result": result, "randoms": randoms, "evaluator": evaluator, "target": target}

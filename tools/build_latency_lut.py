@@ -1,0 +1,82 @@
+"""Build the latency lookup table of a supernet's search space on this device.
+
+    python tools/build_latency_lut.py --space configs/search/supernet_toy.yaml --img-size 64 \
+        --backend torch|onnxruntime [--threads 1] [--runs 20] [--check 10] --out lut.json
+
+--space takes a search-space YAML/JSON (a supernet config's `model.space`, or the dict itself;
+"default": the paper-scale space). Every block type and (width, expansion) setting is timed
+(batch 1, median of --runs) and stored as JSON; then --check random sub-networks are timed whole
+and compared with the table's sums (Pearson r and mean error are printed and stored).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def load_space(spec: str):
+    """A SearchSpace from "default", a YAML/JSON file holding the space, or a supernet config
+    (its `model.space`)."""
+    import yaml
+
+    from backbones.supernet import SearchSpace
+
+    if spec == "default":
+        return SearchSpace.default()
+    path = Path(spec)
+    if not path.is_file():
+        raise SystemExit(f"--space {spec!r}: no such file (give a supernet config, a space YAML/JSON or 'default')")
+    data = yaml.safe_load(path.read_text())
+    if isinstance(data, dict) and "model" in data:
+        data = (data["model"] or {}).get("space") or SearchSpace.default().to_dict()
+    return SearchSpace.from_dict(data)
+
+
+def build(space_spec: str, img_size: int, backend: str, threads: int, warmup: int, runs: int, check: int,
+          num_classes: int, distillation: bool, out: Path) -> dict:
+    """Build, check and save the table; return the check report as a dict."""
+    from dataclasses import asdict
+
+    import torch
+
+    from deploy.latency_lut import build_latency_table, evaluate_table
+
+    torch.manual_seed(0)
+    space = load_space(space_spec)
+
+    def progress(i: int, n: int, key: str, ms: float) -> None:
+        if i % 50 == 0 or i == n:
+            print(f"  {i}/{n} entries timed ({key}: {ms:.3f} ms)", flush=True)
+
+    table = build_latency_table(space, img_size, backend, threads, warmup, runs, num_classes, distillation, progress)
+    table.save(out)
+    report = evaluate_table(table, num_subnets=check, warmup=warmup, runs=runs) if check >= 2 else None
+    result = {"table": str(out), "entries": len(table.entries)}
+    if report is not None:
+        result["check"] = asdict(report)
+        out.with_suffix(".check.json").write_text(json.dumps(result["check"], indent=1))
+        print(report.summary())
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--space", default="default", help="supernet config, space YAML/JSON, or 'default'")
+    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--check", type=int, default=10, help="random sub-networks timed whole (0: skip)")
+    parser.add_argument("--num-classes", type=int, default=1000)
+    parser.add_argument("--no-distillation", action="store_true", help="the head has no distillation branch")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    result = build(args.space, args.img_size, args.backend, args.threads, args.warmup, args.runs, args.check,
+                   args.num_classes, not args.no_distillation, args.out)
+    print(f"latency table: {result['entries']} entries written to {result['table']}")
+
+
+if __name__ == "__main__":
+    main()
