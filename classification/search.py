@@ -6,7 +6,7 @@ block, drop the first MHSA of a stage, shrink one stage's or the stem's width on
 FFN's expansion one step) with inherited weights after BatchNorm recalibration, and takes the
 action with the smallest accuracy drop per MES gained, until a target parameter count, latency
 or MES is reached. An action that does not lower accuracy costs nothing; ties go to the smaller
-loss increase per MES gained.
+loss increase per MES gained, then to the larger MES gain.
 """
 from __future__ import annotations
 
@@ -327,7 +327,9 @@ def greedy_search(evaluator: SubnetEvaluator, target: Target, start: SubnetConfi
                 continue
             candidates += 1
             a, lo = evaluator.accuracy(new)
-            key = (max(acc - a, 0.0) / gain, (lo - loss) / gain, -gain)
+            # a loss that falls costs nothing, like an accuracy that does not drop: among free
+            # actions the largest MES gain wins (otherwise the tiniest steps would, by dividing ~0)
+            key = (max(acc - a, 0.0) / gain, max(lo - loss, 0.0) / gain, -gain)
             if best is None or key < best[0]:
                 best = (key, action, new, p, lat, m, a, lo)
         if best is None:
