@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
 from torch import nn
 
-from .layers import ConvNorm, LayerScale, OffsetAttentionBias, concat_convs, grid_size
+from .layers import ConvNorm, LayerScale, OffsetAttentionBias, concat_convs, grid_size, resize_bilinear
 
 __all__ = ["Arch", "StageArch", "EfficientFormerV2", "VARIANTS", "efficientformerv2_s0",
            "efficientformerv2_s1", "efficientformerv2_s2", "efficientformerv2_l"]
@@ -99,7 +99,7 @@ class Attention2d(nn.Module):
         attn = self.talking_head2(self.talking_head1(attn).softmax(dim=-1))
         x = (attn @ v).transpose(-1, -2).reshape(b, -1, h, w) + v_local
         if self.stride_conv is not None:
-            x = F.interpolate(x, size=in_hw, mode="bilinear", align_corners=False)
+            x = resize_bilinear(x, in_hw, align_corners=False)
         return self.proj(self.act(x))
 
     # -- deploy form ---------------------------------------------------------------------------
@@ -155,7 +155,7 @@ class Attention2d(nn.Module):
             if self.upsample is not None and tuple(in_hw) == (self.resolution,) * 2:
                 x = (x.flatten(2) @ self.upsample).view(b, -1, *in_hw)
             else:
-                x = F.interpolate(x, size=in_hw, mode="bilinear", align_corners=False)
+                x = resize_bilinear(x, in_hw, align_corners=False)
         return self.proj(self.act(x))
 
 

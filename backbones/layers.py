@@ -62,6 +62,30 @@ class LayerScale(nn.Module):
         return x * self.gamma.view(1, -1, 1, 1)
 
 
+def bilinear_weights(out_size: int, in_size: int, align_corners: bool, like: torch.Tensor) -> torch.Tensor:
+    """(out_size, in_size) matrix of the 1-D linear interpolation `F.interpolate` computes, as
+    hat-function weights max(0, 1 - |src(i) - j|) built from tensor ops only: the sizes may be
+    symbolic in an exported graph (ONNX, CoreML enumerated shapes), where a resize op with a
+    computed output size does not convert."""
+    dst = torch.arange(out_size, device=like.device, dtype=like.dtype)
+    src = torch.arange(in_size, device=like.device, dtype=like.dtype)
+    last_dst, last_src = dst[-1:], src[-1:]  # out_size - 1, in_size - 1 as tensors
+    if align_corners:
+        pos = dst * (last_src / last_dst.clamp(min=1.0))
+    else:  # half-pixel centres, clamped to the edge samples as F.interpolate does
+        pos = torch.minimum(((dst + 0.5) * ((last_src + 1.0) / (last_dst + 1.0)) - 0.5).clamp(min=0.0), last_src)
+    return (1.0 - (pos[:, None] - src[None, :]).abs()).clamp(min=0.0)
+
+
+def resize_bilinear(x: torch.Tensor, size: tuple[int, int], align_corners: bool) -> torch.Tensor:
+    """`F.interpolate(x, size, mode="bilinear", align_corners=...)` of a (..., H, W) tensor as two
+    matrix products with `bilinear_weights` (equal up to float rounding; exportable with
+    symbolic sizes)."""
+    rows = bilinear_weights(size[0], x.shape[-2], align_corners, x)
+    cols = bilinear_weights(size[1], x.shape[-1], align_corners, x)
+    return rows @ x @ cols.transpose(0, 1)
+
+
 def grid_size(size: int, stride: int) -> int:
     """Output length of a 3x3 (or 1x1) convolution with padding k//2 and the given stride."""
     return (size - 1) // stride + 1
@@ -96,8 +120,7 @@ class OffsetAttentionBias(nn.Module):
         r = self.resolution
         table = self.attention_biases.view(self.num_heads, r, r)
         if self.always_resample or tuple(key_hw) != (r, r):
-            table = F.interpolate(table.unsqueeze(0), size=tuple(key_hw), mode="bilinear",
-                                  align_corners=True).squeeze(0)
+            table = resize_bilinear(table, tuple(key_hw), align_corners=True)
         return table
 
     def forward(self, query_hw: tuple[int, int], key_hw: tuple[int, int]) -> torch.Tensor:

@@ -30,7 +30,7 @@ from .models import FeatureTuple, ImageInput, build_model, deploy_form
 
 __all__ = ["ExportStackError", "ExportResult", "export_model", "export_onnx", "check_onnx",
            "export_coreml", "check_coreml", "export_torchscript", "check_torchscript", "FORMATS",
-           "ONNX_OPSET", "ONNX_ATOL"]
+           "ONNX_OPSET", "ONNX_ATOL", "COREML_FEATURE_RANGE"]
 
 FORMATS = ("onnx", "coreml", "torchscript")
 ONNX_OPSET = 20      # Gelu is a single ONNX op from opset 20 on
@@ -143,17 +143,36 @@ def check_onnx(path: str | Path, module: nn.Module, example: torch.Tensor, atol:
 # --------------------------------------------------------------------------------------------
 # CoreML
 # --------------------------------------------------------------------------------------------
+CoreMLShapes = list[tuple[int, int]] | tuple[int, int] | None
+COREML_FEATURE_RANGE = (64, 2048)   # default ranged input sides of a --features CoreML package
+
+
+def _coreml_check_sizes(shapes: CoreMLShapes, size: tuple[int, int]) -> list[tuple[int, int]]:
+    """Input sizes at which a flexible-shape trace is compared with the eager model: every
+    enumerated size, or for a range its lower end, the example size and a non-square size."""
+    if isinstance(shapes, tuple):
+        lo, hi = shapes
+        odd = (min(hi, max(lo, size[0] + 37)), min(hi, max(lo, size[1] - 29)))
+        return list(dict.fromkeys([(lo, lo), tuple(size), odd]))
+    return list(dict.fromkeys(tuple(s) for s in shapes))
+
+
 def export_coreml(module: nn.Module, example: torch.Tensor, path: str | Path,
                   precision: Literal["float16", "float32"] = "float16", image_input: bool = True,
-                  shapes: list[tuple[int, int]] | None = None):
-    """Convert `module` to an ML program package (`.mlpackage`, iOS 16 target), from its
-    `torch.export` program at the example's size (or its trace, for enumerated `shapes`).
+                  shapes: CoreMLShapes = None):
+    """Convert `module` to an ML program package (`.mlpackage`, iOS 16 target).
+
+    Fixed size (`shapes=None`): from the `torch.export` program at the example's size.
+    Flexible sizes: from the module's trace, which must hold at every size (EfficientFormerV2:
+    call `shape_generic()` on the deploy form first); before conversion the trace is compared
+    with the eager module at each enumerated size (or at three sizes of a range) and the export
+    stops with an AssertionError if they differ by more than 1e-4.
 
     Args:
         image_input: the input is a CoreML `ImageType` (RGB, pixel values 0..255 scaled by 1/255;
             the module then normalises itself) instead of a float tensor.
-        shapes: enumerated (height, width) input sizes the package accepts (flexible shapes);
-            None: only the example's size.
+        shapes: a list of (height, width): enumerated input sizes; a (min, max) tuple: height and
+            width each anywhere in [min, max] (ranged); None: only the example's size.
     Returns the `coremltools` model.
     """
     require_stack("coreml")
@@ -163,15 +182,31 @@ def export_coreml(module: nn.Module, example: torch.Tensor, path: str | Path,
     path = Path(path)
     if path.suffix != ".mlpackage":
         raise ValueError(f"a CoreML ML program is saved as a .mlpackage, got {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     n, c = example.shape[:2]
+    size = tuple(example.shape[-2:])
+    if isinstance(shapes, tuple):
+        lo, hi = shapes
+        if not (33 <= lo <= min(size) and max(size) <= hi):
+            raise ValueError(f"CoreML size range {lo}..{hi} must contain the example size {size} and start at 33 "
+                             "or more")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    module = module.eval()
     with torch.no_grad():
-        if shapes:  # a traced graph, for models whose trace holds at every size
-            source = torch.jit.trace(module.eval(), example, check_trace=False)
-            shape = ct.EnumeratedShapes(shapes=[(n, c, h, w) for h, w in shapes],
-                                        default=(n, c) + tuple(example.shape[-2:]))
+        if shapes:  # a traced graph, checked to hold at the flexible sizes
+            source = torch.jit.trace(module, example, check_trace=False)
+            for hw in _coreml_check_sizes(shapes, size):
+                x = torch.rand(n, c, *hw, generator=torch.Generator().manual_seed(0))
+                diff = max(float((a - b).abs().max()) for a, b in zip(_as_tuple(source(x)), _as_tuple(module(x))))
+                if diff > 1e-4:
+                    raise AssertionError(f"the traced graph does not hold at {hw[0]}x{hw[1]} (max abs diff {diff:.3g}): "
+                                         "this model needs a fixed CoreML input size")
+            if isinstance(shapes, tuple):
+                shape = ct.Shape(shape=(n, c, ct.RangeDim(shapes[0], shapes[1], default=size[0]),
+                                        ct.RangeDim(shapes[0], shapes[1], default=size[1])))
+            else:
+                shape = ct.EnumeratedShapes(shapes=[(n, c, h, w) for h, w in shapes], default=(n, c) + size)
         else:  # torch.export at the example's size: every shape is a constant
-            source = torch.export.export(module.eval(), (example,)).run_decompositions({})
+            source = torch.export.export(module, (example,)).run_decompositions({})
             shape = tuple(example.shape)
     if image_input:
         inp = ct.ImageType(name="image", shape=shape, scale=1.0 / 255.0, bias=[0.0, 0.0, 0.0],
@@ -206,7 +241,8 @@ def check_coreml(path: str | Path, module: nn.Module | None = None, example: tor
         raise AssertionError(f"{path}: the ML program has no operations")
     inputs = [i.name for i in spec.description.input]
     outputs = [o.name for o in spec.description.output]
-    checked = f"package validated (spec {spec.specificationVersion}, inputs {inputs}, outputs {outputs}, {sum(ops.values())} ops)"
+    checked = (f"package validated (spec {spec.specificationVersion}, inputs {inputs} {_input_sizes(spec)}, "
+               f"outputs {outputs}, {sum(ops.values())} ops)")
     result = ExportResult("coreml", path, 0.0, checked, ops=dict(ops))
     if platform.system() != "Darwin":
         result.note = "no CoreML runtime on this OS (predictions need macOS); prediction parity not checked"
@@ -222,6 +258,26 @@ def check_coreml(path: str | Path, module: nn.Module | None = None, example: tor
         result.ok = result.max_abs_diff <= atol
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _input_sizes(spec) -> str:
+    """The input sizes a CoreML spec accepts: fixed HxW, enumerated sizes or ranges."""
+    t = spec.description.input[0].type
+    if t.WhichOneof("Type") == "imageType":
+        img = t.imageType
+        if img.WhichOneof("SizeFlexibility") == "enumeratedSizes":
+            return "sizes " + ", ".join(f"{e.height}x{e.width}" for e in img.enumeratedSizes.sizes)
+        if img.WhichOneof("SizeFlexibility") == "imageSizeRange":
+            r = img.imageSizeRange
+            return (f"height {r.heightRange.lowerBound}..{r.heightRange.upperBound}, "
+                    f"width {r.widthRange.lowerBound}..{r.widthRange.upperBound}")
+        return f"size {img.height}x{img.width}"
+    arr = t.multiArrayType
+    if arr.WhichOneof("ShapeFlexibility") == "enumeratedShapes":
+        return "shapes " + ", ".join("x".join(map(str, e.shape)) for e in arr.enumeratedShapes.shapes)
+    if arr.WhichOneof("ShapeFlexibility") == "shapeRange":
+        return "ranges " + " x ".join(f"{d.lowerBound}..{d.upperBound}" for d in arr.shapeRange.sizeRanges)
+    return "shape " + "x".join(map(str, arr.shape))
 
 
 # --------------------------------------------------------------------------------------------
@@ -255,7 +311,7 @@ def check_torchscript(path: str | Path, module: nn.Module, example: torch.Tensor
 def export_model(name: str, fmt: Format, out: str | Path, checkpoint: str | Path | None = None,
                  features: bool = False, size: tuple[int, int] = (224, 224), normalize: bool = True,
                  precision: Literal["float16", "float32"] = "float16",
-                 coreml_shapes: list[tuple[int, int]] | None = None, model: nn.Module | None = None,
+                 coreml_shapes: CoreMLShapes | Literal["fixed"] = None, model: nn.Module | None = None,
                  seed: int = 0) -> ExportResult:
     """Export a project model (or any timm model) in deploy form and check the result.
 
@@ -264,11 +320,12 @@ def export_model(name: str, fmt: Format, out: str | Path, checkpoint: str | Path
         fmt: onnx, coreml or torchscript. out: output path (.onnx, .mlpackage, .pt).
         checkpoint: weights for a project model (its class count is taken from the file).
         features: export the four feature maps (strides 4/8/16/32) instead of logits; ONNX then
-            has dynamic height/width (TorchScript's traced graph also holds for any size); the
-            CoreML package of an EfficientFormerV2 has the fixed size `size`.
+            has dynamic height/width (TorchScript's traced graph also holds for any size), and
+            CoreML ranged sizes `COREML_FEATURE_RANGE` unless `coreml_shapes` says otherwise.
         size: example input (height, width). normalize: ImageNet normalisation inside the graph.
         precision: CoreML compute precision. model: an already built model (skips `name` lookup).
-        coreml_shapes: enumerated CoreML input sizes (timm models; EfficientFormerV2 only `size`).
+        coreml_shapes: CoreML flexible input sizes: a list of (height, width) (enumerated) or a
+            (min, max) tuple (ranged); "fixed" for a features package of the size `size` only.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -278,8 +335,13 @@ def export_model(name: str, fmt: Format, out: str | Path, checkpoint: str | Path
     if model is None:
         model = build_model(name, checkpoint, features=features)
     net = deploy_form(model)
-    if features and isinstance(net, EfficientFormerV2) and fmt != "coreml":
-        net.shape_generic()  # one graph for every input size (ONNX symbolic sizes, traced TorchScript)
+    if fmt == "coreml" and features and coreml_shapes is None:
+        coreml_shapes = (min(COREML_FEATURE_RANGE[0], *size), max(COREML_FEATURE_RANGE[1], *size))
+    elif coreml_shapes == "fixed":
+        coreml_shapes = None
+    flexible = features if fmt != "coreml" else bool(coreml_shapes)
+    if flexible and isinstance(net, EfficientFormerV2):
+        net.shape_generic()  # one graph for every input size (symbolic sizes, traced graphs)
     if features:
         net = FeatureTuple(net)
     if normalize:
@@ -302,14 +364,7 @@ def export_model(name: str, fmt: Format, out: str | Path, checkpoint: str | Path
         return ExportResult("onnx", out, time.perf_counter() - start,
                             f"ONNX Runtime vs PyTorch on {shapes} (bound {ONNX_ATOL})", max_abs_diff=diff)
     if fmt == "coreml":
-        if coreml_shapes and not isinstance(model, EfficientFormerV2):
-            export_coreml(net, example, out, precision=precision, image_input=normalize, shapes=coreml_shapes)
-        elif coreml_shapes and set(coreml_shapes) != {tuple(size)}:
-            raise ValueError("flexible input sizes are not available for EfficientFormerV2 in CoreML yet "
-                             "(coremltools 9 cannot convert the size-dependent attention bias): export one "
-                             "package per input size with --size H W")
-        else:
-            export_coreml(net, example, out, precision=precision, image_input=normalize)
+        export_coreml(net, example, out, precision=precision, image_input=normalize, shapes=coreml_shapes)
         result = check_coreml(out, net, example)
         result.seconds = time.perf_counter() - start
         return result

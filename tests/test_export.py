@@ -104,15 +104,25 @@ def test_coreml_classifier_and_features(s0, s0_features, tmp_path):
     spec = ct.utils.load_spec(str(res.path))
     assert spec.description.input[0].type.WhichOneof("Type") == "imageType"
     assert spec.specificationVersion >= 7  # iOS 16
+    # --features: ranged input sizes by default (the traced graph is checked at three sizes first)
     res = export_model(S0, "coreml", tmp_path / "s0_feat.mlpackage", model=s0_features, features=True,
                        size=FEAT_SIZE, precision="float32")
+    assert res.ok and "height 64..2048, width 64..2048" in res.checked
     spec = ct.utils.load_spec(str(res.path))
     assert [o.name for o in spec.description.output] == ["feat0", "feat1", "feat2", "feat3"]
     image = spec.description.input[0].type.imageType
-    assert (image.height, image.width) == FEAT_SIZE
-    with pytest.raises(ValueError, match="--size"):
-        export_model(S0, "coreml", tmp_path / "x.mlpackage", model=s0_features, features=True,
-                     size=FEAT_SIZE, coreml_shapes=[FEAT_SIZE, (224, 224)])
+    assert (image.height, image.width) == FEAT_SIZE  # the default size
+    r = image.imageSizeRange
+    assert (r.heightRange.lowerBound, r.heightRange.upperBound, r.widthRange.upperBound) == (64, 2048, 2048)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("coremltools") is None, reason="coremltools not installed")
+def test_coreml_enumerated_sizes_and_bad_range(s0, tmp_path):
+    res = export_model(S0, "coreml", tmp_path / "s0_enum.mlpackage", model=s0, size=(224, 224),
+                       coreml_shapes=[(224, 224), (256, 320)])
+    assert res.ok and "sizes 224x224, 256x320" in res.checked
+    with pytest.raises(ValueError, match="must contain the example size"):
+        export_model(S0, "coreml", tmp_path / "x.mlpackage", model=s0, coreml_shapes=(256, 512))
 
 
 def test_unknown_model_is_refused_with_a_hint():
