@@ -97,11 +97,13 @@ def _prepare(label: str, model: nn.Module, backend: str, x: torch.Tensor, thread
         return _Entry(label, backend, Timed(key, run), model, None)
     if backend == "compile":
         compiled = torch.compile(net)
+        with torch.inference_mode():  # compiles now, and checks the compiled graph against eager
+            diff = float((compiled(x) - net(x)).abs().max())
 
         def run() -> None:
             with torch.inference_mode():
                 compiled(x)
-        return _Entry(label, backend, Timed(key, run), model, None)
+        return _Entry(label, backend, Timed(key, run), model, diff)
     from .export import check_onnx, export_onnx
     from .ort import create_session
     path = workdir / (label.replace(":", "_").replace("/", "_") + ".onnx")

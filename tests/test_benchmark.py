@@ -73,3 +73,9 @@ def test_unknown_backend_and_model_are_refused():
         run_benchmark(["efficientformerv2_s0"], ["tflite"])
     with pytest.raises(ValueError, match="unknown model"):
         run_benchmark(["mobilenetv9_100"], ["torch"], runs=1, warmup=0)
+
+
+def test_compile_backend_runs_and_equals_eager():
+    (rec,) = run_benchmark(["efficientformerv2_s0"], ["compile"], threads=1, resolution=64, runs=2, warmup=1)
+    assert rec["backend"] == "compile" and rec["latency_ms_median"] > 0
+    assert rec["max_abs_diff"] <= 1e-4   # the compiled deploy form computes what eager does
