@@ -48,6 +48,7 @@ class _Entry:
     timed: Timed
     model: nn.Module        # the trainable-form model (params, GMACs)
     max_abs_diff: float | None
+    onnx_path: Path | None = None   # the exported graph (ONNX backends)
 
 
 def _resolve(name: str) -> tuple[str, bool]:
@@ -117,12 +118,12 @@ def _prepare(label: str, model: nn.Module, backend: str, x: torch.Tensor, thread
 
     def run() -> None:
         sess.run(None, feed)
-    return _Entry(label, backend, Timed(key, run), model, diff)
+    return _Entry(label, backend, Timed(key, run), model, diff, path)
 
 
 def run_benchmark(models: Sequence[str], backends: Sequence[str] = ("onnxruntime",), batch_size: int = 1,
                   threads: int = 2, resolution: int = 224, runs: int = 50, warmup: int = 10,
-                  baseline: str | None = None,
+                  baseline: str | None = None, ort_profile: bool = False,
                   log: Callable[[str], None] = lambda s: None) -> list[dict]:
     """Measure every (model, backend) pair interleaved and return one record per pair.
 
@@ -130,7 +131,9 @@ def run_benchmark(models: Sequence[str], backends: Sequence[str] = ("onnxruntime
     _min, runs, params (all parameters of the trainable form), gmacs (per image), mes (paper
     eq. 7 with this machine's latency), top1_paper (Table 2 where known), max_abs_diff (exported
     graph vs PyTorch, ONNX backends) and vs_baseline (latency / the baseline model's latency on
-    the same backend, when `baseline` is given).
+    the same backend, when `baseline` is given). With `ort_profile`, ONNX Runtime records also
+    carry `ort_op_ms`: kernel time per op type in ms per run (`deploy.ort.op_time_profile`, after
+    the timed runs, same threads).
     """
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
@@ -157,6 +160,14 @@ def run_benchmark(models: Sequence[str], backends: Sequence[str] = ("onnxruntime
                 entries.append(_prepare(name, model, backend, x, threads, Path(tmp)))
         log(f"measuring {len(entries)} model/backend pairs interleaved: {warmup} warm-up + {runs} runs each")
         stats = measure_interleaved([e.timed for e in entries], runs=runs, warmup=warmup)
+        op_ms: dict[str, dict[str, float]] = {}
+        if ort_profile:
+            from .ort import op_time_profile
+            for e in entries:
+                if e.backend == "onnxruntime":
+                    log(f"profiling {e.label} on onnxruntime")
+                    op_ms[e.timed.key] = {k: round(v, 4) for k, v in
+                                          op_time_profile(e.onnx_path, threads, runs, warmup).items()}
     records = []
     for e in entries:
         s = stats[e.timed.key]
@@ -168,6 +179,8 @@ def run_benchmark(models: Sequence[str], backends: Sequence[str] = ("onnxruntime
                "gmacs": round(info[e.label]["gmacs"], 4),
                "mes": round(mobile_efficiency_score(info[e.label]["params"], s.median / batch_size), 4),
                "top1_paper": PAPER_TOP1.get(model_name), "max_abs_diff": e.max_abs_diff}
+        if e.timed.key in op_ms:
+            rec["ort_op_ms"] = op_ms[e.timed.key]
         records.append(rec)
     if baseline is not None:
         base = {r["backend"]: r["latency_ms_median"] for r in records if r["model"] == baseline}

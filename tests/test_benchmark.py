@@ -32,7 +32,7 @@ def test_measure_interleaved_rotates_order_and_counts_runs():
 def tiny_records():
     # two tiny runs: the project's S0 against a timm model, eager and ONNX Runtime, at 64 px
     return [run_benchmark(["efficientformerv2_s0", "mobilenetv2_050"], ["torch", "onnxruntime"], threads=1,
-                          resolution=64, runs=3, warmup=1, baseline="mobilenetv2_050"),
+                          resolution=64, runs=3, warmup=1, baseline="mobilenetv2_050", ort_profile=True),
             run_benchmark(["timm:efficientformerv2_s0"], ["torch"], batch_size=2, threads=1, resolution=64,
                           runs=2, warmup=1)]
 
@@ -51,6 +51,9 @@ def test_records_have_the_interface_fields(tiny_records):
     assert s0["params"] == 3_600_256 and s0["top1_paper"] == 75.7
     assert s0["gmacs"] == pytest.approx(0.396 * (64 / 224) ** 2, rel=0.1)
     assert first[1]["max_abs_diff"] <= 1e-4          # ONNX Runtime graph equals PyTorch
+    ops = first[1]["ort_op_ms"]                      # where the time goes, per op type
+    assert {"Conv", "Gelu"} <= set(ops) and all(v >= 0 for v in ops.values()) and sum(ops.values()) > 0
+    assert "ort_op_ms" not in first[0]               # torch eager: no ONNX Runtime profile
     assert {r["vs_baseline"] for r in first if r["model"] == "mobilenetv2_050"} == {1.0}
     # timm's graph at 64 px (its bias tables follow its img_size): same network size within 0.1%
     assert second[0]["batch_size"] == 2 and abs(second[0]["params"] - 3_600_256) < 3_600
