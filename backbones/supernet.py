@@ -472,27 +472,11 @@ class EfficientFormerV2Supernet(nn.Module):
         self.config = config
         return config
 
-    def set_distilled_training(self, enable: bool = True) -> None:
-        """In training mode, return (head, distillation head) logits separately."""
-        self.distilled_training = enable
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        for stage in self.stages:
-            x = stage(x)
-        return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
-        x = x.flatten(2).mean(-1)
-        if pre_logits:
-            return x
-        logits = self.head(x)
-        if self.head_dist is None:
-            return logits
-        logits_dist = self.head_dist(x)
-        if self.distilled_training and self.training:
-            return logits, logits_dist
-        return (logits + logits_dist) / 2
+    # the plain model's own code: it reads only stem, stages, norm, head, head_dist and
+    # distilled_training, which the supernet has under the same names (its elastic forms)
+    set_distilled_training = EfficientFormerV2.set_distilled_training
+    forward_features = EfficientFormerV2.forward_features
+    forward_head = EfficientFormerV2.forward_head
 
     def forward(self, x: torch.Tensor):
         return self.forward_head(self.forward_features(x))
