@@ -10,6 +10,9 @@ Every block type the search can change is timed on the device at hand, once per 
 | `mhsa<j>:<c>` | residual MHSA of stage j (j = 3 with stride attention, 4) | stage map |
 | `head:<c>` | final norm, pooling and the classifier head(s) | last stage map |
 
+Every entry is cut from a plain `EfficientFormerV2` and timed in its deploy form (after
+`EfficientFormerV2.fuse()`: BatchNorm and layer scales folded, attention biases precomputed, heads
+merged), which is what is exported and shipped; the whole-network check times fused models too.
 A sub-network's latency is predicted as the sum of its modules' entries (`LatencyTable.predict`).
 Tables are stored as JSON with the conditions they were measured under.
 """
@@ -22,6 +25,7 @@ import platform
 import random
 import statistics
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Mapping
@@ -30,8 +34,8 @@ import torch
 from torch import nn
 
 from backbones import EfficientFormerV2
-from backbones.efficientformer_v2 import Attention2d, Downsample, EfficientFormerV2Block
-from backbones.layers import ConvNorm, LayerScale, grid_size
+from backbones.efficientformer_v2 import Arch, EfficientFormerV2Block, StageArch
+from backbones.layers import grid_size
 from backbones.supernet import ATTENTION_STAGES, SearchSpace, SubnetConfig, as_subnet_config
 
 __all__ = ["Backend", "LatencyTable", "build_latency_table", "measure_latency", "subnet_keys",
@@ -74,61 +78,89 @@ def subnet_keys(config: SubnetConfig) -> list[str]:
     return keys
 
 
-class _Residual(nn.Module):
-    """x + layer_scale(branch(x)): the MHSA half of a block."""
+class _MhsaHalf(nn.Module):
+    """x + layer_scale(MHSA(x)): the attention half of a plain block (entry `mhsa<j>:<c>`)."""
 
-    def __init__(self, branch: nn.Module, dim: int) -> None:
+    def __init__(self, block: EfficientFormerV2Block) -> None:
         super().__init__()
-        self.branch = branch
-        self.ls = LayerScale(dim)
+        self.token_mixer, self.ls1 = block.token_mixer, block.ls1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.ls(self.branch(x))
+        return x + self.ls1(self.token_mixer(x))
 
 
 class _Head(nn.Module):
-    def __init__(self, dim: int, num_classes: int, distillation: bool) -> None:
+    """Final norm, pooling and classifier head(s) of a plain model (entry `head:<c>`)."""
+
+    forward_head = EfficientFormerV2.forward_head   # the plain model's own pooling and head(s)
+
+    def __init__(self, model: EfficientFormerV2) -> None:
         super().__init__()
-        self.norm = nn.BatchNorm2d(dim)
-        self.head = nn.Linear(dim, num_classes)
-        self.head_dist = nn.Linear(dim, num_classes) if distillation else None
+        self.norm, self.head, self.head_dist = model.norm, model.head, model.head_dist
+        self.distilled_training = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm(x).flatten(2).mean(-1)
-        out = self.head(x)
-        return (out + self.head_dist(x)) / 2 if self.head_dist is not None else out
+        return self.forward_head(self.norm(x))
+
+
+PartFactory = Callable[..., nn.Module]
+
+
+def _part_factory(arch: Arch, pick: Callable[[EfficientFormerV2], nn.Module], img_size: int, num_classes: int,
+                  distillation: bool) -> PartFactory:
+    """`factory(fused=False)`: the part `pick` selects of the plain model `arch` (a carrier with one
+    block per stage), taken after `EfficientFormerV2.fuse()` when `fused` (the deploy form that is
+    shipped and timed)."""
+
+    def factory(fused: bool = False) -> nn.Module:
+        model = EfficientFormerV2(arch, num_classes=num_classes, distillation=distillation, img_size=img_size)
+        return pick(model.fuse() if fused else model).eval()
+
+    return factory
+
+
+def _carrier(space: SearchSpace, stem: int | None = None, widths: Mapping[int, int] | None = None,
+             expansion: tuple[int, float] | None = None, attention: int | None = None) -> Arch:
+    """A plain architecture with one block per stage and the space's smallest settings, except
+    the given stem width, stage widths, (stage, expansion) and stage whose block has MHSA."""
+    widths = widths or {}
+    stages = []
+    for j in range(4):
+        e = expansion[1] if expansion is not None and expansion[0] == j else space.expansions[0]
+        stages.append(StageArch(widths.get(j, space.widths[j][0]), (e,), int(attention == j)))
+    return Arch(tuple(stages), stem_width=stem if stem is not None else space.stem_widths[0])
 
 
 def table_entries(space: SearchSpace, img_size: int, num_classes: int = 1000, distillation: bool = True
-                  ) -> Iterator[tuple[str, Callable[[], nn.Module], tuple[int, int, int, int]]]:
-    """(key, module factory, input shape) of every entry of `space`'s table."""
+                  ) -> Iterator[tuple[str, PartFactory, tuple[int, int, int, int]]]:
+    """(key, part factory, input shape) of every entry of `space`'s table. Each part is cut from
+    a plain `EfficientFormerV2` (so it is exactly the shipped module); `factory(fused=True)` gives
+    its deploy form, `factory()` the trainable form (whose parameters sum to the plain model's)."""
     res = stage_resolutions(img_size)
     w = space.widths
 
-    def stem(cs: int, c1: int) -> nn.Module:
-        return nn.Sequential(ConvNorm(3, cs, 3, 2, 1), nn.GELU(), ConvNorm(cs, c1, 3, 2, 1), nn.GELU())
+    def entry(key: str, arch: Arch, pick: Callable[[EfficientFormerV2], nn.Module], shape: tuple[int, ...]):
+        return key, _part_factory(arch, pick, img_size, num_classes, distillation), shape
 
     for cs in space.stem_widths:
         for c1 in w[0]:
-            yield f"stem:{cs}-{c1}", (lambda cs=cs, c1=c1: stem(cs, c1)), (1, 3, img_size, img_size)
+            yield entry(f"stem:{cs}-{c1}", _carrier(space, stem=cs, widths={0: c1}), lambda m: m.stem,
+                        (1, 3, img_size, img_size))
     for j in range(1, 4):
         for cin in w[j - 1]:
             for cout in w[j]:
-                yield (f"down{j + 1}:{cin}-{cout}",
-                       lambda cin=cin, cout=cout, j=j: Downsample(cin, cout, res[j - 1], attention=j == 3),
-                       (1, cin, res[j - 1], res[j - 1]))
+                yield entry(f"down{j + 1}:{cin}-{cout}", _carrier(space, widths={j - 1: cin, j: cout}),
+                            lambda m, j=j: m.stages[j].downsample, (1, cin, res[j - 1], res[j - 1]))
     for j in range(4):
         for c in w[j]:
             for e in space.expansions:
-                yield (f"ffn{j + 1}:{c}x{_fmt(e)}", lambda c=c, e=e: EfficientFormerV2Block(c, e),
-                       (1, c, res[j], res[j]))
+                yield entry(f"ffn{j + 1}:{c}x{_fmt(e)}", _carrier(space, widths={j: c}, expansion=(j, e)),
+                            lambda m, j=j: m.stages[j].blocks[0], (1, c, res[j], res[j]))
             if j in ATTENTION_STAGES:
-                stride = 2 if j == 2 else 1
-                yield (f"mhsa{j + 1}:{c}",
-                       lambda c=c, j=j, stride=stride: _Residual(Attention2d(c, res[j], stride=stride), c),
-                       (1, c, res[j], res[j]))
+                yield entry(f"mhsa{j + 1}:{c}", _carrier(space, widths={j: c}, attention=j),
+                            lambda m, j=j: _MhsaHalf(m.stages[j].blocks[0]), (1, c, res[j], res[j]))
     for c in w[3]:
-        yield f"head:{c}", (lambda c=c: _Head(c, num_classes, distillation)), (1, c, res[3], res[3])
+        yield entry(f"head:{c}", _carrier(space, widths={3: c}), _Head, (1, c, res[3], res[3]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -138,9 +170,10 @@ def measure_latency(module: nn.Module, shape: tuple[int, ...], backend: Backend 
                     warmup: int = 5, runs: int = 20) -> float:
     """Median wall time of one forward pass of `module` (eval mode) on a random input, in ms.
 
+    The module is timed as given: pass the deploy form (`fuse()`d) to time what is shipped.
     torch: eager inference mode with `threads` intra-op threads. onnxruntime: the module exported
-    with the TorchScript-based ONNX exporter (fast for many small modules), run on the CPU
-    execution provider with `threads` intra-op threads.
+    with the TorchScript-based ONNX exporter (fast for many small modules) at the opset of the
+    shipped export, run on the CPU with the shipped session options (`deploy.ort.session_options`).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
@@ -153,18 +186,19 @@ def measure_latency(module: nn.Module, shape: tuple[int, ...], backend: Backend 
         torch.set_num_threads(threads)
         try:
             with torch.inference_mode():
-                call = lambda: module(x)  # noqa: E731
-                return _median_ms(call, warmup, runs)
+                return _median_ms(lambda: module(x), warmup, runs)
         finally:
             torch.set_num_threads(previous)
     import onnxruntime as ort
+
+    from .export import ONNX_OPSET
+    from .ort import session_options
+
     buffer = io.BytesIO()
-    with torch.no_grad():
-        torch.onnx.export(module, (x,), buffer, dynamo=False, opset_version=17, input_names=["x"])
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    session = ort.InferenceSession(buffer.getvalue(), opts, providers=["CPUExecutionProvider"])
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)   # a fixed-shape graph is the intent
+        torch.onnx.export(module, (x,), buffer, dynamo=False, opset_version=ONNX_OPSET, input_names=["x"])
+    session = ort.InferenceSession(buffer.getvalue(), session_options(threads), providers=["CPUExecutionProvider"])
     feed = {"x": x.numpy()}
     return _median_ms(lambda: session.run(None, feed), warmup, runs)
 
@@ -231,11 +265,12 @@ class LatencyTable:
 def build_latency_table(space: SearchSpace, img_size: int = 224, backend: Backend = "torch", threads: int = 1,
                         warmup: int = 5, runs: int = 20, num_classes: int = 1000, distillation: bool = True,
                         progress: Callable[[int, int, str, float], None] | None = None) -> LatencyTable:
-    """Time every entry of `space` (see the module docstring) and return the table."""
+    """Time the deploy form (`fuse()`d) of every entry of `space` (see the module docstring) and
+    return the table."""
     entries = list(table_entries(space, img_size, num_classes, distillation))
     table: dict[str, float] = {}
     for i, (key, factory, shape) in enumerate(entries):
-        table[key] = measure_latency(factory(), shape, backend, threads, warmup, runs)
+        table[key] = measure_latency(factory(fused=True), shape, backend, threads, warmup, runs)
         if progress is not None:
             progress(i + 1, len(entries), key, table[key])
     return LatencyTable(backend, img_size, threads, table, space.to_dict(), num_classes, distillation)
@@ -258,14 +293,15 @@ class TableReport:
 
 def evaluate_table(table: LatencyTable, num_subnets: int = 10, seed: int = 0, warmup: int = 5,
                    runs: int = 20) -> TableReport:
-    """Measure `num_subnets` random sub-networks whole (as plain models) and compare with the table."""
+    """Measure `num_subnets` sub-networks (the largest, the smallest, then random ones) whole, as
+    plain models in deploy form (`fuse()`d, as the table's entries), and compare with the table."""
     space = SearchSpace.from_dict(table.space)
     rng = random.Random(seed)
     configs = [space.largest(), space.smallest()] + [space.sample(rng) for _ in range(max(num_subnets - 2, 0))]
     predicted, measured = [], []
     for config in configs[:max(num_subnets, 2)]:
         model = EfficientFormerV2(config.to_arch(), num_classes=table.num_classes,
-                                  distillation=table.distillation, img_size=table.img_size)
+                                  distillation=table.distillation, img_size=table.img_size).fuse()
         measured.append(measure_latency(model, (1, 3, table.img_size, table.img_size), table.backend,
                                         table.threads, warmup, runs))
         predicted.append(table.predict(config))

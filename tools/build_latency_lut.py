@@ -4,9 +4,10 @@
         --backend torch|onnxruntime [--threads 1] [--runs 20] [--check 10] --out lut.json
 
 --space takes a search-space YAML/JSON (a supernet config's `model.space`, or the dict itself;
-"default": the paper-scale space). Every block type and (width, expansion) setting is timed
-(batch 1, median of --runs) and stored as JSON; then --check random sub-networks are timed whole
-and compared with the table's sums (Pearson r and mean error are printed and stored).
+"default": the paper-scale space). Every block type and (width, expansion) setting is timed in
+its deploy form (`fuse()`d, as exported; batch 1, median of --runs) and stored as JSON; then
+--check sub-networks (the largest, the smallest, random ones) are timed whole, fused too, and
+compared with the table's sums (Pearson r and mean error are printed and stored in *.check.json).
 """
 from __future__ import annotations
 
