@@ -11,6 +11,7 @@ loss increase per MES gained, then to the larger MES gain.
 from __future__ import annotations
 
 import math
+import pickle
 import random
 import statistics
 import time
@@ -208,9 +209,10 @@ class Target:
 
 class SubnetEvaluator:
     """Metrics of sub-networks of a supernet: size and latency (table) are computed, accuracy is
-    measured with inherited weights after BatchNorm recalibration on `calib` batches."""
+    measured with inherited weights after BatchNorm recalibration on `calib` batches. Without a
+    latency table, sizes and accuracies are available but not `cost`."""
 
-    def __init__(self, supernet: EfficientFormerV2Supernet, table: LatencyTable, val: Batches, calib: Batches,
+    def __init__(self, supernet: EfficientFormerV2Supernet, table: LatencyTable | None, val: Batches, calib: Batches,
                  calib_batches: int = 10, mes: MesSpec = MesSpec(), val_batches: int | None = None) -> None:
         self.supernet = supernet
         self.table = table
@@ -238,6 +240,8 @@ class SubnetEvaluator:
 
     def cost(self, config: SubnetConfig) -> tuple[int, float, float]:
         """(parameters, predicted latency in ms, MES)."""
+        if self.table is None:
+            raise ValueError("latency and MES need a latency table (tools/build_latency_lut.py)")
         params = self.count_params(config)
         latency = self.table.predict(config)
         return params, latency, self.mes_spec(params, latency)
@@ -425,15 +429,25 @@ def plot_trajectory(result: SearchResult, randoms: Sequence[dict[str, Any]], pat
 # --------------------------------------------------------------------------------------------
 @dataclass
 class ProxyReport:
+    """Top-1 (%) with inherited weights and after stand-alone training, per sub-network, and how
+    well the first predicts the second: Pearson r (signed), r^2 and Kendall tau (rank agreement)."""
+
     inherited: list[float]
     standalone: list[float]
-    pearson_r2: float
+    pearson_r: float
     kendall_tau: float
     configs: list[dict[str, Any]] = field(default_factory=list)
 
+    @property
+    def pearson_r2(self) -> float:
+        return self.pearson_r ** 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "pearson_r2": self.pearson_r2}
+
     def summary(self) -> str:
-        return (f"supernet as proxy on {len(self.inherited)} sub-networks: Pearson r^2 {self.pearson_r2:.3f}, "
-                f"Kendall tau {self.kendall_tau:.3f}")
+        return (f"supernet as proxy on {len(self.inherited)} sub-networks: Pearson r {self.pearson_r:.3f} "
+                f"(r^2 {self.pearson_r2:.3f}), Kendall tau {self.kendall_tau:.3f}")
 
 
 def proxy_correlation(evaluator: SubnetEvaluator, configs: Sequence[SubnetConfig],
@@ -448,7 +462,7 @@ def proxy_correlation(evaluator: SubnetEvaluator, configs: Sequence[SubnetConfig
     standalone = [float(train_standalone(c)) for c in configs]
     r = _pearson(inherited, standalone)
     tau = kendalltau(inherited, standalone).statistic
-    return ProxyReport(inherited, standalone, r * r, float(tau) if not math.isnan(tau) else 0.0,
+    return ProxyReport(inherited, standalone, r, float(tau) if not math.isnan(tau) else 0.0,
                        [c.to_dict() for c in configs])
 
 
@@ -464,10 +478,15 @@ def _pearson(a: Sequence[float], b: Sequence[float]) -> float:
 # --------------------------------------------------------------------------------------------
 def load_supernet(checkpoint: str | Path) -> EfficientFormerV2Supernet:
     """The supernet of a `SupernetModule` Lightning checkpoint (read with weights_only=True)."""
+    if not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"supernet checkpoint {checkpoint} does not exist (python -m classification.supernet "
+                                "fit ... writes checkpoints/last.ckpt)")
     try:
         ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError) as e:
-        raise ValueError(f"cannot read supernet checkpoint {checkpoint}: {e}") from e
+    except (OSError, RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as e:
+        # torch.load fails on a file that is not a torch checkpoint with any of these
+        raise ValueError(f"cannot read supernet checkpoint {checkpoint} (not a torch checkpoint, or one that "
+                         f"carries code): {type(e).__name__}: {e}") from e
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise ValueError(f"{checkpoint} is not a Lightning checkpoint of classification.supernet.SupernetModule "
                          "(python -m classification.supernet fit ... writes one)")
@@ -503,15 +522,18 @@ def image_batches(root: str | Path, split: str, img_size: int, batch_size: int, 
     return [b for b in loader if b is not None] if cache else loader
 
 
-def classification_config(result: SearchResult, base_config: str | Path | None = None) -> dict[str, Any]:
-    """A `python -m classification fit` config that trains the searched network from scratch:
-    `base_config` (a classification YAML) with `model.arch` set to the searched architecture."""
+def classification_config(result: SearchResult | SubnetConfig, base_config: str | Path | None = None
+                          ) -> dict[str, Any]:
+    """A `python -m classification fit` config that trains a sub-network (the searched one of a
+    `SearchResult`) from scratch: `base_config` (a classification YAML) with `model.arch` set to
+    its architecture."""
     import yaml
 
     config: dict[str, Any] = yaml.safe_load(Path(base_config).read_text()) if base_config else {}
     model = config.setdefault("model", {}) or {}
     config["model"] = model
-    model["arch"] = arch_dict(result.config)   # used instead of model_name
+    subnet = result.config if isinstance(result, SearchResult) else result
+    model["arch"] = arch_dict(subnet)   # used instead of model_name
     return config
 
 

@@ -1,29 +1,35 @@
 """Search: frontier legality, greedy search reaching its target, random baseline at the same budget,
-MES, BatchNorm recalibration, latency-table JSON round trip."""
+MES, BatchNorm recalibration, latency tables (fused entries, torch and onnxruntime, JSON round
+trip), load_supernet and run_search on a saved checkpoint, the proxy check end to end."""
 import json
 import random
 
 import pytest
 import torch
+import yaml
+from timm.layers import trunc_normal_
 from torch import nn
 
+from backbones import Arch, EfficientFormerV2
+from backbones.layers import LayerScale, OffsetAttentionBias
 from backbones.supernet import EfficientFormerV2Supernet, SearchSpace, StageConfig, SubnetConfig
-from classification.search import (MesSpec, SubnetEvaluator, Target, evaluate, frontier, greedy_search,
-                                   plot_trajectory, random_baseline, recalibrate_bn)
-from deploy.latency_lut import LatencyTable, build_latency_table, subnet_keys
+from classification.proxy import run_proxy_check, spread_configs
+from classification.search import (MesSpec, SubnetEvaluator, Target, arch_dict, evaluate, frontier, greedy_search,
+                                   load_supernet, plot_trajectory, random_baseline, recalibrate_bn, run_search)
+from classification.toy_data import make_toy_classification
+from deploy.latency_lut import LatencyTable, build_latency_table, evaluate_table, subnet_keys, table_entries
 
 SPACE = SearchSpace(widths=((8, 16), (16,), (16, 24), (24, 32)), depths=(1, 1, 2, 2),
                     expansions=(2, 4), stem_widths=(8,))
 
 
-def _synthetic_table(space: SearchSpace) -> LatencyTable:
+def _synthetic_table(space: SearchSpace, img_size: int = 32, num_classes: int = 4) -> LatencyTable:
     """A table whose entries grow with width and expansion (no timing needed)."""
-    from deploy.latency_lut import table_entries
     entries = {}
-    for key, _, shape in table_entries(space, 32, num_classes=4):
+    for key, _, shape in table_entries(space, img_size, num_classes=num_classes):
         entries[key] = 0.01 * shape[1] + (0.2 if key.startswith("mhsa") else 0.0) + \
             (0.005 * float(key.split("x")[-1]) * shape[1] if key.startswith("ffn") else 0.0)
-    return LatencyTable("synthetic", 32, 1, entries, space.to_dict(), num_classes=4)
+    return LatencyTable("synthetic", img_size, 1, entries, space.to_dict(), num_classes=num_classes)
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +143,170 @@ def test_latency_table_round_trip(tmp_path):
         LatencyTable.load(path)
     with pytest.raises(KeyError, match="rebuild"):
         _synthetic_table(space).predict(SPACE.largest())
+
+
+def _nontrivial_init(m: nn.Module) -> None:
+    """Random BatchNorm statistics and affines, layer scales and attention biases (from the global
+    generator), so that folding them into the deploy form is really exercised."""
+    if isinstance(m, nn.Linear):
+        trunc_normal_(m.weight, std=0.02)
+    elif isinstance(m, nn.BatchNorm2d):
+        m.running_mean.normal_(0, 0.1)
+        m.running_var.uniform_(0.5, 1.5)
+        m.weight.data.uniform_(0.5, 1.5)
+        m.bias.data.normal_(0, 0.1)
+    elif isinstance(m, LayerScale):
+        m.gamma.data.uniform_(0.5, 1.0)
+    elif isinstance(m, OffsetAttentionBias):
+        m.attention_biases.data.normal_(0, 0.5)
+
+
+def test_lut_entries_are_the_fused_deploy_form(monkeypatch):
+    """Every entry is timed as shipped: no BatchNorm or layer scale left, same outputs."""
+    monkeypatch.setattr(EfficientFormerV2, "_init_weights", staticmethod(_nontrivial_init))
+    space = SearchSpace(widths=((8,), (8, 16), (16,), (16,)), depths=(1, 1, 1, 1), expansions=(2,), stem_widths=(8,))
+    for key, factory, shape in table_entries(space, 32, num_classes=3):
+        torch.manual_seed(0)
+        trainable = factory().eval()
+        torch.manual_seed(0)
+        fused = factory(fused=True)
+        assert not any(isinstance(m, (nn.BatchNorm2d, LayerScale)) for m in fused.modules()), key
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            torch.testing.assert_close(fused(x), trainable(x), rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_latency_table_onnxruntime_round_trip(tmp_path):
+    space = SearchSpace(widths=((8,), (8, 16), (16,), (16,)), depths=(1, 1, 1, 1), expansions=(2,), stem_widths=(8,))
+    table = build_latency_table(space, img_size=32, backend="onnxruntime", threads=1, warmup=1, runs=2, num_classes=3)
+    assert table.backend == "onnxruntime" and len(table.entries) == 14
+    assert all(0 < ms < 100 for ms in table.entries.values())
+    loaded = LatencyTable.load(table.save(tmp_path / "lut_ort.json"))
+    assert loaded == table and loaded.predict(space.smallest()) > 0
+    report = evaluate_table(loaded, num_subnets=2, warmup=1, runs=2)
+    assert len(report.measured_ms) == 2 and all(m > 0 for m in report.measured_ms)
+    assert report.predicted_ms == [loaded.predict(space.largest()), loaded.predict(space.smallest())]
+    assert -1 <= report.pearson_r <= 1 and report.mean_abs_error_ms >= 0
+
+
+# --------------------------------------------------------------------------------------------
+# load_supernet, run_search and the proxy check on a saved checkpoint and a generated folder
+# --------------------------------------------------------------------------------------------
+NUM_CLASSES = 10   # the toy set's classes
+
+
+@pytest.fixture(scope="module")
+def toy_root(tmp_path_factory):
+    return make_toy_classification(tmp_path_factory.mktemp("toy"), train_per_class=2, val_per_class=2, size=32)
+
+
+@pytest.fixture(scope="module")
+def supernet_ckpt(tmp_path_factory):
+    """A checkpoint written by Lightning for SupernetModule after one training step."""
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from classification.supernet import SupernetModule
+
+    torch.manual_seed(0)
+    module = SupernetModule(space=SPACE.to_dict(), num_classes=NUM_CLASSES, img_size=32, distillation=False,
+                            warmup_epochs=0)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    data = TensorDataset(torch.randn(4, 3, 32, 32), torch.arange(4))
+    trainer.fit(module, DataLoader(data, batch_size=4))
+    path = tmp_path_factory.mktemp("ckpt") / "last.ckpt"
+    trainer.save_checkpoint(path)
+    return path, module.supernet.state_dict()
+
+
+def test_load_supernet(supernet_ckpt):
+    path, state = supernet_ckpt
+    net = load_supernet(path)
+    assert net.space == SPACE and net.img_size == 32 and net.num_classes == NUM_CLASSES and not net.distillation
+    assert not net.training
+    loaded = net.state_dict()
+    assert loaded.keys() == state.keys()
+    assert all(torch.equal(loaded[k], state[k]) for k in state)
+
+
+def test_load_supernet_bad_input(tmp_path, supernet_ckpt):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_supernet(tmp_path / "missing.ckpt")
+    text = tmp_path / "notes.ckpt"
+    text.write_text("not a checkpoint\n")
+    with pytest.raises(ValueError, match="cannot read supernet checkpoint"):
+        load_supernet(text)
+    plain = tmp_path / "plain.pt"
+    torch.save({"weight": torch.zeros(2)}, plain)
+    with pytest.raises(ValueError, match="not a Lightning checkpoint"):
+        load_supernet(plain)
+    ckpt = torch.load(supernet_ckpt[0], weights_only=True)
+    classifier = tmp_path / "classifier.ckpt"   # a Lightning checkpoint, but of the plain classifier
+    torch.save({**ckpt, "state_dict": {"model.head.weight": torch.zeros(NUM_CLASSES, 32)}}, classifier)
+    with pytest.raises(ValueError, match="no supernet weights"):
+        load_supernet(classifier)
+
+
+def _settings(**search) -> dict:
+    return {"mes": {}, "search": {"target": {"mes_factor": 1.3}, "batch_size": 20, "calib_batches": 1, **search},
+            "random": {"count": 2, "tolerance": 0.5, "seed": 0},
+            "base_config": "configs/classification/toy.yaml"}
+
+
+def test_run_search_writes_its_outputs(supernet_ckpt, toy_root, tmp_path):
+    supernet = load_supernet(supernet_ckpt[0])
+    table = _synthetic_table(SPACE, img_size=32, num_classes=NUM_CLASSES)
+    found = run_search(supernet, toy_root, table, _settings(), tmp_path, log=lambda _: None)
+    largest_mes = found["evaluator"].cost(SPACE.largest())[2]
+    log = json.loads((tmp_path / "search.json").read_text())
+    assert log["reached"] and log["reason"] == "target reached"
+    assert log["steps"][-1]["mes"] >= 1.3 * largest_mes == pytest.approx(log["target"]["mes"])
+    assert all(0 <= s["top1"] <= 100 for s in log["steps"]) and log["steps"][0]["action"] == "start"
+    config = yaml.safe_load((tmp_path / "searched.yaml").read_text())
+    assert config["model"]["model_name"] == "efficientformerv2_s0"       # the base config's keys stay
+    arch = config["model"]["arch"]
+    assert arch == arch_dict(SubnetConfig.from_dict(log["config"]))
+    net = EfficientFormerV2(Arch.from_dict(arch), num_classes=NUM_CLASSES, distillation=False, img_size=32).eval()
+    assert net(torch.randn(1, 3, 32, 32)).shape == (1, NUM_CLASSES)
+    assert sum(p.numel() for p in net.parameters()) == log["steps"][-1]["params"]
+    randoms = json.loads((tmp_path / "random.json").read_text())
+    assert len(randoms["at_budget"]) == 2
+    assert all(log["steps"][-1]["mes"] <= r["mes"] <= 1.5 * log["steps"][-1]["mes"] for r in randoms["at_budget"])
+    assert (tmp_path / "trajectory.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_run_search_refuses_a_table_of_another_size(supernet_ckpt, toy_root, tmp_path):
+    table = _synthetic_table(SPACE, img_size=64, num_classes=NUM_CLASSES)
+    with pytest.raises(ValueError, match="built at 64px, the supernet at 32px"):
+        run_search(load_supernet(supernet_ckpt[0]), toy_root, table, _settings(), tmp_path, log=lambda _: None)
+
+
+def test_spread_configs_cover_the_space():
+    size = SubnetEvaluator(EfficientFormerV2Supernet(SPACE, num_classes=4, img_size=32), None, [], []).count_params
+    configs = spread_configs(SPACE, 6, size, seed=0)
+    sizes = [size(c) for c in configs]
+    assert configs[0] == SPACE.smallest() and configs[-1] == SPACE.largest()
+    assert len(set(configs)) == 6 and sizes == sorted(sizes)
+    assert sizes[1] < sizes[-2]                                  # the random ones are spread, not one size
+    with pytest.raises(ValueError, match="at least 3"):
+        spread_configs(SPACE, 2, size)
+
+
+def test_proxy_check_end_to_end(supernet_ckpt, toy_root, tmp_path):
+    overrides = {"data.num_workers": 0, "data.batch_size": 10, "trainer.limit_train_batches": 1}
+    result = run_proxy_check(supernet_ckpt[0], toy_root, tmp_path, count=3, epochs=1, batch_size=20, calib_batches=1,
+                             overrides=overrides, log=lambda _: None)
+    saved = json.loads((tmp_path / "proxy.json").read_text())
+    assert saved == json.loads(json.dumps(result))
+    assert len(saved["inherited"]) == len(saved["standalone"]) == len(saved["params"]) == 3
+    assert all(0 <= a <= 100 for a in saved["inherited"] + saved["standalone"])
+    assert all(a % 5 == 0 for a in saved["inherited"] + saved["standalone"])   # 20 val images: steps of 5%
+    assert saved["params"] == sorted(saved["params"]) and saved["epochs"] == 1
+    assert -1 <= saved["pearson_r"] <= 1 and saved["pearson_r2"] == pytest.approx(saved["pearson_r"] ** 2)
+    assert -1 <= saved["kendall_tau"] <= 1
+    assert SubnetConfig.from_dict(saved["configs"][0]) == SPACE.smallest()
+    assert SubnetConfig.from_dict(saved["configs"][-1]) == SPACE.largest()
+    standalone = yaml.safe_load((tmp_path / "standalone0" / "standalone.yaml").read_text())
+    assert standalone["model"]["arch"] == saved["archs"][0] and standalone["trainer"]["max_epochs"] == 1
+    assert (tmp_path / "proxy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
