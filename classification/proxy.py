@@ -90,7 +90,7 @@ def train_standalone(config: SubnetConfig, data_root: str | Path, img_size: int,
                      overrides: Mapping[str, Any] | None = None) -> float:
     """Train `config` from scratch with the classification CLI (in this process) and return its
     top-1 (%) on the validation split after the last epoch. The config used is kept in
-    `work_dir/standalone.yaml`."""
+    `work_dir/standalone.yaml`; the Trainer's root folder is `work_dir`."""
     import yaml
 
     from .__main__ import cli
@@ -98,6 +98,7 @@ def train_standalone(config: SubnetConfig, data_root: str | Path, img_size: int,
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     path = work_dir / "standalone.yaml"
+    overrides = {"trainer.default_root_dir": str(work_dir), **(overrides or {})}
     path.write_text(yaml.safe_dump(standalone_config(config, data_root, img_size, epochs, base_config, overrides),
                                    sort_keys=False))
     with warnings.catch_warnings():  # the calling tool's own sys.argv is not meant for the CLI

@@ -309,4 +309,5 @@ def test_proxy_check_end_to_end(supernet_ckpt, toy_root, tmp_path):
     assert SubnetConfig.from_dict(saved["configs"][-1]) == SPACE.largest()
     standalone = yaml.safe_load((tmp_path / "standalone0" / "standalone.yaml").read_text())
     assert standalone["model"]["arch"] == saved["archs"][0] and standalone["trainer"]["max_epochs"] == 1
+    assert (tmp_path / "standalone0" / "config.yaml").is_file()       # the CLI writes below the work folder
     assert (tmp_path / "proxy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
