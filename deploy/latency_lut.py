@@ -14,7 +14,11 @@ Every entry is cut from a plain `EfficientFormerV2` and timed in its deploy form
 `EfficientFormerV2.fuse()`: BatchNorm and layer scales folded, attention biases precomputed, heads
 merged), which is what is exported and shipped; the whole-network check times fused models too.
 A sub-network's latency is predicted as the sum of its modules' entries (`LatencyTable.predict`).
-Tables are stored as JSON with the conditions they were measured under.
+With ONNX Runtime every timed graph also pays the runtime's fixed cost per run (session run,
+input and output copies), which a whole network pays once: each entry has the time of a
+pass-through graph of its input shape subtracted, and the table's `overhead_ms` (the
+pass-through at the image shape) is added once per prediction. Tables are stored as JSON with the
+conditions they were measured under.
 """
 from __future__ import annotations
 
@@ -203,6 +207,13 @@ def measure_latency(module: nn.Module, shape: tuple[int, ...], backend: Backend 
     return _median_ms(lambda: session.run(None, feed), warmup, runs)
 
 
+class _PassThrough(nn.Module):
+    """The cheapest graph on a given input (one ReLU): the runtime's fixed cost per run."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x)
+
+
 def _median_ms(call: Callable[[], Any], warmup: int, runs: int) -> float:
     for _ in range(warmup):
         call()
@@ -229,15 +240,17 @@ class LatencyTable:
     num_classes: int = 1000
     distillation: bool = True
     device: str = field(default_factory=platform.processor)
+    overhead_ms: float = 0.0   # fixed cost per run, paid once per network (ONNX Runtime tables)
 
     def predict(self, config: SubnetConfig | Mapping[str, Any]) -> float:
-        """Predicted latency (ms) of a sub-network: the sum of its modules' entries."""
+        """Predicted latency (ms) of a sub-network: the sum of its modules' entries, plus the
+        runtime's fixed cost per run (`overhead_ms`)."""
         config = as_subnet_config(config)
         missing = [k for k in subnet_keys(config) if k not in self.entries]
         if missing:
             raise KeyError(f"the latency table has no entries {missing[:5]}: it was built for another "
                            "search space or input size; rebuild it with tools/build_latency_lut.py")
-        return sum(self.entries[k] for k in subnet_keys(config))
+        return sum(self.entries[k] for k in subnet_keys(config)) + self.overhead_ms
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -266,14 +279,26 @@ def build_latency_table(space: SearchSpace, img_size: int = 224, backend: Backen
                         warmup: int = 5, runs: int = 20, num_classes: int = 1000, distillation: bool = True,
                         progress: Callable[[int, int, str, float], None] | None = None) -> LatencyTable:
     """Time the deploy form (`fuse()`d) of every entry of `space` (see the module docstring) and
-    return the table."""
+    return the table. ONNX Runtime entries are net of the runtime's fixed cost per run, which the
+    table keeps once as `overhead_ms`."""
     entries = list(table_entries(space, img_size, num_classes, distillation))
+    fixed: dict[tuple[int, ...], float] = {}
+
+    def fixed_cost(shape: tuple[int, ...]) -> float:
+        if backend != "onnxruntime":
+            return 0.0  # eager PyTorch pays its per-module cost inside a network as well
+        if shape not in fixed:
+            fixed[shape] = measure_latency(_PassThrough(), shape, backend, threads, warmup, runs)
+        return fixed[shape]
+
     table: dict[str, float] = {}
     for i, (key, factory, shape) in enumerate(entries):
-        table[key] = measure_latency(factory(fused=True), shape, backend, threads, warmup, runs)
+        measured = measure_latency(factory(fused=True), shape, backend, threads, warmup, runs)
+        table[key] = max(measured - fixed_cost(tuple(shape)), 0.0)
         if progress is not None:
             progress(i + 1, len(entries), key, table[key])
-    return LatencyTable(backend, img_size, threads, table, space.to_dict(), num_classes, distillation)
+    return LatencyTable(backend, img_size, threads, table, space.to_dict(), num_classes, distillation,
+                        overhead_ms=fixed_cost((1, 3, img_size, img_size)))
 
 
 @dataclass

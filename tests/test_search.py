@@ -133,6 +133,7 @@ def test_recalibration_matches_data_statistics():
 def test_latency_table_round_trip(tmp_path):
     space = SearchSpace(widths=((8,), (8, 16), (16,), (16,)), depths=(1, 1, 1, 1), expansions=(2,), stem_widths=(8,))
     table = build_latency_table(space, img_size=32, threads=1, warmup=1, runs=2, num_classes=3)
+    assert table.overhead_ms == 0.0  # eager PyTorch: no per-run correction
     assert set(table.entries) >= set(subnet_keys(space.largest()))
     path = table.save(tmp_path / "lut.json")
     loaded = LatencyTable.load(path)
@@ -183,6 +184,10 @@ def test_latency_table_onnxruntime_round_trip(tmp_path):
     assert all(0 < ms < 100 for ms in table.entries.values())
     loaded = LatencyTable.load(table.save(tmp_path / "lut_ort.json"))
     assert loaded == table and loaded.predict(space.smallest()) > 0
+    # entries are net of the runtime's fixed cost per run, which a prediction adds once
+    assert 0 < table.overhead_ms < 100
+    assert loaded.predict(space.smallest()) == pytest.approx(
+        sum(table.entries[k] for k in subnet_keys(space.smallest())) + table.overhead_ms)
     report = evaluate_table(loaded, num_subnets=2, warmup=1, runs=2)
     assert len(report.measured_ms) == 2 and all(m > 0 for m in report.measured_ms)
     assert report.predicted_ms == [loaded.predict(space.largest()), loaded.predict(space.smallest())]
