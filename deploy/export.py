@@ -196,10 +196,15 @@ def export_coreml(module: nn.Module, example: torch.Tensor, path: str | Path,
             source = torch.jit.trace(module, example, check_trace=False)
             for hw in _coreml_check_sizes(shapes, size):
                 x = torch.rand(n, c, *hw, generator=torch.Generator().manual_seed(0))
-                diff = max(float((a - b).abs().max()) for a, b in zip(_as_tuple(source(x)), _as_tuple(module(x))))
+                try:
+                    traced = _as_tuple(source(x))
+                except RuntimeError as e:  # shapes fixed in the trace no longer fit
+                    raise AssertionError(f"the traced graph does not hold at {hw[0]}x{hw[1]} ({str(e).splitlines()[-1]}): "
+                                         "export one size (shapes=None), or, for EfficientFormerV2, call shape_generic() on the deploy form first") from e
+                diff = max(float((a - b).abs().max()) for a, b in zip(traced, _as_tuple(module(x))))
                 if diff > 1e-4:
                     raise AssertionError(f"the traced graph does not hold at {hw[0]}x{hw[1]} (max abs diff {diff:.3g}): "
-                                         "this model needs a fixed CoreML input size")
+                                         "export one size (shapes=None), or, for EfficientFormerV2, call shape_generic() on the deploy form first")
             if isinstance(shapes, tuple):
                 shape = ct.Shape(shape=(n, c, ct.RangeDim(shapes[0], shapes[1], default=size[0]),
                                         ct.RangeDim(shapes[0], shapes[1], default=size[1])))

@@ -7,7 +7,7 @@ import torch
 
 from backbones import (VARIANTS, Arch, EfficientFormerV2, StageArch, create_model, list_models,
                        load_checkpoint)
-from backbones.layers import OffsetAttentionBias
+from backbones.layers import OffsetAttentionBias, resize_bilinear
 
 REFERENCE_PARAMS = {"efficientformerv2_s0": 3_600_256, "efficientformerv2_s1": 6_185_560,
                     "efficientformerv2_s2": 12_710_112, "efficientformerv2_l": 26_322_288}
@@ -184,3 +184,13 @@ def test_unknown_variant_and_model():
     with pytest.raises(ValueError, match="out_indices"):
         create_model("efficientformerv2_s0", features_only=True, out_indices=(4,))
     assert StageArch(8, (4, 4)).depth == 2
+
+
+@pytest.mark.parametrize("align_corners", [True, False])
+def test_matrix_resize_equals_interpolate(align_corners):
+    # the exportable resize of the shape-generic deploy form: up, down, to and from size 1
+    torch.manual_seed(0)
+    for src, dst in [((7, 7), (14, 14)), ((25, 42), (50, 84)), ((7, 9), (3, 4)), ((1, 5), (4, 1)), ((3, 3), (3, 3))]:
+        x = torch.randn(2, 4, *src)
+        want = torch.nn.functional.interpolate(x, size=dst, mode="bilinear", align_corners=align_corners)
+        torch.testing.assert_close(resize_bilinear(x, dst, align_corners), want, rtol=0, atol=1e-5)

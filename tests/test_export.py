@@ -1,12 +1,13 @@
 """Export of the deploy form: ONNX (parity with ONNX Runtime), CoreML (package validates),
 TorchScript, at 224 and with feature maps at a non-square size; helpful errors."""
+import copy
 import importlib.util
 
 import pytest
 import torch
 
 from backbones import CheckpointError, create_model, save_checkpoint
-from deploy.export import ONNX_ATOL, ExportStackError, check_onnx, export_model
+from deploy.export import ONNX_ATOL, ExportStackError, check_onnx, export_coreml, export_model
 from deploy.models import FeatureTuple, ImageInput, build_model, deploy_form
 
 S0 = "efficientformerv2_s0"
@@ -147,3 +148,13 @@ def test_missing_export_stack_says_what_to_install(monkeypatch, tmp_path):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "coremltools" else real(name, *a))
     with pytest.raises(ExportStackError, match="make install"):
         export_model(S0, "coreml", tmp_path / "x.mlpackage")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("coremltools") is None, reason="coremltools not installed")
+def test_coreml_flexible_sizes_refuse_a_size_specific_trace(s0_features, tmp_path):
+    # the plain deploy form precomputes its biases for the training grid: its trace does not hold at
+    # other sizes, which the check finds before conversion (shape_generic() is what makes it hold)
+    net = FeatureTuple(deploy_form(copy.deepcopy(s0_features))).eval()
+    with pytest.raises(AssertionError, match="does not hold"):
+        export_coreml(net, torch.rand(1, 3, 224, 224), tmp_path / "x.mlpackage", image_input=False,
+                      shapes=[(224, 224), (160, 224)])
