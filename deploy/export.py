@@ -144,6 +144,8 @@ def check_onnx(path: str | Path, module: nn.Module, example: torch.Tensor, atol:
 # CoreML
 # --------------------------------------------------------------------------------------------
 CoreMLShapes = list[tuple[int, int]] | tuple[int, int] | None
+_FLEXIBLE_HINT = ("the traced graph does not hold at {hw[0]}x{hw[1]} ({why}): export one size (shapes=None), or, "
+                  "for EfficientFormerV2, call shape_generic() on the deploy form first")
 COREML_FEATURE_RANGE = (64, 2048)   # default ranged input sides of a --features CoreML package
 
 
@@ -189,6 +191,9 @@ def export_coreml(module: nn.Module, example: torch.Tensor, path: str | Path,
         if not (33 <= lo <= min(size) and max(size) <= hi):
             raise ValueError(f"CoreML size range {lo}..{hi} must contain the example size {size} and start at 33 "
                              "or more")
+    elif shapes and size not in {tuple(s) for s in shapes}:
+        raise ValueError(f"the enumerated CoreML sizes {list(shapes)} must include the example size {size} "
+                         "(the package's default)")
     path.parent.mkdir(parents=True, exist_ok=True)
     module = module.eval()
     with torch.no_grad():
@@ -199,12 +204,10 @@ def export_coreml(module: nn.Module, example: torch.Tensor, path: str | Path,
                 try:
                     traced = _as_tuple(source(x))
                 except RuntimeError as e:  # shapes fixed in the trace no longer fit
-                    raise AssertionError(f"the traced graph does not hold at {hw[0]}x{hw[1]} ({str(e).splitlines()[-1]}): "
-                                         "export one size (shapes=None), or, for EfficientFormerV2, call shape_generic() on the deploy form first") from e
+                    raise AssertionError(_FLEXIBLE_HINT.format(hw=hw, why=str(e).splitlines()[-1])) from e
                 diff = max(float((a - b).abs().max()) for a, b in zip(traced, _as_tuple(module(x))))
                 if diff > 1e-4:
-                    raise AssertionError(f"the traced graph does not hold at {hw[0]}x{hw[1]} (max abs diff {diff:.3g}): "
-                                         "export one size (shapes=None), or, for EfficientFormerV2, call shape_generic() on the deploy form first")
+                    raise AssertionError(_FLEXIBLE_HINT.format(hw=hw, why=f"max abs diff {diff:.3g}"))
             if isinstance(shapes, tuple):
                 shape = ct.Shape(shape=(n, c, ct.RangeDim(shapes[0], shapes[1], default=size[0]),
                                         ct.RangeDim(shapes[0], shapes[1], default=size[1])))

@@ -124,6 +124,8 @@ def test_coreml_enumerated_sizes_and_bad_range(s0, tmp_path):
     assert res.ok and "sizes 224x224, 256x320" in res.checked
     with pytest.raises(ValueError, match="must contain the example size"):
         export_model(S0, "coreml", tmp_path / "x.mlpackage", model=s0, coreml_shapes=(256, 512))
+    with pytest.raises(ValueError, match="must include the example size"):
+        export_model(S0, "coreml", tmp_path / "x.mlpackage", model=s0, coreml_shapes=[(256, 320)])
 
 
 def test_unknown_model_is_refused_with_a_hint():

@@ -48,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", required=True, choices=["onnx", "coreml", "torchscript"])
     parser.add_argument("--out", required=True, type=Path, help=".onnx, .mlpackage or .pt")
     parser.add_argument("--features", action="store_true", help="export the four feature maps")
-    parser.add_argument("--size", type=int, nargs="+", default=[224], metavar="N",
-                        help="example input size: H (square) or H W (default 224)")
+    parser.add_argument("--size", type=int, nargs="+", metavar="N",
+                        help="example input size: H (square) or H W (default: the first --coreml-shapes, else 224)")
     parser.add_argument("--precision", choices=["float16", "float32"], default="float16", help="CoreML precision")
     parser.add_argument("--no-normalize", action="store_true", help="no ImageNet normalisation in the graph")
     flexible = parser.add_mutually_exclusive_group()
@@ -58,15 +58,18 @@ def main(argv: list[str] | None = None) -> int:
                           help="CoreML: input height and width each in [MIN, MAX] (default for --features: 64 2048)")
     flexible.add_argument("--coreml-fixed", action="store_true", help="CoreML --features: only the --size input size")
     args = parser.parse_args(argv)
-    if len(args.size) not in (1, 2):
+    if args.size is not None and len(args.size) not in (1, 2):
         parser.error("--size takes H or H W")
-    size = (args.size[0], args.size[-1])
+    if args.size is not None:
+        size = (args.size[0], args.size[-1])
+    else:
+        size = args.coreml_shapes[0] if args.coreml_shapes else (224, 224)
     from backbones import CheckpointError
     from deploy.export import ExportStackError
+    flexible = "fixed" if args.coreml_fixed else tuple(args.coreml_range) if args.coreml_range else args.coreml_shapes
     try:
         result = export(args.model, args.format, args.out, args.checkpoint, args.features, size,
-                        args.precision, not args.no_normalize,
-                        "fixed" if args.coreml_fixed else tuple(args.coreml_range) if args.coreml_range else args.coreml_shapes)
+                        args.precision, not args.no_normalize, flexible)
     except (ValueError, CheckpointError, ExportStackError, FileNotFoundError) as e:
         print(f"export: error: {e}", file=sys.stderr)
         return 2
