@@ -522,18 +522,31 @@ def image_batches(root: str | Path, split: str, img_size: int, batch_size: int, 
     return [b for b in loader if b is not None] if cache else loader
 
 
-def classification_config(result: SearchResult | SubnetConfig, base_config: str | Path | None = None
-                          ) -> dict[str, Any]:
+def classification_config(result: SearchResult | SubnetConfig, base_config: str | Path | None = None,
+                          run_dir: str | Path | None = None) -> dict[str, Any]:
     """A `python -m classification fit` config that trains a sub-network (the searched one of a
     `SearchResult`) from scratch: `base_config` (a classification YAML) with `model.arch` set to
-    its architecture."""
+    its architecture (replacing `model.model_name`). `run_dir`: where its logs and checkpoints go
+    (not into the base config's run folder, whose checkpoints they would overwrite)."""
     import yaml
 
     config: dict[str, Any] = yaml.safe_load(Path(base_config).read_text()) if base_config else {}
     model = config.setdefault("model", {}) or {}
     config["model"] = model
     subnet = result.config if isinstance(result, SearchResult) else result
-    model["arch"] = arch_dict(subnet)   # used instead of model_name
+    model.pop("model_name", None)
+    model["arch"] = arch_dict(subnet)
+    if run_dir is not None:
+        run_dir = str(run_dir)
+        trainer = config.setdefault("trainer", {}) or {}
+        config["trainer"] = trainer
+        trainer["default_root_dir"] = run_dir
+        loggers = trainer.get("logger")
+        for logger in loggers if isinstance(loggers, list) else [loggers]:
+            if isinstance(logger, dict) and "save_dir" in (logger.get("init_args") or {}):
+                logger["init_args"]["save_dir"] = run_dir
+        if config.get("checkpoint") is not None or base_config is None:
+            config["checkpoint"] = {**(config.get("checkpoint") or {}), "dirpath": f"{run_dir}/checkpoints"}
     return config
 
 
@@ -575,7 +588,8 @@ def run_search(supernet: EfficientFormerV2Supernet, data_root: str | Path, table
         f"MES {st.mes:9.2f} top-1 {st.top1:6.2f} ({st.candidates} candidates, {st.seconds:.0f} s)"))
     log(f"search: {result.reason} after {len(result.steps) - 1} steps, {result.evaluations} evaluations")
     (out / "search.json").write_text(json.dumps({"target": asdict(target), **result.to_dict()}, indent=1))
-    (out / "searched.yaml").write_text(yaml.safe_dump(classification_config(result, settings.get("base_config")),
+    (out / "searched.yaml").write_text(yaml.safe_dump(classification_config(result, settings.get("base_config"),
+                                                                            run_dir=out / "train"),
                                                      sort_keys=False))
     budget = Target(mes=result.final.mes) if target.mes is not None else target
     randoms = random_baseline(evaluator, budget, r.get("count", 10), r.get("seed", 0), r.get("tolerance", 0.1))

@@ -331,5 +331,6 @@ def evaluate_table(table: LatencyTable, num_subnets: int = 10, seed: int = 0, wa
                                         table.threads, warmup, runs))
         predicted.append(table.predict(config))
     errors = [abs(p - m) for p, m in zip(predicted, measured)]
-    return TableReport(predicted, measured, statistics.correlation(predicted, measured),
+    r = max(-1.0, min(1.0, statistics.correlation(predicted, measured)))  # rounding can pass +-1
+    return TableReport(predicted, measured, r,
                        statistics.fmean(errors), statistics.fmean(e / m for e, m in zip(errors, measured)))
