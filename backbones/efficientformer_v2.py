@@ -418,7 +418,35 @@ class Arch:
 # --------------------------------------------------------------------------------------------
 # Model
 # --------------------------------------------------------------------------------------------
-class EfficientFormerV2(nn.Module):
+class ClassifierForward:
+    """`forward_features`, `forward_head` and `set_distilled_training` of a network with `stem`,
+    `stages`, `norm`, `head`, `head_dist` and `distilled_training`: the plain model's, shared by
+    the supernet (its elastic parts have the same names) and the latency table's head entry."""
+
+    def set_distilled_training(self, enable: bool = True) -> None:
+        """In training mode, return (head, distillation head) logits separately."""
+        self.distilled_training = enable
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+        return self.norm(x) if self.norm is not None else x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
+        x = x.flatten(2).mean(-1)
+        if pre_logits:
+            return x
+        logits = self.head(x)
+        if self.head_dist is None:
+            return logits
+        logits_dist = self.head_dist(x)
+        if self.distilled_training and self.training and not torch.jit.is_scripting():
+            return logits, logits_dist
+        return (logits + logits_dist) / 2
+
+
+class EfficientFormerV2(ClassifierForward, nn.Module):
     """EfficientFormerV2 classifier or multi-scale backbone, built from an architecture.
 
     Args:
@@ -494,10 +522,6 @@ class EfficientFormerV2(nn.Module):
                 nn.init.zeros_(m.bias)
 
     # -- timm-style interface ----------------------------------------------------------------
-    def set_distilled_training(self, enable: bool = True) -> None:
-        """In training mode, return (head, distillation head) logits separately."""
-        self.distilled_training = enable
-
     def get_classifier(self) -> nn.Module | None:
         return self.head
 
@@ -524,24 +548,6 @@ class EfficientFormerV2(nn.Module):
             if i >= max(self.out_indices) and self.features_only:
                 break
         return outs
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        for stage in self.stages:
-            x = stage(x)
-        return self.norm(x) if self.norm is not None else x
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
-        x = x.flatten(2).mean(-1)
-        if pre_logits:
-            return x
-        logits = self.head(x)
-        if self.head_dist is None:
-            return logits
-        logits_dist = self.head_dist(x)
-        if self.distilled_training and self.training and not torch.jit.is_scripting():
-            return logits, logits_dist
-        return (logits + logits_dist) / 2
 
     def forward(self, x: torch.Tensor):
         if self.features_only:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
 from torch import nn
 
-from .efficientformer_v2 import (Arch, Attention2d, ConvMlp, Downsample, EfficientFormerV2,
+from .efficientformer_v2 import (Arch, Attention2d, ClassifierForward, ConvMlp, Downsample, EfficientFormerV2,
                                  StageArch, resolve_arch)
 from .layers import ConvNorm, LayerScale, grid_size
 
@@ -396,7 +396,7 @@ class ElasticStage(nn.Module):
 # --------------------------------------------------------------------------------------------
 # Supernet
 # --------------------------------------------------------------------------------------------
-class EfficientFormerV2Supernet(nn.Module):
+class EfficientFormerV2Supernet(ClassifierForward, nn.Module):
     """Weight-sharing EfficientFormerV2 supernet over a `SearchSpace`.
 
     Args:
@@ -471,12 +471,6 @@ class EfficientFormerV2Supernet(nn.Module):
             stage.configure(stage_config)
         self.config = config
         return config
-
-    # the plain model's own code: it reads only stem, stages, norm, head, head_dist and
-    # distilled_training, which the supernet has under the same names (its elastic forms)
-    set_distilled_training = EfficientFormerV2.set_distilled_training
-    forward_features = EfficientFormerV2.forward_features
-    forward_head = EfficientFormerV2.forward_head
 
     def forward(self, x: torch.Tensor):
         return self.forward_head(self.forward_features(x))

@@ -545,8 +545,7 @@ def classification_config(result: SearchResult | SubnetConfig, base_config: str 
         for logger in loggers if isinstance(loggers, list) else [loggers]:
             if isinstance(logger, dict) and "save_dir" in (logger.get("init_args") or {}):
                 logger["init_args"]["save_dir"] = run_dir
-        if config.get("checkpoint") is not None or base_config is None:
-            config["checkpoint"] = {**(config.get("checkpoint") or {}), "dirpath": f"{run_dir}/checkpoints"}
+        config["checkpoint"] = {**(config.get("checkpoint") or {}), "dirpath": f"{run_dir}/checkpoints"}
     return config
 
 

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from backbones import EfficientFormerV2
-from backbones.efficientformer_v2 import Arch, EfficientFormerV2Block, StageArch
+from backbones.efficientformer_v2 import Arch, ClassifierForward, EfficientFormerV2Block, StageArch
 from backbones.layers import grid_size
 from backbones.supernet import ATTENTION_STAGES, SearchSpace, SubnetConfig, as_subnet_config
 
@@ -93,10 +93,8 @@ class _MhsaHalf(nn.Module):
         return x + self.ls1(self.token_mixer(x))
 
 
-class _Head(nn.Module):
+class _Head(ClassifierForward, nn.Module):
     """Final norm, pooling and classifier head(s) of a plain model (entry `head:<c>`)."""
-
-    forward_head = EfficientFormerV2.forward_head   # the plain model's own pooling and head(s)
 
     def __init__(self, model: EfficientFormerV2) -> None:
         super().__init__()
