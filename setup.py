@@ -3,11 +3,11 @@ MMDetection/MMSegmentation downstream tasks, export and benchmark tools."""
 from setuptools import find_packages, setup
 
 CORE = ["torch>=2.6", "torchvision", "timm>=1.0", "safetensors"]
-CLASSIFICATION = ["lightning[pytorch-extra]>=2.4", "jsonargparse[signatures]>=4.27", "torchmetrics",
+CLASSIFICATION = ["lightning>=2.4", "jsonargparse[signatures]>=4.27", "torchmetrics",
                   "tensorboard", "rich"]
 DENSE = ["mmcv>=2.0,<2.2", "mmengine>=0.10", "mmdet>=3.3", "mmsegmentation>=1.2", "ftfy", "regex",
          "pycocotools"]
-EXPORT = ["onnx", "onnxruntime", "onnxscript", "coremltools>=8"]
+EXPORT = ["onnx", "onnxruntime", "onnxscript", "coremltools>=8", "executorch>=1.5", "openvino>=2026.0", "nncf"]
 SEARCH = ["matplotlib", "scipy"]
 
 setup(

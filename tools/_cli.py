@@ -1,0 +1,76 @@
+"""Command-line conventions shared by the scripts in tools/: bad input is answered with one
+line on stderr that names the problem and what to do, and exit status 2, never a traceback.
+
+    from _cli import ArgumentParser, run
+
+    def main(argv=None) -> int:
+        args = ArgumentParser(prog="export", description=__doc__).parse_args(argv)
+        ...
+    if __name__ == "__main__":
+        sys.exit(run(main, "export"))
+
+Only tools import this module (scripts in tools/ have tools/ first on sys.path); no package
+imports it.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, NoReturn, Sequence
+
+__all__ = ["ArgumentParser", "UsageError", "BAD_INPUT", "run", "fail"]
+
+
+class UsageError(Exception):
+    """Raised by a tool for bad input it detects itself; the message says what to do."""
+
+
+def _bad_input_types() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input (wrong path, unreadable or unfitting file, bad value,
+    missing optional package), as opposed to a bug."""
+    types: list[type[BaseException]] = [UsageError, ValueError, OSError, ImportError]
+    try:  # the checkpoint loader's own error (a RuntimeError subclass)
+        from backbones import CheckpointError
+        types.append(CheckpointError)
+    except ImportError:  # backbones not importable: ImportError already covers what follows
+        pass
+    return tuple(types)
+
+
+BAD_INPUT = _bad_input_types()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, (FileNotFoundError, IsADirectoryError, PermissionError)) and exc.filename:
+        text = f"{exc.strerror}: {exc.filename}"
+    return text
+
+
+def fail(prog: str, message: str) -> NoReturn:
+    """Print `prog: error: message` on stderr and exit with status 2."""
+    print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a one-line error: `prog: error: <problem> (see --help)`, exit status 2."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        fail(self.prog, f"{message} (see {self.prog} --help)")
+
+
+def run(main: Callable[..., int | None], prog: str, argv: Sequence[str] | None = None) -> int:
+    """Call `main(argv)` and turn bad input (`BAD_INPUT`) into one line on stderr and status 2."""
+    try:
+        return int(main(argv) or 0)
+    except BAD_INPUT as exc:
+        print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
