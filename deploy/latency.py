@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-__all__ = ["Timed", "LatencyStats", "summarize", "measure_interleaved"]
+__all__ = ["Timed", "LatencyStats", "summarize", "measure", "measure_interleaved"]
 
 
 @dataclass
@@ -62,3 +62,10 @@ def measure_interleaved(items: Sequence[Timed], runs: int = 50, warmup: int = 10
             it.fn()
             times[it.key].append((clock() - t0) * 1e3)
     return {k: summarize(v) for k, v in times.items()}
+
+
+def measure(fn: Callable[[], object], runs: int = 50, warmup: int = 10,
+            clock: Callable[[], float] = time.perf_counter) -> LatencyStats:
+    """Time `fn()` alone: `warmup` untimed calls, then `runs` timed ones (the one timer every
+    latency figure of the suite goes through; several models: `measure_interleaved`)."""
+    return measure_interleaved([Timed("fn", fn)], runs=runs, warmup=warmup, clock=clock)["fn"]
