@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 DATA ?= data
 
-.PHONY: install demo demo-det demo-seg demo-search demo-export test clean
+.PHONY: install demo demo-det demo-seg demo-search demo-export demo-edge demo-ablate test clean
 
 install:
 	@bash tools/setup_env.sh
@@ -21,6 +21,12 @@ demo-search: install
 
 demo-export: install
 	$(PY) tools/demo_export.py --data $(DATA)
+
+demo-edge: install
+	$(PY) tools/demo_edge.py --data $(DATA)
+
+demo-ablate: install
+	$(PY) tools/demo_ablate.py --data $(DATA)
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider tests
