@@ -13,7 +13,6 @@ takes normalised tensors instead).
 """
 from __future__ import annotations
 
-import importlib.util
 import platform
 import time
 from collections import Counter
@@ -27,6 +26,8 @@ from torch import nn
 from backbones import EfficientFormerV2
 
 from .models import FeatureTuple, ImageInput, build_model, deploy_form
+from .ort import create_session
+from .stacks import ExportStackError, require_stack
 
 __all__ = ["ExportStackError", "ExportResult", "export_model", "export_onnx", "check_onnx",
            "export_coreml", "check_coreml", "export_torchscript", "check_torchscript", "FORMATS",
@@ -37,25 +38,6 @@ ONNX_OPSET = 20      # Gelu is a single ONNX op from opset 20 on
 ONNX_ATOL = 1e-4     # float32 parity bound of ONNX Runtime against PyTorch
 TORCHSCRIPT_ATOL = 1e-5
 Format = Literal["onnx", "coreml", "torchscript"]
-
-_STACKS = {
-    "onnx": (["onnx", "onnxscript", "onnxruntime"], "onnx onnxscript onnxruntime"),
-    "coreml": (["coremltools"], "coremltools"),
-}
-
-
-class ExportStackError(ImportError):
-    """A package the chosen export format needs is not installed."""
-
-
-def require_stack(fmt: str) -> None:
-    """Raise `ExportStackError` naming what to install when `fmt`'s export stack is missing."""
-    modules, pip_names = _STACKS.get(fmt, ([], ""))
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
-    if missing:
-        raise ExportStackError(f"{fmt} export needs {', '.join(missing)}, which is not installed: run "
-                               f"`make install` (or `pip install -e .[export]`, i.e. {pip_names})")
-
 
 @dataclass
 class ExportResult:
@@ -123,7 +105,6 @@ def check_onnx(path: str | Path, module: nn.Module, example: torch.Tensor, atol:
                session=None) -> float:
     """Max abs difference between ONNX Runtime and PyTorch on `example` (all outputs);
     raises AssertionError when it exceeds `atol`."""
-    from .ort import create_session
     sess = session or create_session(path)
     got = sess.run(None, {sess.get_inputs()[0].name: example.numpy()})
     with torch.no_grad():
@@ -365,7 +346,6 @@ def export_model(name: str, fmt: Format, out: str | Path, checkpoint: str | Path
         checks = [example, torch.rand(2, 3, *size, generator=g)]
         if features:
             checks.append(torch.rand(1, 3, size[0] + 37, size[1] - 29, generator=g))
-        from .ort import create_session
         sess = create_session(out)
         diff = max(check_onnx(out, net, x, session=sess) for x in checks)
         shapes = ", ".join("x".join(map(str, x.shape)) for x in checks)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .stacks import require_stack
+
 __all__ = ["session_options", "create_session", "op_time_profile"]
 
 
 def _ort():
-    from .export import require_stack
     require_stack("onnx")
     import onnxruntime as ort
     return ort

@@ -1,0 +1,185 @@
+"""ExecuTorch export with the XNNPACK delegate (`.pte`), its runtime, and int8 through PT2E.
+
+    from deploy.executorch import ExecuTorchProgram, export_executorch, set_threads
+    result = export_executorch(net, example, "s0.pte")          # fp32; calibration=[...] for int8
+    result.undelegated                                           # {"aten.mm.default": 8, ...}
+    set_threads(1)                                               # once per process, before running
+    outputs = ExecuTorchProgram("s0.pte")(example)               # tuple of tensors
+
+The program is captured with `torch.export` at the example's shape (batch and size fixed),
+lowered with `to_edge_transform_and_lower(..., partitioner=[XnnpackPartitioner()])` and
+serialised. Every operator that stays outside the delegate (and so runs in ExecuTorch's
+portable kernels, much slower) is listed by `undelegated_ops` and raises an
+`UndelegatedOperatorWarning` naming it.
+
+int8 (`calibration` given): the XNNPACK quantizer (symmetric per-channel int8 weights, int8
+activations) through PT2E: `torch.export.export(...).module()`, `prepare_pt2e`, one forward per
+calibration image, `convert_pt2e`, then the same lowering.
+"""
+from __future__ import annotations
+
+import operator
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .stacks import require_stack
+
+__all__ = ["ExecuTorchExport", "ExecuTorchProgram", "UndelegatedOperatorWarning", "export_executorch",
+           "quantize_pt2e", "set_threads", "undelegated_ops"]
+
+_DELEGATE_CALL = "executorch_call_delegate"
+_threads: int | None = None  # the thread count of this process's XNNPACK threadpool, once set
+
+
+class UndelegatedOperatorWarning(UserWarning):
+    """An operator of an ExecuTorch program runs outside the XNNPACK delegate."""
+
+
+@dataclass
+class ExecuTorchExport:
+    """A written `.pte` program.
+
+    Attributes:
+        path: the `.pte` file. int8: whether it was quantized.
+        undelegated: operator name -> count of the operators left outside the XNNPACK delegate.
+        delegated_calls: how many XNNPACK delegate calls the program makes (partitions).
+        quantized: the PT2E-converted module the program was lowered from (int8 only), a PyTorch
+            reference of the quantized arithmetic.
+    """
+
+    path: Path
+    int8: bool = False
+    undelegated: dict[str, int] = field(default_factory=dict)
+    delegated_calls: int = 0
+    quantized: nn.Module | None = None
+
+
+def _graph_module(program) -> torch.fx.GraphModule:
+    """The top-level graph of an EdgeProgramManager, ExportedProgram or GraphModule."""
+    if hasattr(program, "exported_program"):  # EdgeProgramManager / ExecutorchProgramManager
+        program = program.exported_program()
+    if hasattr(program, "graph_module"):
+        program = program.graph_module
+    if not isinstance(program, torch.fx.GraphModule):
+        raise TypeError(f"expected an ExecuTorch program or a GraphModule, got {type(program).__name__}")
+    return program
+
+
+def _op_name(target) -> str:
+    name = getattr(target, "__name__", None) or str(target)
+    if hasattr(target, "_op") or "." in str(target):  # EdgeOpOverload / OpOverload: aten.mm.default
+        name = str(target)
+    return name
+
+
+def _call_nodes(program) -> list[torch.fx.Node]:
+    return [n for n in _graph_module(program).graph.nodes if n.op == "call_function"]
+
+
+def undelegated_ops(program) -> dict[str, int]:
+    """Operators of a lowered program's top-level graph that run outside the delegate: name
+    (e.g. `aten.mm.default`) -> count, most frequent first; delegate calls and the `getitem`
+    that unpacks their outputs are not counted.
+
+    Args:
+        program: the result of `to_edge_transform_and_lower` (or its exported program / graph).
+    """
+    counts = Counter(_op_name(n.target) for n in _call_nodes(program)
+                     if n.target is not operator.getitem and _DELEGATE_CALL not in _op_name(n.target))
+    return dict(counts.most_common())
+
+
+def quantize_pt2e(module: nn.Module, example: torch.Tensor, calibration: Sequence[torch.Tensor]) -> nn.Module:
+    """`module` quantized for XNNPACK through PT2E, calibrated on `calibration` (each one batch
+    of the example's shape): int8 symmetric per-channel weights, int8 activations."""
+    require_stack("executorch")
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
+                                                                         get_symmetric_quantization_config)
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    if not calibration:
+        raise ValueError("int8 quantization needs calibration images (pass --calibration DIR)")
+    captured = torch.export.export(module.eval(), (example,)).module()
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    prepared = prepare_pt2e(captured, quantizer)
+    with torch.no_grad():
+        for x in calibration:
+            prepared(x)
+    return convert_pt2e(prepared)
+
+
+def export_executorch(module: nn.Module, example: torch.Tensor, path: str | Path,
+                      calibration: Sequence[torch.Tensor] | None = None) -> ExecuTorchExport:
+    """Lower `module` (eval mode) to an ExecuTorch program with the XNNPACK delegate and write it.
+
+    Args:
+        example: the input; its shape (batch, channels, height, width) is fixed in the program.
+        path: the `.pte` file to write (its folder must exist).
+        calibration: images (each of the example's shape) for int8 PT2E calibration; None: fp32.
+    Returns an `ExecuTorchExport`; each operator outside the delegate is also an
+    `UndelegatedOperatorWarning`.
+    """
+    require_stack("executorch")
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    path = Path(path)
+    module = module.eval()
+    quantized = quantize_pt2e(module, example, calibration) if calibration is not None else None
+    with torch.no_grad():
+        exported = torch.export.export(quantized if quantized is not None else module, (example,))
+    edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
+    result = ExecuTorchExport(path, int8=quantized is not None, undelegated=undelegated_ops(edge),
+                              delegated_calls=sum(_DELEGATE_CALL in _op_name(n.target) for n in _call_nodes(edge)),
+                              quantized=quantized)
+    for name, count in result.undelegated.items():
+        warnings.warn(f"{name} (x{count}) runs outside the XNNPACK delegate, in ExecuTorch's portable "
+                      f"kernels: {path.name}", UndelegatedOperatorWarning, stacklevel=2)
+    path.write_bytes(edge.to_executorch().buffer)
+    return result
+
+
+def set_threads(n: int) -> None:
+    """Size the XNNPACK threadpool of this process to `n` threads. Resizing it after a program
+    has run crashed ExecuTorch 1.5, so one thread count per process: a second call with the
+    same count does nothing, with another count it raises RuntimeError (use a subprocess)."""
+    global _threads
+    if n < 1:
+        raise ValueError(f"thread count must be at least 1, not {n}")
+    if _threads == n:
+        return
+    if _threads is not None:
+        raise RuntimeError(f"the ExecuTorch threadpool of this process already has {_threads} threads; "
+                           f"run {n} threads in another process")
+    require_stack("executorch")
+    from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+    _unsafe_reset_threadpool(int(n))
+    _threads = int(n)
+
+
+class ExecuTorchProgram:
+    """A `.pte` program loaded in ExecuTorch's runtime; calling it on a tensor returns the
+    outputs of its `forward` method as a tuple of tensors.
+
+    Args:
+        path: the `.pte` file. method: the method to run.
+    """
+
+    def __init__(self, path: str | Path, method: str = "forward") -> None:
+        require_stack("executorch")
+        from executorch.runtime import Runtime
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"no ExecuTorch program at {self.path}")
+        self._program = Runtime.get().load_program(self.path)
+        self._method = self._program.load_method(method)
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outputs = self._method.execute([x.contiguous()])
+        return tuple(o.clone() if isinstance(o, torch.Tensor) else o for o in outputs)

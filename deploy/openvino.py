@@ -1,0 +1,107 @@
+"""OpenVINO export (IR: `.xml` + `.bin`), its CPU runtime, and int8 with NNCF.
+
+    from deploy.openvino import compile_openvino, export_openvino
+    export_openvino(net, example, "s0.xml")                      # fp32; calibration=[...] for int8
+    model = compile_openvino("s0.xml", threads=1)                # f32, latency hint
+    outputs = model(example)                                     # tuple of tensors
+
+`ov.convert_model` traces the module at the example; the IR keeps the example's shape, or has
+symbolic batch, height and width (`dynamic_hw=True`: the traced graph must then hold at every
+size; for EfficientFormerV2 call `shape_generic()` on the deploy form first). Weights are saved
+in fp32 (`compress_to_fp16=False`), so the IR is exact. The CPU plugin's default precision on
+CPUs with AVX-512 BF16 is bf16, which is not exact: `compile_openvino` asks for f32 unless told
+otherwise.
+
+int8 (`calibration` given): `nncf.quantize` on the converted model (one sample per calibration
+image), with bias correction off: NNCF's fast bias correction fails on the deploy form of
+EfficientFormerV2 (a reshape of the attention-logit bias).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from .stacks import require_stack
+
+__all__ = ["OpenVINOModel", "compile_openvino", "export_openvino", "quantize_nncf"]
+
+Precision = Literal["f32", "bf16", "f16"]
+
+
+def quantize_nncf(ov_model, calibration: Sequence[torch.Tensor]):
+    """An int8 copy of an OpenVINO model (`openvino.Model`) by NNCF post-training quantization,
+    calibrated on `calibration` (tensors of the model's input shape)."""
+    require_stack("nncf")
+    import nncf
+
+    if not calibration:
+        raise ValueError("int8 quantization needs calibration images (pass --calibration DIR)")
+    dataset = nncf.Dataset(list(calibration), lambda x: x.numpy())
+    return nncf.quantize(ov_model, dataset, subset_size=len(calibration),
+                         advanced_parameters=nncf.AdvancedQuantizationParameters(disable_bias_correction=True))
+
+
+def export_openvino(module: nn.Module, example: torch.Tensor, path: str | Path, dynamic_hw: bool = False,
+                    calibration: Sequence[torch.Tensor] | None = None) -> Path:
+    """Convert `module` (eval mode) to an OpenVINO IR and save it as `path` (`.xml`) and the
+    `.bin` of the same name next to it.
+
+    Args:
+        example: the input to trace with; its shape is the IR's input shape unless `dynamic_hw`.
+        dynamic_hw: batch, height and width symbolic in the IR.
+        calibration: images (each of the example's shape) for NNCF int8 quantization; None: fp32.
+    Returns the `.xml` path.
+    """
+    require_stack("openvino" if calibration is None else "nncf")
+    import openvino as ov
+
+    path = Path(path)
+    if path.suffix != ".xml":
+        raise ValueError(f"an OpenVINO IR is saved as .xml (and .bin), got {path}")
+    shape = ov.PartialShape([-1, example.shape[1], -1, -1] if dynamic_hw else list(example.shape))
+    with torch.no_grad():
+        model = ov.convert_model(module.eval(), example_input=example, input=[shape])
+    if calibration is not None:
+        model = quantize_nncf(model, calibration)
+    ov.save_model(model, str(path), compress_to_fp16=False)
+    return path
+
+
+class OpenVINOModel:
+    """A compiled OpenVINO model; calling it on a tensor returns its outputs as a tuple of tensors.
+
+    Args:
+        compiled: an `openvino.CompiledModel`.
+    """
+
+    def __init__(self, compiled) -> None:
+        self.compiled = compiled
+        self._request = compiled.create_infer_request()
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        results = self._request.infer({0: x.contiguous().numpy()})
+        return tuple(torch.from_numpy(results[o].copy()) for o in self.compiled.outputs)
+
+
+def compile_openvino(path: str | Path, threads: int | None = None, precision: Precision = "f32") -> OpenVINOModel:
+    """Compile an IR (`.xml`) for the CPU plugin with the latency hint.
+
+    Args:
+        threads: `INFERENCE_NUM_THREADS` (None: the plugin's default).
+        precision: `INFERENCE_PRECISION_HINT`; f32 is exact, the plugin's own default here is bf16.
+    """
+    require_stack("openvino")
+    import openvino as ov
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no OpenVINO IR at {path}")
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision}
+    if threads is not None:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    core = ov.Core()
+    return OpenVINOModel(core.compile_model(core.read_model(str(path)), "CPU", config))
