@@ -15,7 +15,7 @@ setup(
     version="0.1.0",
     description=__doc__,
     python_requires=">=3.10",
-    packages=find_packages(include=["backbones*", "classification*", "detection*", "segmentation*", "deploy*"]),
+    packages=find_packages(include=["backbones*", "classification*", "openmmlab*", "detection*", "segmentation*", "deploy*"]),
     install_requires=CORE,
     extras_require={
         "classification": CLASSIFICATION + SEARCH,

@@ -1,11 +1,8 @@
-"""MMDetection downstream task: the EfficientFormerV2 backbone in mmdet's registry, toy COCO data.
+"""MMDetection task code: the toy COCO set and the Mask R-CNN demo.
 
-Importing the package registers ``EfficientFormerV2`` in mmdet's `MODELS` and allow-lists the
-objects mmengine stores in its checkpoints for torch's safe loading.
+The backbone, the checkpoint allow-list and the runner are shared with segmentation and live in
+`openmmlab` (configs import it); nothing here imports `segmentation` or mmseg.
+
+- `detection.toy_data`: `make_toy_coco`, a small instance-segmentation set in the COCO layout.
+- `detection.demo`: `run_det_demo`, Mask R-CNN fine-tuned and evaluated on it.
 """
-from .backbone import EfficientFormerV2
-from .safe_loading import allow_mmengine_checkpoints
-
-allow_mmengine_checkpoints()
-
-__all__ = ["EfficientFormerV2", "allow_mmengine_checkpoints"]

@@ -4,7 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from .engine import build_runner, final_val_metrics, load_config, train_measures
+from openmmlab.runner import build_runner, final_val_metrics, load_config, train_measures
+
 from .toy_data import make_toy_coco
 
 

@@ -1,8 +1,10 @@
 """The project's EfficientFormerV2 as an OpenMMLab backbone (MMDetection and MMSegmentation).
 
 One implementation: `backbones.EfficientFormerV2(features_only=True)` inside an mmengine
-`BaseModule`, registered as ``EfficientFormerV2`` in mmdet's `MODELS` here and in mmseg's
-`MODELS` by `segmentation` (configs load it with ``custom_imports``).
+`BaseModule`, registered once as ``EfficientFormerV2`` in mmengine's root `MODELS`. mmdet's and
+mmseg's `MODELS` are children of that registry and look a type up in their parent when they do
+not hold it themselves, so both scopes build it without this module importing either package
+(configs load it with ``custom_imports = dict(imports=['openmmlab'])``).
 """
 from __future__ import annotations
 
@@ -10,9 +12,9 @@ import logging
 from typing import Any, Mapping, Sequence
 
 import torch
-from mmdet.registry import MODELS
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
+from mmengine.registry import MODELS
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 

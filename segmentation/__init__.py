@@ -1,15 +1,9 @@
-"""MMSegmentation downstream task: the EfficientFormerV2 backbone in mmseg's registry, toy ADE20K.
+"""MMSegmentation task code: the toy ADE20K set and the Semantic FPN demo.
 
-The backbone is the one of `detection.backbone` (itself a wrapper of `backbones`), registered
-here in mmseg's `MODELS` too; importing the package also allow-lists mmengine's checkpoint
-objects for torch's safe loading.
+The backbone, the checkpoint allow-list and the runner are shared with detection and live in
+`openmmlab` (configs import it); nothing here imports `detection` or mmdet, so an
+MMSegmentation-only installation works.
+
+- `segmentation.toy_data`: `make_toy_ade20k`, a small semantic-segmentation set in the ADE20K layout.
+- `segmentation.demo`: `run_seg_demo`, Semantic FPN fine-tuned and evaluated on it.
 """
-from mmseg.registry import MODELS
-
-from detection.backbone import EfficientFormerV2
-from detection.safe_loading import allow_mmengine_checkpoints
-
-MODELS.register_module(module=EfficientFormerV2)
-allow_mmengine_checkpoints()
-
-__all__ = ["EfficientFormerV2"]

@@ -2,22 +2,37 @@
 
     python tools/mm_benchmark_backbone.py [--variants s0 s1 s2 l] [--height 800 --width 1333]
                                           [--repeats 3] [--threads 2]
+
+Each variant runs in a fresh process; one that dies (e.g. killed when out of memory) is reported
+in one line with its exit code (exit status 2).
 """
 from __future__ import annotations
 
-import argparse
+import sys
 
-from detection.benchmark import benchmark_backbone
+from _cli import ArgumentParser, run
+
+from openmmlab.benchmark import benchmark_backbone
+
+VARIANTS = ("s0", "s1", "s2", "l")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", nargs="+", default=["s0", "s1", "s2", "l"])
-    parser.add_argument("--height", type=int, default=800)
-    parser.add_argument("--width", type=int, default=1333)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(prog="mm_benchmark_backbone", description=__doc__)
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--height", type=positive_int, default=800)
+    parser.add_argument("--width", type=positive_int, default=1333)
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed forward passes after one warm-up")
+    parser.add_argument("--threads", type=positive_int, default=2)
+    args = parser.parse_args(argv)
     print("| backbone | input | params | forward (median) | peak RSS | forward peak |")
     print("|---|---|---|---|---|---|")
     for v in args.variants:
@@ -25,7 +40,8 @@ def main() -> None:
         print(f"| EfficientFormerV2-{v.upper()} | {args.width}x{args.height} | {r['params'] / 1e6:.2f} M | "
               f"{r['forward_ms_median']:.0f} ms | {r['peak_rss_mib']:.0f} MiB | {r['forward_peak_mib']:.0f} MiB |",
               flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main, "mm_benchmark_backbone"))

@@ -2,18 +2,23 @@
 
     python tools/mm_test.py CONFIG CHECKPOINT [--work-dir DIR] [--cfg-options k=v ...]
     torchrun --nproc_per_node=8 tools/mm_test.py CONFIG CHECKPOINT --launcher pytorch
+
+A missing config or checkpoint, a checkpoint that is not an mmengine checkpoint, a config key no
+component accepts or a missing data root is reported in one line (exit status 2) before testing.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 
+from _cli import ArgumentParser, run
 from mmengine.config import DictAction
 
-from detection.engine import LAUNCHERS, test
+from openmmlab.runner import LAUNCHERS, test
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(prog="mm_test", description=__doc__)
     parser.add_argument("config", help="the config the checkpoint was trained with")
     parser.add_argument("checkpoint", help="mmengine checkpoint (.pth), loaded with torch's safe loading")
     parser.add_argument("--work-dir", help="where the logs go (default work_dirs/<config name>)")
@@ -21,11 +26,12 @@ def main() -> None:
                         help="override config keys, e.g. test_dataloader.batch_size=2")
     parser.add_argument("--launcher", choices=LAUNCHERS, default="none", help="job launcher (pytorch for torchrun)")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     metrics = test(args.config, args.checkpoint, args.work_dir, args.cfg_options, args.launcher)
     for name, value in metrics.items():
         print(f"{name}: {value}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main, "mm_test"))

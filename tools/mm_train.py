@@ -4,18 +4,23 @@
     torchrun --nproc_per_node=8 tools/mm_train.py CONFIG --launcher pytorch     # multi-GPU
     torchrun --nnodes=2 --node_rank=R --master_addr=HOST --nproc_per_node=8 \\
         tools/mm_train.py CONFIG --launcher pytorch                              # multi-node
+
+A missing config, a config key no component accepts, a missing data root or a missing or
+unreadable checkpoint to resume from is reported in one line (exit status 2) before training.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 
+from _cli import ArgumentParser, run
 from mmengine.config import DictAction
 
-from detection.engine import LAUNCHERS, train
+from openmmlab.runner import LAUNCHERS, train
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(prog="mm_train", description=__doc__)
     parser.add_argument("config", help="an mmdet or mmseg config, e.g. configs/detection/"
                         "mask-rcnn_efficientformerv2-s0_fpn_1x_coco.py")
     parser.add_argument("--work-dir", help="where logs and checkpoints go (default work_dirs/<config name>)")
@@ -26,9 +31,10 @@ def main() -> None:
                         help="override config keys, e.g. train_cfg.max_epochs=1 model.backbone.arch=s1")
     parser.add_argument("--launcher", choices=LAUNCHERS, default="none", help="job launcher (pytorch for torchrun)")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     train(args.config, args.work_dir, args.cfg_options, args.resume, args.amp, args.launcher)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main, "mm_train"))

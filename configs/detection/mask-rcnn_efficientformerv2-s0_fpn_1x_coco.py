@@ -5,7 +5,7 @@
 # format) at the path below or override model.backbone.init_cfg.checkpoint.
 _base_ = 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'
 
-custom_imports = dict(imports=['detection'], allow_failed_imports=False)
+custom_imports = dict(imports=['openmmlab'], allow_failed_imports=False)
 
 model = dict(
     backbone=dict(

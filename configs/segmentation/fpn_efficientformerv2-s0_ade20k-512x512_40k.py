@@ -10,7 +10,7 @@ _base_ = [
     'mmseg::_base_/schedules/schedule_40k.py',
 ]
 
-custom_imports = dict(imports=['segmentation'], allow_failed_imports=False)
+custom_imports = dict(imports=['openmmlab'], allow_failed_imports=False)
 
 crop_size = (512, 512)
 data_preprocessor = dict(size=crop_size)
