@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .checkpoint import (CheckpointError, LoadReport, infer_arch, load_checkpoint, read_state_dict,
-                         save_checkpoint, to_project_keys)
-from .efficientformer_v2 import (VARIANTS, Arch, EfficientFormerV2, StageArch, efficientformerv2_l,
-                                 efficientformerv2_s0, efficientformerv2_s1, efficientformerv2_s2,
-                                 resolve_arch)
+from .checkpoint import (CheckpointError, LoadReport, infer_arch, is_deploy_state_dict, load_checkpoint,
+                         read_state_dict, save_checkpoint, to_project_keys)
+from .efficientformer_v2 import (SWITCHES, VARIANTS, Arch, EfficientFormerV2, StageArch, StagePlan,
+                                 efficientformerv2_l, efficientformerv2_s0, efficientformerv2_s1,
+                                 efficientformerv2_s2, feature_grids, resolve_arch, stage_plans)
 
 _MODELS: dict[str, Callable[..., EfficientFormerV2]] = {
     "efficientformerv2_s0": efficientformerv2_s0,
@@ -41,7 +41,8 @@ def create_model(name: str, checkpoint: str | None = None, **kwargs: Any) -> Eff
     return model
 
 
-__all__ = ["Arch", "StageArch", "EfficientFormerV2", "VARIANTS", "efficientformerv2_s0",
+__all__ = ["Arch", "StageArch", "StagePlan", "SWITCHES", "stage_plans", "feature_grids", "EfficientFormerV2",
+           "VARIANTS", "is_deploy_state_dict", "efficientformerv2_s0",
            "efficientformerv2_s1", "efficientformerv2_s2", "efficientformerv2_l", "create_model",
            "list_models", "load_checkpoint", "save_checkpoint", "read_state_dict", "to_project_keys",
            "infer_arch", "resolve_arch", "CheckpointError", "LoadReport"]

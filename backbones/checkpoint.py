@@ -19,7 +19,7 @@ from torch import nn
 from .efficientformer_v2 import VARIANTS, Arch, EfficientFormerV2, StageArch
 
 __all__ = ["CheckpointError", "LoadReport", "read_state_dict", "to_project_keys", "infer_arch",
-           "load_checkpoint", "save_checkpoint", "describe_arch"]
+           "is_deploy_state_dict", "load_checkpoint", "save_checkpoint", "describe_arch"]
 
 HEAD_PREFIXES = ("head.", "head_dist.")
 _SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
@@ -39,6 +39,7 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    fused: bool = False  # the model was turned into its deploy form to take deploy-form weights
 
     @property
     def ok(self) -> bool:
@@ -187,7 +188,9 @@ def to_project_keys(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, t
 # Architecture inference
 # --------------------------------------------------------------------------------------------
 def infer_arch(state_dict: Mapping[str, torch.Tensor]) -> Arch:
-    """The architecture a project-layout state dict was saved from."""
+    """The architecture a project-layout state dict (training or deploy form) was saved from,
+    design switches included where the keys show them (a switch without any part in the
+    network keeps its default)."""
     stages = []
     for i in range(4):
         blocks = sorted({int(m.group(1)) for k in state_dict
@@ -203,16 +206,38 @@ def infer_arch(state_dict: Mapping[str, torch.Tensor]) -> Arch:
         attention = sum(f"stages.{i}.blocks.{b}.token_mixer.q.conv.weight" in state_dict for b in blocks)
         stages.append(StageArch(int(width), tuple(ratios), attention))
     stem = state_dict["stem.conv1.conv.weight"].shape[0]
-    return Arch(tuple(stages), stem_width=int(stem))
+    keys = list(state_dict)
+    has_attention = any(".token_mixer." in k or ".downsample.attn." in k for k in keys)
+    switches: dict[str, Any] = {}
+    if has_attention:
+        switches["attention_bias"] = any(".pos_bias." in k for k in keys)
+        switches["local_v"] = any(".v_local." in k for k in keys)
+    if any(".token_mixer." in k for k in keys):
+        switches["talking_heads"] = any(".talking_head1." in k for k in keys)
+    if stages[2].attention:
+        switches["stride_attention"] = any(k.startswith("stages.2.") and ".token_mixer.stride_conv." in k for k in keys)
+    conv4 = any(k.startswith("stages.3.downsample.conv.") for k in keys)
+    attn4 = any(k.startswith("stages.3.downsample.attn.") for k in keys)
+    switches["downsampling"] = "dual" if conv4 and attn4 else "attention" if attn4 else "conv"
+    return Arch(tuple(stages), stem_width=int(stem), **switches)
+
+
+def is_deploy_state_dict(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """Whether a project-layout state dict is of the deploy form (`EfficientFormerV2.fuse()`:
+    no BatchNorm statistics left)."""
+    return not any(k.endswith("running_mean") for k in state_dict)
 
 
 def describe_arch(arch: Arch) -> str:
-    """Variant name of an architecture (e.g. "efficientformerv2_s1"), or its widths and depths."""
+    """Variant name of an architecture (e.g. "efficientformerv2_s1"), or its widths and depths,
+    with the design switches that differ from the paper's."""
+    switched = arch.non_default_switches()
+    extra = f" with {', '.join(f'{k}={v!r}' for k, v in switched.items())}" if switched else ""
     for name, variant in VARIANTS.items():
         if (variant.widths, [s.expansions for s in variant.stages], [s.attention for s in variant.stages]) == \
                 (arch.widths, [s.expansions for s in arch.stages], [s.attention for s in arch.stages]):
-            return f"efficientformerv2_{name}"
-    return f"a custom architecture (widths {arch.widths}, depths {arch.depths})"
+            return f"efficientformerv2_{name}{extra}"
+    return f"a custom architecture (widths {arch.widths}, depths {arch.depths}){extra}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,6 +266,12 @@ def load_checkpoint(model: nn.Module, path: str | Path | Mapping[str, torch.Tens
     raw = read_state_dict(path) if isinstance(path, (str, Path)) else unwrap_state_dict(path)
     sd, fmt = to_project_keys(raw)
     report = LoadReport(fmt)
+    if isinstance(model, EfficientFormerV2) and is_deploy_state_dict(sd) != model.is_fused:
+        if model.is_fused:
+            raise CheckpointError("the model is in deploy form (fuse()d) but the checkpoint holds training-form "
+                                  "weights (with BatchNorm): load the checkpoint first, then call fuse()")
+        model.fuse()  # deploy-form weights (BatchNorm folded): build the deploy form, then fill it
+        report.fused = True
     own = model.state_dict()
 
     if isinstance(model, EfficientFormerV2):
@@ -286,8 +317,19 @@ def load_checkpoint(model: nn.Module, path: str | Path | Mapping[str, torch.Tens
 
 
 def _shape_signature(arch: Arch) -> tuple:
+    """What decides the parameter shapes of an architecture: widths, expansions, attention
+    blocks, stem, and the switches that have a part in it."""
+    has_mhsa = any(s.attention for s in arch.stages)
+    has_attention = has_mhsa or arch.downsampling != "conv"
+    relevant = {"downsampling": arch.downsampling}
+    if has_attention:
+        relevant.update(attention_bias=arch.attention_bias, local_v=arch.local_v)
+    if has_mhsa:
+        relevant["talking_heads"] = arch.talking_heads
+    if arch.stages[2].attention:
+        relevant["stride_attention"] = arch.stride_attention
     return (tuple(arch.widths), tuple(tuple(s.expansions) for s in arch.stages),
-            tuple(s.attention for s in arch.stages), arch.stem_width)
+            tuple(s.attention for s in arch.stages), arch.stem_width, tuple(sorted(relevant.items())))
 
 
 def save_checkpoint(model: nn.Module | Mapping[str, torch.Tensor], path: str | Path,

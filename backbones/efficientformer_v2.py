@@ -8,7 +8,7 @@ Order of this file: blocks -> stage -> model -> variant table -> factories.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
@@ -16,9 +16,10 @@ import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
 from torch import nn
 
-from .layers import ConvNorm, LayerScale, OffsetAttentionBias, concat_convs, grid_size, resize_bilinear
+from .layers import ConvNorm, LayerScale, OffsetAttentionBias, grid_size, resize_bilinear
 
-__all__ = ["Arch", "StageArch", "EfficientFormerV2", "VARIANTS", "efficientformerv2_s0",
+__all__ = ["Arch", "StageArch", "StagePlan", "SWITCHES", "ATTENTION_STAGES", "DOWNSAMPLING", "stage_plans",
+           "feature_grids", "EfficientFormerV2", "VARIANTS", "efficientformerv2_s0",
            "efficientformerv2_s1", "efficientformerv2_s2", "efficientformerv2_l"]
 
 
@@ -43,6 +44,12 @@ class ConvMlp(nn.Module):
         x = self.act2(self.mid(self.act1(self.fc1(x))))
         return self.drop2(self.fc2(self.drop1(x)))
 
+    def fuse(self) -> "ConvMlp":
+        """Deploy form, in place: conv-BN units folded. Returns self."""
+        for m in (self.fc1, self.mid, self.fc2):
+            m.fuse()
+        return self
+
 
 class Attention2d(nn.Module):
     """MHSA on a 2-D token grid with locality in V, talking heads and an offset bias.
@@ -53,10 +60,14 @@ class Attention2d(nn.Module):
     Args:
         dim: channels. resolution: side of the token grid at the training input size (before
         the stride). key_dim, num_heads, attn_ratio: head geometry. stride: 1 or 2.
+        attention_bias: learned offset bias added to the attention logits.
+        talking_heads: 1x1 convolutions across heads before and after the softmax.
+        local_v: a 3x3 depth-wise conv on V added to the attention output (locality in V).
     """
 
     def __init__(self, dim: int, resolution: int, key_dim: int = 32, num_heads: int = 8,
-                 attn_ratio: int = 4, stride: int = 1, act_layer: type[nn.Module] = nn.GELU) -> None:
+                 attn_ratio: int = 4, stride: int = 1, act_layer: type[nn.Module] = nn.GELU,
+                 attention_bias: bool = True, talking_heads: bool = True, local_v: bool = True) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.key_dim = key_dim
@@ -67,23 +78,24 @@ class Attention2d(nn.Module):
         self.q = ConvNorm(dim, qk_dim, 1)
         self.k = ConvNorm(dim, qk_dim, 1)
         self.v = ConvNorm(dim, v_dim, 1)
-        self.v_local = ConvNorm(v_dim, v_dim, 3, padding=1, groups=v_dim)
-        self.talking_head1 = nn.Conv2d(num_heads, num_heads, 1)
-        self.talking_head2 = nn.Conv2d(num_heads, num_heads, 1)
+        self.v_local = ConvNorm(v_dim, v_dim, 3, padding=1, groups=v_dim) if local_v else None
+        self.talking_head1 = nn.Conv2d(num_heads, num_heads, 1) if talking_heads else None
+        self.talking_head2 = nn.Conv2d(num_heads, num_heads, 1) if talking_heads else None
         self.act = act_layer()
         self.proj = ConvNorm(v_dim, dim, 1)
-        self.pos_bias = OffsetAttentionBias(num_heads, grid_size(resolution, stride))
-        # deploy form (set by fuse()): q, k, v in one conv, scale folded into q, the position bias
-        # passed through the first talking head ahead of time
-        self.qkv: nn.Conv2d | None = None
-        self.register_buffer("head_bias", None, persistent=False)
+        self.pos_bias = OffsetAttentionBias(num_heads, grid_size(resolution, stride)) if attention_bias else None
+        self.attn_grid = grid_size(resolution, stride)
+        # deploy form (set by fuse()): the attention scale folded into q, and the attention-logit
+        # bias at the training grid precomputed (through the first talking head)
+        self.register_buffer("logit_bias", None, persistent=False)
         # deploy form of the stride-2 variant: the bilinear upsampling at the training grid as a
         # (h*w, H*W) matrix, one matrix product instead of a resize
         self.register_buffer("upsample", None, persistent=False)
         self.resolution = resolution
+        self.fused = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.qkv is not None:
+        if self.fused:
             return self._forward_deploy(x)
         in_hw = x.shape[-2:]
         if self.stride_conv is not None:
@@ -93,43 +105,61 @@ class Attention2d(nn.Module):
         q = self.q(x).reshape(b, self.num_heads, self.key_dim, n).transpose(-1, -2)
         k = self.k(x).reshape(b, self.num_heads, self.key_dim, n)
         v = self.v(x)
-        v_local = self.v_local(v)
+        v_local = self.v_local(v) if self.v_local is not None else None
         v = v.reshape(b, self.num_heads, self.val_dim, n).transpose(-1, -2)
-        attn = (q @ k) * self.scale + self.pos_bias((h, w), (h, w))
-        attn = self.talking_head2(self.talking_head1(attn).softmax(dim=-1))
-        x = (attn @ v).transpose(-1, -2).reshape(b, -1, h, w) + v_local
+        attn = (q @ k) * self.scale
+        if self.pos_bias is not None:
+            attn = attn + self.pos_bias((h, w), (h, w))
+        if self.talking_head1 is not None:
+            attn = self.talking_head1(attn)
+        attn = attn.softmax(dim=-1)
+        if self.talking_head2 is not None:
+            attn = self.talking_head2(attn)
+        x = (attn @ v).transpose(-1, -2).reshape(b, -1, h, w)
+        if v_local is not None:
+            x = x + v_local
         if self.stride_conv is not None:  # a resampling, not MACs of the network (FlopCounterMode skips it)
             x = F.interpolate(x, size=in_hw, mode="bilinear", align_corners=False)
         return self.proj(self.act(x))
 
     # -- deploy form ---------------------------------------------------------------------------
     @torch.no_grad()
-    def fuse(self) -> None:
-        """Deploy form (after the conv-BN units are fused): one conv for q, k and v with the
-        attention scale folded into q, and the first talking head applied to the position bias
-        ahead of time: th1(s * q.k + bias) = W1 (q'.k) + (W1 bias + b1)."""
-        if self.qkv is not None:
-            return
-        q, k, v = self.q.conv, self.k.conv, self.v.conv
-        q.weight.mul_(self.scale)
-        q.bias.mul_(self.scale)
-        self.qkv = concat_convs(q, k, v)
-        self.q = self.k = self.v = None
-        if self.pos_bias.cached is not None:
-            self.head_bias = self._talking_head1_bias(self.pos_bias.cached)
+    def fuse(self) -> "Attention2d":
+        """Deploy form, in place (idempotent): conv-BN units folded, the attention scale folded
+        into q, and the logit bias at the training grid passed through the first talking head
+        ahead of time: th1(s * q.k + bias) = th1(q'.k) + (W1 bias + b1). Returns self."""
+        if self.fused:
+            return self
+        for m in (self.stride_conv, self.q, self.k, self.v, self.v_local, self.proj):
+            if m is not None:
+                m.fuse()
+        self.q.scale_output(torch.full((self.q.conv.out_channels,), self.scale))
+        if self.pos_bias is not None:
+            self.pos_bias.fuse()
+        self.logit_bias = self._logit_bias((self.attn_grid, self.attn_grid))
         if self.stride_conv is not None:
-            g, r = self.pos_bias.resolution, self.resolution
-            basis = torch.eye(g * g, device=q.weight.device).view(g * g, 1, g, g)
+            g, r = self.attn_grid, self.resolution
+            basis = torch.eye(g * g, device=self.q.conv.weight.device).view(g * g, 1, g, g)
             self.upsample = F.interpolate(basis, size=(r, r), mode="bilinear", align_corners=False).view(g * g, r * r)
+        self.fused = True
+        return self
 
     def shape_generic(self) -> None:
         """No precomputed bias or upsampling: the graph is the same for every input size."""
-        self.head_bias = self.upsample = None
-        self.pos_bias.shape_generic()
+        self.logit_bias = self.upsample = None
+        if self.pos_bias is not None:
+            self.pos_bias.shape_generic()
 
-    def _talking_head1_bias(self, pos_bias: torch.Tensor) -> torch.Tensor:
-        """W1 bias + b1 for a (heads, Nq, Nk) position bias: the bias after the first talking head."""
-        return F.conv2d(pos_bias.unsqueeze(0), self.talking_head1.weight, self.talking_head1.bias).squeeze(0)
+    def _logit_bias(self, hw: tuple[int, int]) -> torch.Tensor | None:
+        """What the deploy form adds to th1(q'.k) on a (h, w) grid: W1 bias + b1 with talking
+        heads, the bias itself without; (heads, N, N) or (heads, 1, 1), None if nothing."""
+        bias = self.pos_bias(hw, hw) if self.pos_bias is not None else None
+        th = self.talking_head1
+        if th is None:
+            return bias
+        if bias is None:
+            return th.bias.view(-1, 1, 1)
+        return F.conv2d(bias.unsqueeze(0), th.weight, th.bias).squeeze(0)
 
     def _forward_deploy(self, x: torch.Tensor) -> torch.Tensor:
         in_hw = x.shape[-2:]
@@ -137,36 +167,32 @@ class Attention2d(nn.Module):
             x = self.stride_conv(x)
         b, _, h, w = x.shape
         n = h * w
-        qk_dim = self.num_heads * self.key_dim
-        q, k, v = self.qkv(x).split([qk_dim, qk_dim, self.num_heads * self.val_dim], dim=1)
-        v_local = self.v_local(v)
-        # channel-major token layout throughout: no transposes of q, v or the output
-        q = q.reshape(b, self.num_heads, self.key_dim, n)
-        k = k.reshape(b, self.num_heads, self.key_dim, n)
+        q = self.q(x).reshape(b, self.num_heads, self.key_dim, n)
+        k = self.k(x).reshape(b, self.num_heads, self.key_dim, n)
+        v = self.v(x)
+        v_local = self.v_local(v) if self.v_local is not None else None
         v = v.reshape(b, self.num_heads, self.val_dim, n)
-        if self.head_bias is not None and (h, w) == (self.pos_bias.resolution,) * 2:
-            bias = self.head_bias
+        if self.logit_bias is not None and (h, w) == (self.attn_grid, self.attn_grid):
+            bias = self.logit_bias
         else:
-            bias = self._talking_head1_bias(self.pos_bias((h, w), (h, w)))
-        attn = _mix_heads(q.transpose(-1, -2) @ k, self.talking_head1.weight) + bias
-        attn = _mix_heads(attn.softmax(dim=-1), self.talking_head2.weight, self.talking_head2.bias)
-        x = (v @ attn.transpose(-1, -2)).reshape(b, -1, h, w) + v_local
+            bias = self._logit_bias((h, w))
+        attn = q.transpose(-1, -2) @ k
+        if self.talking_head1 is not None:
+            attn = F.conv2d(attn, self.talking_head1.weight)
+        if bias is not None:
+            attn = attn + bias
+        attn = attn.softmax(dim=-1)
+        if self.talking_head2 is not None:
+            attn = self.talking_head2(attn)
+        x = (v @ attn.transpose(-1, -2)).reshape(b, -1, h, w)
+        if v_local is not None:
+            x = x + v_local
         if self.stride_conv is not None:
             if self.upsample is not None and tuple(in_hw) == (self.resolution,) * 2:
                 x = (x.flatten(2) @ self.upsample).view(b, -1, *in_hw)
             else:
                 x = resize_bilinear(x, in_hw, align_corners=False)
         return self.proj(self.act(x))
-
-
-def _mix_heads(attn: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """A 1x1 conv over the head axis of (B, heads, Nq, Nk) attention maps (a talking head), as
-    one matrix product over the flattened maps."""
-    b, heads, nq, nk = attn.shape
-    out = weight.view(heads, heads) @ attn.reshape(b, heads, nq * nk)
-    if bias is not None:
-        out = out + bias.view(heads, 1)
-    return out.view(b, heads, nq, nk)
 
 
 class LocalGlobalQuery(nn.Module):
@@ -184,19 +210,29 @@ class LocalGlobalQuery(nn.Module):
         return self.proj(self.local(x) + self.pool(x))
 
     @torch.no_grad()
-    def fuse(self) -> None:
-        """Deploy form: the strided 1x1 pooling picks the centre tap of the strided 3x3 depth-wise
-        conv's window, so it folds into that tap's weight (+1)."""
+    def fuse(self) -> "LocalGlobalQuery":
+        """Deploy form (idempotent): the strided 1x1 pooling picks the centre tap of the strided
+        3x3 depth-wise conv's window, so it folds into that tap's weight (+1). Returns self."""
         if self.pool is not None:
             self.local.weight[:, :, 1, 1] += 1.0
             self.pool = None
+        self.proj.fuse()
+        return self
 
 
 class Attention2dDownsample(nn.Module):
-    """Attention that halves the grid: queries on the strided grid attend to every input token."""
+    """Attention that halves the grid: queries on the strided grid attend to every input token.
+
+    Args:
+        dim, out_dim: input and output channels. resolution: side of the input token grid at the
+        training input size. key_dim, num_heads, attn_ratio: head geometry.
+        attention_bias: learned offset bias added to the attention logits.
+        local_v: a strided 3x3 depth-wise conv on V added to the attention output.
+    """
 
     def __init__(self, dim: int, out_dim: int, resolution: int, key_dim: int = 16, num_heads: int = 8,
-                 attn_ratio: int = 4, act_layer: type[nn.Module] = nn.GELU) -> None:
+                 attn_ratio: int = 4, act_layer: type[nn.Module] = nn.GELU, attention_bias: bool = True,
+                 local_v: bool = True) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.key_dim = key_dim
@@ -206,42 +242,52 @@ class Attention2dDownsample(nn.Module):
         self.q = LocalGlobalQuery(dim, qk_dim)
         self.k = ConvNorm(dim, qk_dim, 1)
         self.v = ConvNorm(dim, v_dim, 1)
-        self.v_local = ConvNorm(v_dim, v_dim, 3, stride=2, padding=1, groups=v_dim)
+        self.v_local = ConvNorm(v_dim, v_dim, 3, stride=2, padding=1, groups=v_dim) if local_v else None
         self.act = act_layer()
         self.proj = ConvNorm(v_dim, out_dim, 1)
-        self.pos_bias = OffsetAttentionBias(num_heads, resolution, query_stride=2)
-        self.kv: nn.Conv2d | None = None  # deploy form: k and v in one conv
+        self.pos_bias = OffsetAttentionBias(num_heads, resolution, query_stride=2) if attention_bias else None
+        self.fused = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kv is not None:
+        if self.fused:
             return self._forward_deploy(x)
         b, _, h, w = x.shape
         hq, wq = grid_size(h, 2), grid_size(w, 2)
         q = self.q(x).reshape(b, self.num_heads, self.key_dim, hq * wq).transpose(-1, -2)
         k = self.k(x).reshape(b, self.num_heads, self.key_dim, h * w)
         v = self.v(x)
-        v_local = self.v_local(v)
+        v_local = self.v_local(v) if self.v_local is not None else None
         v = v.reshape(b, self.num_heads, self.val_dim, h * w).transpose(-1, -2)
-        attn = ((q @ k) * self.scale + self.pos_bias((hq, wq), (h, w))).softmax(dim=-1)
-        x = (attn @ v).transpose(-1, -2).reshape(b, -1, hq, wq) + v_local
+        attn = (q @ k) * self.scale
+        if self.pos_bias is not None:
+            attn = attn + self.pos_bias((hq, wq), (h, w))
+        x = (attn.softmax(dim=-1) @ v).transpose(-1, -2).reshape(b, -1, hq, wq)
+        if v_local is not None:
+            x = x + v_local
         return self.proj(self.act(x))
 
     # -- deploy form ---------------------------------------------------------------------------
     @torch.no_grad()
-    def fuse(self) -> None:
-        """Deploy form (after the conv-BN units are fused): the attention scale folded into the
-        query projection, k and v computed by one conv, the query's pooling folded."""
-        if self.kv is not None:
-            return
+    def fuse(self) -> "Attention2dDownsample":
+        """Deploy form, in place (idempotent): conv-BN units folded, the attention scale folded
+        into the query projection, the query's pooling folded, the bias at the training grid
+        precomputed. Returns self."""
+        if self.fused:
+            return self
         self.q.fuse()
-        self.q.proj.conv.weight.mul_(self.scale)
-        self.q.proj.conv.bias.mul_(self.scale)
-        self.kv = concat_convs(self.k.conv, self.v.conv)
-        self.k = self.v = None
+        for m in (self.k, self.v, self.v_local, self.proj):
+            if m is not None:
+                m.fuse()
+        self.q.proj.scale_output(torch.full((self.q.proj.conv.out_channels,), self.scale))
+        if self.pos_bias is not None:
+            self.pos_bias.fuse()
+        self.fused = True
+        return self
 
     def shape_generic(self) -> None:
         """No precomputed bias: the graph is the same for every input size (symbolic export)."""
-        self.pos_bias.shape_generic()
+        if self.pos_bias is not None:
+            self.pos_bias.shape_generic()
 
     def _forward_deploy(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
@@ -249,39 +295,64 @@ class Attention2dDownsample(nn.Module):
         hq, wq = q.shape[-2:]
         # token layout (B, heads, dim, N) by flatten/unflatten: no batch-size arithmetic in the graph
         q = q.flatten(2).unflatten(1, (self.num_heads, self.key_dim))
-        k, v = self.kv(x).split([self.num_heads * self.key_dim, self.num_heads * self.val_dim], dim=1)
-        v_local = self.v_local(v)
-        k = k.flatten(2).unflatten(1, (self.num_heads, self.key_dim))
+        k = self.k(x).flatten(2).unflatten(1, (self.num_heads, self.key_dim))
+        v = self.v(x)
+        v_local = self.v_local(v) if self.v_local is not None else None
         v = v.flatten(2).unflatten(1, (self.num_heads, self.val_dim))
-        attn = (q.transpose(-1, -2) @ k + self.pos_bias((hq, wq), (h, w))).softmax(dim=-1)
-        x = (v @ attn.transpose(-1, -2)).reshape(v_local.shape) + v_local
+        attn = q.transpose(-1, -2) @ k
+        if self.pos_bias is not None:
+            attn = attn + self.pos_bias((hq, wq), (h, w))
+        x = (v @ attn.softmax(dim=-1).transpose(-1, -2)).unflatten(-1, (hq, wq)).flatten(1, 2)
+        if v_local is not None:
+            x = x + v_local
         return self.proj(self.act(x))
 
 
-class Downsample(nn.Module):
-    """Stride-2 conv-BN; with `attention`, plus the dual-path attention downsampling."""
+DOWNSAMPLING = ("dual", "attention", "conv")
 
-    def __init__(self, in_dim: int, out_dim: int, resolution: int = 0, attention: bool = False) -> None:
+
+class Downsample(nn.Module):
+    """Halves the grid into a stage: a stride-2 conv-BN ("conv"), the downsampling attention
+    ("attention"), or both added (the dual-path attention downsampling, "dual").
+
+    Args:
+        in_dim, out_dim: channels. resolution: input grid side at the training size (attention).
+        mode: "conv", "attention" or "dual". attention_bias, local_v: of the attention path.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, resolution: int = 0, mode: str = "conv",
+                 attention_bias: bool = True, local_v: bool = True) -> None:
         super().__init__()
-        self.conv = ConvNorm(in_dim, out_dim, 3, stride=2, padding=1)
-        self.attn = Attention2dDownsample(in_dim, out_dim, resolution) if attention else None
+        if mode not in DOWNSAMPLING:
+            raise ValueError(f"downsampling must be one of {', '.join(DOWNSAMPLING)}, not {mode!r}")
+        self.conv = ConvNorm(in_dim, out_dim, 3, stride=2, padding=1) if mode != "attention" else None
+        self.attn = Attention2dDownsample(in_dim, out_dim, resolution, attention_bias=attention_bias,
+                                          local_v=local_v) if mode != "conv" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv(x)
-        if self.attn is not None:
-            out = out + self.attn(x)
-        return out
+        if self.attn is None:
+            return self.conv(x)
+        if self.conv is None:
+            return self.attn(x)
+        return self.conv(x) + self.attn(x)
 
 
 class EfficientFormerV2Block(nn.Module):
-    """Residual block: optional MHSA (token mixer) then the unified FFN, each layer-scaled."""
+    """Residual block: optional MHSA (token mixer) then the unified FFN, each layer-scaled.
+
+    Args:
+        dim: channels. mlp_ratio: FFN expansion. attention: carry an MHSA. resolution: token
+        grid side at the training size. attn_stride: 2 for stride attention. drop, drop_path,
+        layer_scale_init: regularisation and init. attention_options: switches of the MHSA
+        (attention_bias, talking_heads, local_v).
+    """
 
     def __init__(self, dim: int, mlp_ratio: float, attention: bool = False, resolution: int = 7,
                  attn_stride: int = 1, drop: float = 0.0, drop_path: float = 0.0,
-                 layer_scale_init: float = 1e-5) -> None:
+                 layer_scale_init: float = 1e-5, attention_options: Mapping[str, bool] | None = None) -> None:
         super().__init__()
         if attention:
-            self.token_mixer = Attention2d(dim, resolution, stride=attn_stride)
+            self.token_mixer = Attention2d(dim, resolution, stride=attn_stride, **(attention_options or {}))
             self.ls1 = LayerScale(dim, layer_scale_init)
             self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         else:
@@ -296,37 +367,51 @@ class EfficientFormerV2Block(nn.Module):
         return x + self.drop_path2(self.ls2(self.mlp(x)))
 
     @torch.no_grad()
-    def fuse(self) -> None:
-        """Fold each layer scale into the conv-BN that ends its branch."""
+    def fuse(self) -> "EfficientFormerV2Block":
+        """Deploy form, in place (idempotent): each layer scale folded into the conv-BN that ends
+        its branch, then the branches fused. Returns self."""
         if self.token_mixer is not None and isinstance(self.ls1, LayerScale):
             self.token_mixer.proj.scale_output(self.ls1.gamma)
             self.ls1 = nn.Identity()
         if isinstance(self.ls2, LayerScale):
             self.mlp.fc2.scale_output(self.ls2.gamma)
             self.ls2 = nn.Identity()
+        if self.token_mixer is not None:
+            self.token_mixer.fuse()
+        self.mlp.fuse()
+        return self
 
 
 # --------------------------------------------------------------------------------------------
 # Stage
 # --------------------------------------------------------------------------------------------
 class EfficientFormerV2Stage(nn.Module):
-    """Optional downsampling into the stage, then its blocks (the last ones with attention)."""
+    """Optional downsampling into the stage, then its blocks (the last ones with attention).
+
+    Args:
+        in_dim, dim: input and stage channels. mlp_ratios: one FFN expansion per block.
+        num_attention: trailing blocks with MHSA. plan: where the stage sits (`StagePlan`: its
+        downsampling, grids and attention stride). drop_path: one rate per block. drop,
+        layer_scale_init: as in the blocks. attention_options: MHSA switches.
+    """
 
     def __init__(self, in_dim: int, dim: int, mlp_ratios: Sequence[float], num_attention: int,
-                 downsample: str | None, resolution: int, attn_stride: int,
-                 drop_path: Sequence[float], drop: float = 0.0, layer_scale_init: float = 1e-5) -> None:
+                 plan: "StagePlan", drop_path: Sequence[float], drop: float = 0.0,
+                 layer_scale_init: float = 1e-5, attention_options: Mapping[str, bool] | None = None) -> None:
         super().__init__()
-        if downsample is None:
+        options = dict(attention_options or {})
+        if plan.downsample is None:
             self.downsample = None
         else:
-            # resolution: grid side at the stage input, before downsampling
-            self.downsample = Downsample(in_dim, dim, resolution, attention=downsample == "attention")
-            resolution = grid_size(resolution, 2)
+            self.downsample = Downsample(in_dim, dim, plan.in_grid, mode=plan.downsample,
+                                         attention_bias=options.get("attention_bias", True),
+                                         local_v=options.get("local_v", True))
         depth = len(mlp_ratios)
         self.blocks = nn.Sequential(*[
             EfficientFormerV2Block(dim, mlp_ratios[i], attention=i >= depth - num_attention,
-                                   resolution=resolution, attn_stride=attn_stride, drop=drop,
-                                   drop_path=drop_path[i], layer_scale_init=layer_scale_init)
+                                   resolution=plan.grid, attn_stride=plan.attn_stride, drop=drop,
+                                   drop_path=drop_path[i], layer_scale_init=layer_scale_init,
+                                   attention_options=options)
             for i in range(depth)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -338,6 +423,63 @@ class EfficientFormerV2Stage(nn.Module):
 # --------------------------------------------------------------------------------------------
 # Architecture description
 # --------------------------------------------------------------------------------------------
+ATTENTION_STAGES = (2, 3)  # stages 3 and 4 (0-based 2, 3) may carry MHSA
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """Where a stage sits in the network, the same for every width and depth: the single
+    description of the stage layout that the model, the supernet and the latency table use.
+
+    index: 0..3. stride: of its feature map (4, 8, 16, 32). in_grid: token-grid side at its
+    input (before downsampling) for the training input size; grid: inside the stage.
+    downsample: None (stage 1), "conv", "attention" or "dual". attention: whether its blocks may
+    carry MHSA. attn_stride: 2 where that MHSA is stride attention; attn_grid: the grid its
+    queries and keys live on.
+    """
+
+    index: int
+    stride: int
+    in_grid: int
+    grid: int
+    downsample: str | None
+    attention: bool
+    attn_stride: int
+
+    @property
+    def attn_grid(self) -> int:
+        return grid_size(self.grid, self.attn_stride)
+
+
+def stage_plans(img_size: int = 224, stride_attention: bool = True, downsampling: str = "dual") -> tuple[StagePlan, ...]:
+    """The four `StagePlan`s of EfficientFormerV2 at a training input side `img_size`: a stride-4
+    stem; stages 2-4 downsampled by a stride-2 conv, except stage 4 (`downsampling`: the
+    dual-path attention downsampling by default); MHSA possible in stages 3 and 4, strided in
+    stage 3 when `stride_attention`."""
+    if downsampling not in DOWNSAMPLING:
+        raise ValueError(f"downsampling must be one of {', '.join(DOWNSAMPLING)}, not {downsampling!r}")
+    grid = grid_size(grid_size(img_size, 2), 2)
+    plans = []
+    for i in range(4):
+        in_grid = grid
+        if i > 0:
+            grid = grid_size(grid, 2)
+        downsample = None if i == 0 else (downsampling if i == 3 else "conv")
+        plans.append(StagePlan(i, 2 ** (i + 2), in_grid, grid, downsample, i in ATTENTION_STAGES,
+                               2 if i == 2 and stride_attention else 1))
+    return tuple(plans)
+
+
+def feature_grids(height: int, width: int) -> list[tuple[int, int]]:
+    """(h, w) token grid of each stage's output for an input of height x width (any size)."""
+    h, w = grid_size(grid_size(height, 2), 2), grid_size(grid_size(width, 2), 2)
+    out = [(h, w)]
+    for _ in range(3):
+        h, w = grid_size(h, 2), grid_size(w, 2)
+        out.append((h, w))
+    return out
+
+
 @dataclass(frozen=True)
 class StageArch:
     """One stage: `width` channels, one FFN expansion ratio per block (the depth is their number),
@@ -352,21 +494,45 @@ class StageArch:
         return len(self.expansions)
 
 
+# design switches of the paper's Section 3 (Tables 1 and 7): name -> accepted values; the first
+# value is the paper's choice and the default
+SWITCHES: dict[str, tuple[Any, ...]] = {
+    "attention_bias": (True, False),      # learned offset bias in the attention logits (Table 7)
+    "talking_heads": (True, False),       # 1x1 convs across heads around the softmax (Sec. 3.3)
+    "local_v": (True, False),             # 3x3 depth-wise conv on V (locality in V, Sec. 3.3)
+    "stride_attention": (True, False),    # stage-3 MHSA on a stride-2 grid, else full resolution (Sec. 3.4)
+    "downsampling": DOWNSAMPLING,         # stage 3->4: conv + attention (dual), attention, conv (Sec. 3.5)
+}
+_ARCH_KEYS = ("widths", "depths", "expansions", "attention", "stem_width", "drop_path_rate")
+
+
 @dataclass(frozen=True)
 class Arch:
-    """Architecture of an EfficientFormerV2 network: four stages and a stem width.
+    """Architecture of an EfficientFormerV2 network: four stages, a stem width and the design
+    switches of the paper's Section 3 (defaults: the paper's choices, see `SWITCHES`).
 
     Build from a dict with `Arch.from_dict({"widths": [...], "expansions": [[...], ...],
-    "attention": [0, 0, 2, 2]})` ("depths" optional, checked against the expansions).
+    "attention": [0, 0, 2, 2]})` ("depths" optional, checked against the expansions), or on top of
+    a variant: `Arch.from_dict({"base": "s1", "attention_bias": False})`.
     """
 
     stages: tuple[StageArch, ...]
     stem_width: int = 0  # 0: half of the first stage width
     drop_path_rate: float = 0.0
+    attention_bias: bool = True
+    talking_heads: bool = True
+    local_v: bool = True
+    stride_attention: bool = True
+    downsampling: str = "dual"
 
     def __post_init__(self) -> None:
         if len(self.stages) != 4:
             raise ValueError(f"EfficientFormerV2 has 4 stages, the architecture gives {len(self.stages)}")
+        for name, accepted in SWITCHES.items():
+            value = getattr(self, name)
+            if value not in accepted or type(value) is not type(accepted[0]):
+                raise ValueError(f"architecture switch {name}={value!r} is not accepted; use one of "
+                                 f"{', '.join(map(repr, accepted))}")
         for i, s in enumerate(self.stages):
             if s.width <= 0 or s.depth < 1:
                 raise ValueError(f"stage {i + 1}: width must be > 0 and depth >= 1, got width "
@@ -375,7 +541,7 @@ class Arch:
                 raise ValueError(f"stage {i + 1}: expansion ratios must be > 0, got {list(s.expansions)}")
             if not 0 <= s.attention <= s.depth:
                 raise ValueError(f"stage {i + 1}: {s.attention} attention blocks but only {s.depth} blocks")
-            if i < 2 and s.attention:
+            if i not in ATTENTION_STAGES and s.attention:
                 raise ValueError(f"stage {i + 1}: attention blocks are only possible in stages 3 and 4")
         if self.stem_width == 0:
             object.__setattr__(self, "stem_width", self.stages[0].width // 2)
@@ -388,17 +554,47 @@ class Arch:
     def depths(self) -> list[int]:
         return [s.depth for s in self.stages]
 
+    @property
+    def switches(self) -> dict[str, Any]:
+        """The design switches and their values."""
+        return {name: getattr(self, name) for name in SWITCHES}
+
+    def non_default_switches(self) -> dict[str, Any]:
+        """The switches that differ from the paper's choice."""
+        return {k: v for k, v in self.switches.items() if v != SWITCHES[k][0]}
+
+    @property
+    def attention_options(self) -> dict[str, bool]:
+        """Keyword arguments of the attention modules."""
+        return {"attention_bias": self.attention_bias, "talking_heads": self.talking_heads,
+                "local_v": self.local_v}
+
+    def plans(self, img_size: int = 224) -> tuple[StagePlan, ...]:
+        """The stage layout (`stage_plans`) of this architecture at a training input side."""
+        return stage_plans(img_size, self.stride_attention, self.downsampling)
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Arch":
-        unknown = set(d) - {"widths", "depths", "expansions", "attention", "stem_width", "drop_path_rate"}
+        """From `to_dict()` output, or `{"base": variant, ...overrides}`; unknown keys or values are
+        errors that name them and list the accepted ones."""
+        d = dict(d)
+        accepted = ("base",) + _ARCH_KEYS + tuple(SWITCHES)
+        unknown = sorted(set(d) - set(accepted))
         if unknown:
-            raise ValueError(f"unknown architecture keys {sorted(unknown)}; expected widths, expansions, "
-                             "attention, and optionally depths, stem_width, drop_path_rate")
+            raise ValueError(f"unknown architecture keys {unknown}; accepted: {', '.join(accepted)}")
+        base = d.pop("base", None)
+        if base is not None:
+            base_dict = resolve_arch(base).to_dict()
+            if "expansions" in d and "depths" not in d:
+                base_dict.pop("depths")
+            if "widths" in d and "stem_width" not in d:
+                base_dict.pop("stem_width")  # half the new first width
+            d = {**base_dict, **d}
         try:
             widths, expansions = list(d["widths"]), [tuple(e) for e in d["expansions"]]
         except KeyError as e:
             raise ValueError(f"architecture needs {e.args[0]!r}: widths (4 ints) and expansions "
-                             "(4 lists, one ratio per block)") from None
+                             "(4 lists, one ratio per block), or a 'base' variant") from None
         attention = list(d.get("attention", [0, 0, 0, 0]))
         if not len(widths) == len(expansions) == len(attention):
             raise ValueError("widths, expansions and attention must each have one entry per stage")
@@ -406,13 +602,14 @@ class Arch:
             raise ValueError(f"depths {list(d['depths'])} disagree with the number of expansion "
                              f"ratios per stage {[len(e) for e in expansions]}")
         stages = tuple(StageArch(int(w), e, int(a)) for w, e, a in zip(widths, expansions, attention))
-        return cls(stages, int(d.get("stem_width", 0)), float(d.get("drop_path_rate", 0.0)))
+        switches = {k: d[k] for k in SWITCHES if k in d}
+        return cls(stages, int(d.get("stem_width", 0)), float(d.get("drop_path_rate", 0.0)), **switches)
 
     def to_dict(self) -> dict[str, Any]:
         return {"widths": self.widths, "depths": self.depths,
                 "expansions": [list(s.expansions) for s in self.stages],
                 "attention": [s.attention for s in self.stages],
-                "stem_width": self.stem_width, "drop_path_rate": self.drop_path_rate}
+                "stem_width": self.stem_width, "drop_path_rate": self.drop_path_rate, **self.switches}
 
 
 # --------------------------------------------------------------------------------------------
@@ -489,19 +686,14 @@ class EfficientFormerV2(ClassifierForward, nn.Module):
         self.stem.add_module("conv2", ConvNorm(stem, arch.widths[0], 3, stride=2, padding=1))
         self.stem.add_module("act2", nn.GELU())
 
-        resolution = grid_size(grid_size(img_size, 2), 2)
         stages, prev, start = [], arch.widths[0], 0
         self.feature_info = []
-        for i, s in enumerate(arch.stages):
-            downsample = None if i == 0 else ("attention" if i == 3 else "conv")
+        for s, plan in zip(arch.stages, arch.plans(img_size)):
             stages.append(EfficientFormerV2Stage(
-                prev, s.width, s.expansions, s.attention, downsample, resolution,
-                attn_stride=2 if i == 2 else 1, drop_path=dpr[start:start + s.depth], drop=drop_rate,
-                layer_scale_init=layer_scale_init))
-            if i > 0:
-                resolution = grid_size(resolution, 2)
+                prev, s.width, s.expansions, s.attention, plan, drop_path=dpr[start:start + s.depth],
+                drop=drop_rate, layer_scale_init=layer_scale_init, attention_options=arch.attention_options))
             prev, start = s.width, start + s.depth
-            self.feature_info.append(dict(num_chs=s.width, reduction=2 ** (i + 2), module=f"stages.{i}"))
+            self.feature_info.append(dict(num_chs=s.width, reduction=plan.stride, module=f"stages.{plan.index}"))
         self.stages = nn.ModuleList(stages)
         self.num_features = prev
 
@@ -559,16 +751,14 @@ class EfficientFormerV2(ClassifierForward, nn.Module):
     def fuse(self) -> "EfficientFormerV2":
         """Deploy form, in place: BatchNorm folded into convolutions, layer scales folded into
         the last conv of their branch, attention biases precomputed for the training grid and the
-        two heads merged into one. Outputs equal the unfused eval-mode model. Returns self."""
+        two heads merged into one. Outputs equal the unfused eval-mode model. Returns self.
+
+        Every part with a deploy form has a `fuse()` that returns the module to use in its place
+        (itself, changed in place), the convention of `timm.utils.reparameterize_model`, which
+        gives the same outputs (it leaves the heads unmerged and the final norm unfolded)."""
         self.eval()
-        for m in self.modules():
-            if isinstance(m, EfficientFormerV2Block):
-                m.fuse()
-        for m in self.modules():
-            if isinstance(m, (ConvNorm, OffsetAttentionBias)):
-                m.fuse()
         for m in list(self.modules()):
-            if isinstance(m, (Attention2d, Attention2dDownsample)):
+            if m is not self and isinstance(m, (EfficientFormerV2Block, Attention2dDownsample, ConvNorm)):
                 m.fuse()
         if self.head_dist is not None and isinstance(self.head, nn.Linear):
             merged = nn.Linear(self.num_features, self.num_classes)
@@ -584,11 +774,16 @@ class EfficientFormerV2(ClassifierForward, nn.Module):
             self.norm = nn.Identity()
         return self
 
+    @property
+    def is_fused(self) -> bool:
+        """Whether this model is in deploy form (`fuse()`d)."""
+        return not any(isinstance(m, nn.BatchNorm2d) for m in self.modules())
+
     def shape_generic(self) -> "EfficientFormerV2":
         """Deploy form (after `fuse()`) whose code path does not depend on the input size: for
         graphs exported with symbolic height and width. Outputs are unchanged. Returns self."""
         attention = [m for m in self.modules() if isinstance(m, (Attention2d, Attention2dDownsample))]
-        if any((m.qkv if isinstance(m, Attention2d) else m.kv) is None for m in attention):
+        if not all(m.fused for m in attention):
             raise RuntimeError("shape_generic() applies to the deploy form: call fuse() first")
         for m in attention:
             m.shape_generic()
@@ -612,7 +807,8 @@ def resolve_arch(arch: Arch | Mapping[str, Any] | str) -> Arch:
 # --------------------------------------------------------------------------------------------
 # Variant table (paper Table 12; expansion ratios per block as released)
 # --------------------------------------------------------------------------------------------
-def _arch(widths, expansions, attention, drop_path_rate) -> Arch:
+def _arch(widths: Sequence[int], expansions: Sequence[Sequence[float]], attention: Sequence[int],
+          drop_path_rate: float) -> Arch:
     return Arch(tuple(StageArch(w, tuple(e), a) for w, e, a in zip(widths, expansions, attention)),
                 drop_path_rate=drop_path_rate)
 

@@ -26,10 +26,12 @@ class ConvNorm(nn.Module):
         return self.bn(self.conv(x))
 
     @torch.no_grad()
-    def fuse(self) -> None:
+    def fuse(self) -> "ConvNorm":
+        """Deploy form, in place (idempotent): the norm folded into the convolution. Returns self."""
         if isinstance(self.bn, nn.BatchNorm2d):
             self.conv = fuse_conv_bn_eval(self.conv.eval(), self.bn.eval())
             self.bn = nn.Identity()
+        return self
 
     @torch.no_grad()
     def scale_output(self, scale: torch.Tensor) -> None:
@@ -37,18 +39,6 @@ class ConvNorm(nn.Module):
         self.fuse()
         self.conv.weight.mul_(scale.view(-1, 1, 1, 1))
         self.conv.bias.mul_(scale)
-
-
-def concat_convs(*convs: nn.Conv2d) -> nn.Conv2d:
-    """One convolution computing the (fused, biased) convolutions `convs` on the same input, their
-    outputs stacked along channels (deploy form: one kernel launch instead of several)."""
-    first = convs[0]
-    out = nn.Conv2d(first.in_channels, sum(c.out_channels for c in convs), first.kernel_size,
-                    first.stride, first.padding, groups=first.groups)
-    with torch.no_grad():
-        out.weight.copy_(torch.cat([c.weight for c in convs]))
-        out.bias.copy_(torch.cat([c.bias for c in convs]))
-    return out
 
 
 class LayerScale(nn.Module):
@@ -143,10 +133,12 @@ class OffsetAttentionBias(nn.Module):
         return table.flatten(1)[:, idx.reshape(-1)].view(self.num_heads, nq, nk)
 
     @torch.no_grad()
-    def fuse(self) -> None:
+    def fuse(self) -> "OffsetAttentionBias":
+        """Deploy form: the bias at the training grid computed once. Returns self."""
         r = self.resolution
         q = grid_size(r, self.query_stride)
         self.cached = self.forward((q, q), (r, r)).detach().clone()
+        return self
 
     def shape_generic(self) -> None:
         """Deploy form for graphs exported with symbolic height/width: drop the cache and always

@@ -31,14 +31,14 @@ import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
 from torch import nn
 
-from .efficientformer_v2 import (Arch, Attention2d, ClassifierForward, ConvMlp, Downsample, EfficientFormerV2,
-                                 StageArch, resolve_arch)
-from .layers import ConvNorm, LayerScale, grid_size
+from .efficientformer_v2 import (ATTENTION_STAGES, Arch, Attention2d, ClassifierForward, ConvMlp, Downsample,
+                                 EfficientFormerV2, StageArch, StagePlan, resolve_arch, stage_plans)
+from .layers import ConvNorm, LayerScale
 
 __all__ = ["SearchSpace", "StageConfig", "SubnetConfig", "EfficientFormerV2Supernet", "SwitchableBatchNorm2d",
            "ElasticConvNorm", "ATTENTION_STAGES", "count_subnet_params"]
 
-ATTENTION_STAGES = (2, 3)  # stages 3 and 4: every supernet block is MHSA + FFN
+# in stages 3 and 4 (ATTENTION_STAGES) every supernet block is MHSA + FFN
 
 
 def _hidden(width: int, ratio: float) -> int:
@@ -79,6 +79,11 @@ class SubnetConfig:
     def from_arch(cls, arch: Arch | Mapping[str, Any] | str) -> "SubnetConfig":
         """The canonical embedding of a plain architecture: stage j keeps its first d_j blocks."""
         arch = resolve_arch(arch)
+        switched = arch.non_default_switches()
+        if switched:
+            raise ValueError(f"the supernet's search space has the paper's attention design; the architecture "
+                             f"switches {switched} are not searchable: train that network on its own "
+                             "(python -m classification fit with model.arch)")
         return cls(arch.stem_width, tuple(StageConfig(s.width, tuple(range(s.depth)), tuple(s.expansions),
                                                       s.attention) for s in arch.stages))
 
@@ -361,23 +366,24 @@ class ElasticStage(nn.Module):
     """Downsampling (never skipped) then the kept blocks, in order."""
 
     def __init__(self, in_widths: Sequence[int], widths: Sequence[int], hidden: Sequence[int], depth: int,
-                 attention: bool, downsample: str | None, resolution: int, attn_stride: int,
-                 drop_path: Sequence[float], drop: float, layer_scale_init: float) -> None:
+                 plan: StagePlan, drop_path: Sequence[float], drop: float, layer_scale_init: float) -> None:
         super().__init__()
-        if downsample is None:
+        if plan.downsample is None:
             self.downsample = None
         else:
-            ds = Downsample(max(in_widths), max(widths), resolution, attention=downsample == "attention")
-            self.downsample = _elasticize(ds, {"conv": widths, **({"attn.proj": widths} if ds.attn else {})})
-            resolution = grid_size(resolution, 2)
+            ds = Downsample(max(in_widths), max(widths), plan.in_grid, mode=plan.downsample)
+            elastic = {name: widths for name, part in (("conv", ds.conv), ("attn.proj", ds.attn)) if part is not None}
+            self.downsample = _elasticize(ds, elastic)
         self.blocks = nn.ModuleList(
-            ElasticBlock(widths, hidden, attention, resolution, attn_stride, drop, drop_path[i], layer_scale_init)
+            ElasticBlock(widths, hidden, plan.attention, plan.grid, plan.attn_stride, drop, drop_path[i],
+                         layer_scale_init)
             for i in range(depth))
         self.active: tuple[int, ...] = tuple(range(depth))
 
     def configure(self, stage: StageConfig) -> None:
         if self.downsample is not None:
-            self.downsample.conv.out_channels = stage.width
+            if self.downsample.conv is not None:
+                self.downsample.conv.out_channels = stage.width
             if self.downsample.attn is not None:
                 self.downsample.attn.proj.out_channels = stage.width
         first_mhsa = stage.depth - stage.attention
@@ -437,15 +443,10 @@ class EfficientFormerV2Supernet(ClassifierForward, nn.Module):
 
         total = sum(space.depths)
         dpr = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
-        resolution = grid_size(grid_size(img_size, 2), 2)
         stages, prev, start = [], w[0], 0
-        for j, depth in enumerate(space.depths):
-            downsample = None if j == 0 else ("attention" if j == 3 else "conv")
-            stages.append(ElasticStage(prev, w[j], space.hidden_choices(j), depth, j in ATTENTION_STAGES,
-                                       downsample, resolution, 2 if j == 2 else 1, dpr[start:start + depth],
+        for j, (depth, plan) in enumerate(zip(space.depths, stage_plans(img_size))):
+            stages.append(ElasticStage(prev, w[j], space.hidden_choices(j), depth, plan, dpr[start:start + depth],
                                        drop_rate, layer_scale_init))
-            if j > 0:
-                resolution = grid_size(resolution, 2)
             prev, start = w[j], start + depth
         self.stages = nn.ModuleList(stages)
         self.num_features = max(w[3])
