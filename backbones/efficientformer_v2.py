@@ -166,17 +166,18 @@ class Attention2d(nn.Module):
         if self.stride_conv is not None:
             x = self.stride_conv(x)
         b, _, h, w = x.shape
-        n = h * w
-        q = self.q(x).reshape(b, self.num_heads, self.key_dim, n)
-        k = self.k(x).reshape(b, self.num_heads, self.key_dim, n)
+        # channel-major tokens, batch and heads merged: (B*heads, dim, N); 3-D products (bmm)
+        # need no broadcasting copies in runtimes that lower 4-D matmuls with expands
+        q = self.q(x).flatten(2).unflatten(1, (self.num_heads, self.key_dim)).flatten(0, 1)
+        k = self.k(x).flatten(2).unflatten(1, (self.num_heads, self.key_dim)).flatten(0, 1)
         v = self.v(x)
         v_local = self.v_local(v) if self.v_local is not None else None
-        v = v.reshape(b, self.num_heads, self.val_dim, n)
+        v = v.flatten(2).unflatten(1, (self.num_heads, self.val_dim)).flatten(0, 1)
         if self.logit_bias is not None and (h, w) == (self.attn_grid, self.attn_grid):
             bias = self.logit_bias
         else:
             bias = self._logit_bias((h, w))
-        attn = q.transpose(-1, -2) @ k
+        attn = torch.bmm(q.transpose(1, 2), k).unflatten(0, (b, self.num_heads))
         if self.talking_head1 is not None:
             attn = F.conv2d(attn, self.talking_head1.weight)
         if bias is not None:
@@ -184,12 +185,12 @@ class Attention2d(nn.Module):
         attn = attn.softmax(dim=-1)
         if self.talking_head2 is not None:
             attn = self.talking_head2(attn)
-        x = (v @ attn.transpose(-1, -2)).reshape(b, -1, h, w)
+        x = torch.bmm(v, attn.flatten(0, 1).transpose(1, 2)).unflatten(0, (b, -1)).flatten(1, 2).unflatten(-1, (h, w))
         if v_local is not None:
             x = x + v_local
         if self.stride_conv is not None:
             if self.upsample is not None and tuple(in_hw) == (self.resolution,) * 2:
-                x = (x.flatten(2) @ self.upsample).view(b, -1, *in_hw)
+                x = (x.flatten(2) @ self.upsample).unflatten(-1, tuple(in_hw))
             else:
                 x = resize_bilinear(x, in_hw, align_corners=False)
         return self.proj(self.act(x))
@@ -293,16 +294,17 @@ class Attention2dDownsample(nn.Module):
         h, w = x.shape[-2:]
         q = self.q(x)
         hq, wq = q.shape[-2:]
-        # token layout (B, heads, dim, N) by flatten/unflatten: no batch-size arithmetic in the graph
-        q = q.flatten(2).unflatten(1, (self.num_heads, self.key_dim))
-        k = self.k(x).flatten(2).unflatten(1, (self.num_heads, self.key_dim))
+        # channel-major tokens, batch and heads merged: (B*heads, dim, N), 3-D products (bmm)
+        q = q.flatten(2).unflatten(1, (self.num_heads, self.key_dim)).flatten(0, 1)
+        k = self.k(x).flatten(2).unflatten(1, (self.num_heads, self.key_dim)).flatten(0, 1)
         v = self.v(x)
         v_local = self.v_local(v) if self.v_local is not None else None
-        v = v.flatten(2).unflatten(1, (self.num_heads, self.val_dim))
-        attn = q.transpose(-1, -2) @ k
+        v = v.flatten(2).unflatten(1, (self.num_heads, self.val_dim)).flatten(0, 1)
+        attn = torch.bmm(q.transpose(1, 2), k)
         if self.pos_bias is not None:
-            attn = attn + self.pos_bias((hq, wq), (h, w))
-        x = (v @ attn.softmax(dim=-1).transpose(-1, -2)).unflatten(-1, (hq, wq)).flatten(1, 2)
+            attn = (attn.unflatten(0, (-1, self.num_heads)) + self.pos_bias((hq, wq), (h, w))).flatten(0, 1)
+        x = torch.bmm(v, attn.softmax(dim=-1).transpose(1, 2))
+        x = x.unflatten(0, (-1, self.num_heads)).flatten(1, 2).unflatten(-1, (hq, wq))
         if v_local is not None:
             x = x + v_local
         return self.proj(self.act(x))
@@ -631,7 +633,7 @@ class ClassifierForward:
         return self.norm(x) if self.norm is not None else x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
-        x = x.flatten(2).mean(-1)
+        x = x.mean((2, 3), keepdim=True).flatten(1)  # the 4-D global mean XNNPACK delegates
         if pre_logits:
             return x
         logits = self.head(x)
