@@ -3,19 +3,23 @@
 About ten sub-networks spread over the space (the largest, the smallest, and random ones at
 evenly spaced ranks of size) are evaluated twice: with weights inherited from the trained supernet
 (after BatchNorm recalibration), and after training each from scratch for a short schedule with
-the classification LightningModule and Trainer (`python -m classification fit` with the
-architecture given as data, `model.arch`). Pearson r, r^2 and Kendall tau between the two say
-how well the supernet ranks networks (paper: r^2 = 0.91 on ImageNet).
+the classification command line (`python -m classification fit` in a child process, the
+architecture given as data, `model.arch`, on top of a base classification config the caller
+passes). Pearson r, r^2 and Kendall tau between the two say how well the supernet ranks networks
+(paper: r^2 = 0.91 on ImageNet).
 
     python tools/proxy_correlation.py --checkpoint artifacts/search_toy/checkpoints/last.ckpt \
-        --data data/toy_cls --epochs 8 --out artifacts/proxy_toy
+        --data data/toy_cls --epochs 8 --base-config configs/classification/toy.yaml --out artifacts/proxy_toy
 """
 from __future__ import annotations
 
+import csv
 import json
+import os
 import random
+import subprocess
+import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -25,10 +29,11 @@ from backbones.supernet import SearchSpace, SubnetConfig
 
 from .search import (ProxyReport, SubnetEvaluator, arch_dict, classification_config, image_batches,
                      load_supernet, proxy_correlation)
+from .search.io import read_config
 
 __all__ = ["spread_configs", "standalone_config", "train_standalone", "plot_proxy", "run_proxy_check"]
 
-DEFAULT_BASE_CONFIG = Path(__file__).resolve().parents[1] / "configs/classification/toy.yaml"
+BaseConfig = str | Path | Mapping[str, Any]
 
 
 def spread_configs(space: SearchSpace, count: int, size: Callable[[SubnetConfig], float], seed: int = 0,
@@ -66,12 +71,20 @@ def _set_dotted(config: dict[str, Any], key: str, value: Any) -> None:
 
 
 def standalone_config(config: SubnetConfig, data_root: str | Path, img_size: int, epochs: int,
-                      base_config: str | Path = DEFAULT_BASE_CONFIG,
-                      overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                      base_config: BaseConfig, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The `python -m classification fit` config training `config` from scratch: `base_config`
     with `model.arch`, the data root and image size, `epochs` epochs, validation only after the
-    last one, and no logger, progress bar, extra callbacks or checkpoint files. `overrides`:
-    dotted keys set last (e.g. {"data.num_workers": 0})."""
+    last one, and no logger, progress bar, extra callbacks or checkpoint files.
+
+    Args:
+        config: the sub-network.
+        data_root: ImageNet-layout folder.
+        img_size: training and validation image size (the supernet's).
+        epochs: training epochs (>= 1).
+        base_config: a classification config (path or dict), e.g. configs/classification/toy.yaml
+            of the source tree; a missing file is an error saying so.
+        overrides: dotted keys set last (e.g. {"data.num_workers": 0}).
+    """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     cfg = classification_config(config, base_config)
@@ -85,29 +98,54 @@ def standalone_config(config: SubnetConfig, data_root: str | Path, img_size: int
     return cfg
 
 
-def train_standalone(config: SubnetConfig, data_root: str | Path, img_size: int, epochs: int, work_dir: str | Path,
-                     base_config: str | Path = DEFAULT_BASE_CONFIG,
-                     overrides: Mapping[str, Any] | None = None) -> float:
-    """Train `config` from scratch with the classification CLI (in this process) and return its
-    top-1 (%) on the validation split after the last epoch. The config used is kept in
-    `work_dir/standalone.yaml`; the Trainer's root folder is `work_dir`."""
-    import yaml
+def _last_logged(metrics_csv: Path, name: str) -> float | None:
+    """The last value of column `name` in a CSVLogger's metrics.csv (None: never logged)."""
+    if not metrics_csv.is_file():
+        return None
+    with metrics_csv.open(newline="") as f:
+        values = [row[name] for row in csv.DictReader(f) if row.get(name)]
+    return float(values[-1]) if values else None
 
-    from .__main__ import cli
+
+def train_standalone(config: SubnetConfig, data_root: str | Path, img_size: int, epochs: int, work_dir: str | Path,
+                     base_config: BaseConfig, overrides: Mapping[str, Any] | None = None) -> float:
+    """Train `config` from scratch with the classification command line and return its top-1 (%)
+    on the validation split after the last epoch.
+
+    The run is `python -m classification fit --config work_dir/standalone.yaml` in a child
+    process (this interpreter, this process's torch thread count); the Trainer's root folder is
+    `work_dir`, which receives the CLI's config.yaml, the CSV log (metrics.csv, where the top-1 is
+    read) and the run's output (train.log). Arguments as `standalone_config`'s.
+
+    Raises:
+        RuntimeError: the run failed (its exit status and last output lines) or logged no val/top1.
+    """
+    import yaml
 
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     path = work_dir / "standalone.yaml"
-    overrides = {"trainer.default_root_dir": str(work_dir), **(overrides or {})}
+    csv_logger = {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                  "init_args": {"save_dir": str(work_dir), "name": "", "version": ""}}
+    overrides = {"trainer.default_root_dir": str(work_dir), "trainer.logger": csv_logger, **(overrides or {})}
     path.write_text(yaml.safe_dump(standalone_config(config, data_root, img_size, epochs, base_config, overrides),
                                    sort_keys=False))
-    with warnings.catch_warnings():  # the calling tool's own sys.argv is not meant for the CLI
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        run = cli(["fit", "--config", str(path)])
-    top1 = run.trainer.callback_metrics.get("val/top1")
+    # the child imports this very package (a source checkout or an installed one alike)
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+                                                      env.get("PYTHONPATH")]))
+    log_path = work_dir / "train.log"
+    with log_path.open("w") as log:
+        run = subprocess.run([sys.executable, "-m", "classification", "fit", "--config", str(path)],
+                             stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
+    if run.returncode != 0:
+        tail = " | ".join(log_path.read_text().strip().splitlines()[-3:])
+        raise RuntimeError(f"stand-alone training of {arch_dict(config)} failed with exit status {run.returncode} "
+                           f"(output in {log_path}): {tail}")
+    top1 = _last_logged(work_dir / "metrics.csv", "val/top1")
     if top1 is None:
-        raise RuntimeError(f"stand-alone training of {arch_dict(config)} logged no val/top1")
-    return round(100.0 * float(top1), 4)   # torchmetrics' float32 fraction, as a percentage
+        raise RuntimeError(f"stand-alone training of {arch_dict(config)} logged no val/top1 (output in {log_path})")
+    return round(100.0 * top1, 4)   # torchmetrics' float32 fraction, as a percentage
 
 
 def plot_proxy(report: ProxyReport, params: Sequence[int], path: str | Path, title: str = "supernet as proxy") -> Path:
@@ -133,16 +171,29 @@ def plot_proxy(report: ProxyReport, params: Sequence[int], path: str | Path, tit
     return path
 
 
-def run_proxy_check(checkpoint: str | Path, data_root: str | Path, out: str | Path, count: int = 10, epochs: int = 8,
-                    seed: int = 0, base_config: str | Path = DEFAULT_BASE_CONFIG, calib_batches: int = 4,
-                    batch_size: int = 100, overrides: Mapping[str, Any] | None = None,
-                    log: Callable[[str], None] = print) -> dict[str, Any]:
-    """The Fig. 5 check of a trained supernet checkpoint on an ImageNet-layout folder: `count`
-    sub-networks (`spread_configs`), inherited top-1 on the val split (BatchNorm recalibrated on
-    `calib_batches` train batches) against top-1 after `epochs` epochs of stand-alone training
-    (`train_standalone` with `base_config` and `overrides`). Writes `out/proxy.json` and
-    `out/proxy.png` and returns the JSON's content."""
+def run_proxy_check(checkpoint: str | Path, data_root: str | Path, out: str | Path, base_config: BaseConfig,
+                    count: int = 10, epochs: int = 8, seed: int = 0, calib_batches: int = 4, batch_size: int = 100,
+                    overrides: Mapping[str, Any] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The Fig. 5 check of a trained supernet checkpoint on an ImageNet-layout folder.
+
+    `count` sub-networks (`spread_configs`): inherited top-1 on the val split (BatchNorm
+    recalibrated on `calib_batches` train batches) against top-1 after `epochs` epochs of
+    stand-alone training (`train_standalone` with `base_config` and `overrides`). Writes
+    `out/proxy.json` and `out/proxy.png` and returns the JSON's content.
+
+    Args:
+        checkpoint: SupernetModule Lightning checkpoint.
+        data_root: ImageNet-layout folder (train/ and val/).
+        out: output folder; stand-alone runs in out/standalone<i>/.
+        base_config: classification config (path or dict) the stand-alone runs start from,
+            e.g. configs/classification/toy.yaml of the source tree.
+        count, epochs, seed: sub-networks (>= 3), stand-alone epochs, seed of the draw.
+        calib_batches, batch_size: BatchNorm recalibration batches and evaluation batch size.
+        overrides: dotted keys of the stand-alone config set last.
+        log: receives progress lines.
+    """
     t0 = time.perf_counter()
+    read_config(base_config)   # a missing or unreadable base config fails now, not after the inherited pass
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     supernet = load_supernet(checkpoint)
@@ -167,7 +218,8 @@ def run_proxy_check(checkpoint: str | Path, data_root: str | Path, out: str | Pa
     torch.manual_seed(seed)
     report = proxy_correlation(evaluator, configs, train)
     result = {"checkpoint": str(checkpoint), "data": str(data_root), "epochs": epochs, "seed": seed,
-              "base_config": str(base_config), "overrides": dict(overrides or {}), **report.to_dict(),
+              "base_config": base_config if isinstance(base_config, Mapping) else str(base_config),
+              "overrides": dict(overrides or {}), **report.to_dict(),
               "params": params, "archs": [arch_dict(c) for c in configs], "train_seconds": seconds,
               "seconds": time.perf_counter() - t0}
     (out / "proxy.json").write_text(json.dumps(result, indent=1))

@@ -1,8 +1,14 @@
 """Search: frontier legality, greedy search reaching its target, random baseline at the same budget,
 MES, BatchNorm recalibration, latency tables (fused entries, torch and onnxruntime, JSON round
-trip), load_supernet and run_search on a saved checkpoint, the proxy check end to end."""
+trip), load_supernet and run_search on a saved checkpoint, the proxy check end to end; the
+package's public names, the strictly typed search settings, the depth-and-width search (Table 9),
+and the search tools' answers to bad input."""
 import json
 import random
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,10 +20,15 @@ from backbones import Arch, EfficientFormerV2
 from backbones.layers import LayerScale, OffsetAttentionBias
 from backbones.supernet import EfficientFormerV2Supernet, SearchSpace, StageConfig, SubnetConfig
 from classification.proxy import run_proxy_check, spread_configs
-from classification.search import (MesSpec, SubnetEvaluator, Target, arch_dict, evaluate, frontier, greedy_search,
-                                   load_supernet, plot_trajectory, random_baseline, recalibrate_bn, run_search)
+from classification.search import (MesSpec, SearchSettings, SettingsError, SubnetEvaluator, Target, arch_dict,
+                                   evaluate, fixed_expansion, frontier, greedy_search, load_settings, load_supernet,
+                                   plot_trajectory, random_baseline, random_cloud, recalibrate_bn, run_search)
 from classification.toy_data import make_toy_classification
 from deploy.latency_lut import LatencyTable, build_latency_table, evaluate_table, subnet_keys, table_entries
+
+ROOT = Path(__file__).resolve().parents[1]
+SEARCH_CONFIGS = ROOT / "configs/search"
+TOY_BASE_CONFIG = ROOT / "configs/classification/toy.yaml"
 
 SPACE = SearchSpace(widths=((8, 16), (16,), (16, 24), (24, 32)), depths=(1, 1, 2, 2),
                     expansions=(2, 4), stem_widths=(8,))
@@ -257,7 +268,7 @@ def test_load_supernet_bad_input(tmp_path, supernet_ckpt):
 def _settings(**search) -> dict:
     return {"mes": {}, "search": {"target": {"mes_factor": 1.3}, "batch_size": 20, "calib_batches": 1, **search},
             "random": {"count": 2, "tolerance": 0.5, "seed": 0},
-            "base_config": "configs/classification/toy.yaml"}
+            "base_config": str(TOY_BASE_CONFIG)}
 
 
 def test_run_search_writes_its_outputs(supernet_ckpt, toy_root, tmp_path):
@@ -302,8 +313,8 @@ def test_spread_configs_cover_the_space():
 
 def test_proxy_check_end_to_end(supernet_ckpt, toy_root, tmp_path):
     overrides = {"data.num_workers": 0, "data.batch_size": 10, "trainer.limit_train_batches": 1}
-    result = run_proxy_check(supernet_ckpt[0], toy_root, tmp_path, count=3, epochs=1, batch_size=20, calib_batches=1,
-                             overrides=overrides, log=lambda _: None)
+    result = run_proxy_check(supernet_ckpt[0], toy_root, tmp_path, TOY_BASE_CONFIG, count=3, epochs=1, batch_size=20,
+                             calib_batches=1, overrides=overrides, log=lambda _: None)
     saved = json.loads((tmp_path / "proxy.json").read_text())
     assert saved == json.loads(json.dumps(result))
     assert len(saved["inherited"]) == len(saved["standalone"]) == len(saved["params"]) == 3
@@ -318,3 +329,252 @@ def test_proxy_check_end_to_end(supernet_ckpt, toy_root, tmp_path):
     assert standalone["model"]["arch"] == saved["archs"][0] and standalone["trainer"]["max_epochs"] == 1
     assert (tmp_path / "standalone0" / "config.yaml").is_file()       # the CLI writes below the work folder
     assert (tmp_path / "proxy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --------------------------------------------------------------------------------------------
+# The package's public names
+# --------------------------------------------------------------------------------------------
+def test_package_exports_its_public_names():
+    import classification.search as search
+
+    assert len(set(search.__all__)) == len(search.__all__)
+    for name in search.__all__:
+        obj = getattr(search, name)
+        if callable(obj):
+            assert obj.__module__.startswith("classification.search."), name
+    # every name the repository imports from the package today
+    used = {"MesSpec", "SubnetEvaluator", "Target", "arch_dict", "evaluate", "frontier", "greedy_search",
+            "load_supernet", "plot_trajectory", "random_baseline", "recalibrate_bn", "run_search", "image_batches",
+            "ProxyReport", "proxy_correlation", "classification_config", "Action", "SearchStep", "SearchResult",
+            "random_cloud", "sample_at_budget"}
+    assert used <= set(search.__all__)
+
+
+def test_proxy_does_not_import_the_cli_entry_module():
+    code = ("import sys, classification.proxy; "
+            "assert 'classification.__main__' not in sys.modules, 'classification.__main__ imported'")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+
+
+def test_proxy_check_needs_an_existing_base_config(tmp_path):
+    """The proxy check assumes no source checkout: the caller passes the base config; a missing
+    one is refused at once (before the supernet is even read)."""
+    with pytest.raises(FileNotFoundError, match="base config .*missing.yaml.* does not exist"):
+        run_proxy_check(tmp_path / "no.ckpt", tmp_path, tmp_path / "out", tmp_path / "missing.yaml",
+                        log=lambda _: None)
+
+
+# --------------------------------------------------------------------------------------------
+# Settings: typed, strict, with inheritance
+# --------------------------------------------------------------------------------------------
+def test_shipped_search_configs_load():
+    toy = load_settings(SEARCH_CONFIGS / "search_toy.yaml")
+    assert toy.search.target.mes_factor == 2.0 and toy.search.expansions == "joint"
+    assert toy.search.calib_batches == 2 and toy.search.max_images is None and toy.random.count == 8
+    assert toy.lut.backend == "torch" and toy.lut.check_subnets == 8
+    assert toy.base_config == "configs/classification/toy.yaml"
+    imagenet = load_settings(SEARCH_CONFIGS / "search_imagenet.yaml")
+    assert imagenet.search.target.params == 3.6e6 and imagenet.search.cache is False
+    assert imagenet.lut.backend == "onnxruntime" and imagenet.random.cloud == 20
+    # Table 9: depth and width only, otherwise the toy search
+    depth_width = load_settings(SEARCH_CONFIGS / "search_toy_depth_width.yaml")
+    assert depth_width == replace(toy, search=replace(toy.search, expansions="fixed"))
+    # Table 10: the paper's alphas (latency 1.0, size 0.5) and the two other rows
+    assert (toy.mes.alpha_latency, toy.mes.alpha_size) == (1.0, 0.5) == (MesSpec().alpha_latency, MesSpec().alpha_size)
+    for name, alphas in (("search_toy_mes_lat1.0_size1.0.yaml", (1.0, 1.0)),
+                         ("search_toy_mes_lat0.5_size1.0.yaml", (0.5, 1.0))):
+        row = load_settings(SEARCH_CONFIGS / name)
+        assert (row.mes.alpha_latency, row.mes.alpha_size) == alphas
+        assert row == replace(toy, mes=replace(toy.mes, alpha_latency=alphas[0], alpha_size=alphas[1]))
+    assert MesSpec(alpha_size=1.0)(6e6, 1.0) == pytest.approx(50.0)   # size weighs more: 100 * 2^-1
+
+
+def test_settings_defaults():
+    settings = SearchSettings.from_dict({"search": {"target": {"mes": 10}}})
+    assert settings.mes == MesSpec() and settings.search.expansions == "joint"
+    assert (settings.search.split, settings.search.calib_split, settings.search.batch_size) == ("val", "train", 100)
+    assert (settings.random.count, settings.random.tolerance, settings.base_config) == (10, 0.1, None)
+    assert SearchSettings.from_dict({"search": {"target": {"params": "1e6"}}}).search.target.params == 1e6  # YAML 1.1
+
+
+@pytest.mark.parametrize("data, key, accepted", [
+    ({"serach": {}}, "serach", "search, lut, mes, random, base_config"),
+    ({"search": {"target": {"mes": 1}, "batchsize": 10}}, "search.batchsize", "target, expansions, split"),
+    ({"search": {"target": {"mes_factr": 2}}}, "search.target.mes_factr", "params, latency_ms, mes, mes_factor"),
+    ({"search": {"target": {"mes": 1}}, "mes": {"alpha_sise": 1.0}}, "mes.alpha_sise",
+     "u_size, u_latency, alpha_size, alpha_latency"),
+    ({"search": {"target": {"mes": 1}}, "random": {"counts": 3}}, "random.counts", "count, tolerance, cloud, seed"),
+    ({"search": {"target": {"mes": 1}}, "lut": {"check": 3}}, "lut.check", "backend, threads, warmup, runs"),
+])
+def test_unknown_setting_is_an_error_naming_it(data, key, accepted):
+    with pytest.raises(SettingsError, match=f"unknown key '{key}'; accepted keys.*: {accepted}"):
+        SearchSettings.from_dict(data)
+
+
+@pytest.mark.parametrize("data, message", [
+    ({}, "missing key 'search'"),
+    ({"search": {}}, "missing key 'search.target'"),
+    ({"search": {"target": {}}}, "search.target needs one of params, latency_ms, mes, mes_factor"),
+    ({"search": {"target": {"mes": 1, "mes_factor": 2}}}, "mes or mes_factor, not both"),
+    ({"search": {"target": {"mes": "high"}}}, "search.target.mes must be a number, got 'high'"),
+    ({"search": {"target": {"mes": 1}, "batch_size": 2.5}}, "search.batch_size must be an integer"),
+    ({"search": {"target": {"mes": 1}, "batch_size": 0}}, "search.batch_size must be positive"),
+    ({"search": {"target": {"mes": 1}, "cache": "yes"}}, "search.cache must be true or false"),
+    ({"search": {"target": {"mes": 1}, "expansions": "both"}}, "search.expansions must be one of joint, fixed"),
+    ({"search": {"target": {"mes": 1}}, "mes": {"alpha_size": 2.0}}, r"mes.alpha_size must lie in \(0, 1\]"),
+    ({"search": {"target": {"mes": 1}}, "lut": {"backend": "tflite"}}, "lut.backend must be one of torch, onnxruntime"),
+    ({"search": {"target": {"mes": 1}}, "random": [1, 2]}, "random must be a mapping"),
+])
+def test_bad_setting_value_is_an_error_naming_the_key(data, message):
+    with pytest.raises(SettingsError, match=message):
+        SearchSettings.from_dict(data)
+
+
+def test_settings_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("extends: " + str(SEARCH_CONFIGS / "search_toy.yaml") + "\nsearch:\n  calib_batchs: 3\n")
+    with pytest.raises(SettingsError, match=r"bad.yaml: unknown key 'search.calib_batchs'; accepted keys of search"):
+        load_settings(bad)
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(SettingsError, match="extends itself"):
+        load_settings(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("extends: nowhere.yaml\n")
+    with pytest.raises(FileNotFoundError, match="nowhere.yaml' does not exist"):
+        load_settings(tmp_path / "c.yaml")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_settings(tmp_path / "missing.yaml")
+
+
+def test_run_search_refuses_an_unknown_setting(supernet_ckpt, toy_root, tmp_path):
+    table = _synthetic_table(SPACE, img_size=32, num_classes=NUM_CLASSES)
+    settings = _settings(calib_batchs=1)
+    with pytest.raises(SettingsError, match="unknown key 'search.calib_batchs'"):
+        run_search(load_supernet(supernet_ckpt[0]), toy_root, table, settings, tmp_path, log=lambda _: None)
+    assert not (tmp_path / "search.json").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Table 9: depth and width only (fixed expansions) next to the joint search
+# --------------------------------------------------------------------------------------------
+def _expansions(config: SubnetConfig) -> list[tuple[float, ...]]:
+    return [s.expansions for s in config.stages]
+
+
+def test_fixed_frontier_never_changes_an_expansion():
+    rng = random.Random(0)
+    for config in [SPACE.largest()] + [SPACE.sample(rng) for _ in range(20)]:
+        joint = frontier(config, SPACE)
+        fixed = frontier(config, SPACE, expansions="fixed")
+        assert fixed == [(a, c) for a, c in joint if a.kind != "shrink_expansion"]
+        for action, new in fixed:
+            kept = {(j, b): e for j, s in enumerate(new.stages) for b, e in zip(s.blocks, s.expansions)}
+            before = {(j, b): e for j, s in enumerate(config.stages) for b, e in zip(s.blocks, s.expansions)}
+            assert all(before[k] == e for k, e in kept.items()), action
+    assert any(a.kind == "shrink_expansion" for a, _ in frontier(SPACE.largest(), SPACE))
+    with pytest.raises(ValueError, match="unknown expansions mode 'both'"):
+        frontier(SPACE.largest(), SPACE, expansions="both")
+
+
+def test_fixed_search_keeps_expansions_joint_search_changes_them(evaluator):
+    # a start whose only MES-raising moves are expansion shrinks (one block per stage, smallest
+    # widths, no MHSA): the joint search must shrink an expansion, the fixed one cannot move
+    start = SubnetConfig(8, tuple(StageConfig(w[0], (0,), (4,), 0) for w in SPACE.widths))
+    target = Target(mes=evaluator.cost(start)[2] * 1.0001)
+    joint = greedy_search(evaluator, target, start=start)
+    assert joint.reached and any(e != (4,) for e in _expansions(joint.config))
+    fixed = greedy_search(evaluator, target, start=start, expansions="fixed")
+    assert not fixed.reached and "no action" in fixed.reason and fixed.config == start
+    # from the largest sub-network: every step keeps every block at the largest ratio
+    assert fixed_expansion(SPACE) == 4
+    largest_mes = evaluator.cost(SPACE.largest())[2]
+    result = greedy_search(evaluator, Target(mes=largest_mes * 1.3), expansions="fixed")
+    assert result.reached and len(result.steps) > 1
+    for step in result.steps:
+        assert all(set(e) == {4} for e in _expansions(SubnetConfig.from_dict(step.config))), step.action
+    # the random baseline draws from the same depth-and-width space
+    budget = Target(mes=result.final.mes)
+    for r in random_baseline(evaluator, budget, count=2, seed=0, tolerance=0.5, expansions="fixed") + \
+            random_cloud(evaluator, 3, seed=1, expansions="fixed"):
+        assert all(set(e) == {4} for e in _expansions(SubnetConfig.from_dict(r["config"])))
+
+
+def test_run_search_with_fixed_expansions(supernet_ckpt, toy_root, tmp_path):
+    table = _synthetic_table(SPACE, img_size=32, num_classes=NUM_CLASSES)
+    run_search(load_supernet(supernet_ckpt[0]), toy_root, table, _settings(expansions="fixed"), tmp_path,
+               log=lambda _: None)
+    log = json.loads((tmp_path / "search.json").read_text())
+    assert log["settings"]["search"]["expansions"] == "fixed" and log["reached"]
+    for step in log["steps"]:
+        assert all(set(s["expansions"]) == {4} for s in step["config"]["stages"])
+    randoms = json.loads((tmp_path / "random.json").read_text())["at_budget"]
+    assert all(set(s["expansions"]) == {4} for r in randoms for s in r["config"]["stages"])
+
+
+# --------------------------------------------------------------------------------------------
+# The search tools answer bad input with one line and exit status 2
+# --------------------------------------------------------------------------------------------
+def _tool(name: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "tools" / name), *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
+def _assert_one_line_error(run: subprocess.CompletedProcess, prog: str, *needles: str) -> None:
+    assert run.returncode == 2, run.stderr
+    assert "Traceback" not in run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: "), run.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def toy_lut(tmp_path_factory):
+    return _synthetic_table(SPACE, img_size=32, num_classes=NUM_CLASSES).save(tmp_path_factory.mktemp("lut") / "lut.json")
+
+
+def _typo_config(tmp_path: Path) -> Path:
+    path = tmp_path / "typo.yaml"
+    path.write_text(f"extends: {SEARCH_CONFIGS / 'search_toy.yaml'}\nrandom:\n  tolerence: 0.2\n")
+    return path
+
+
+def test_search_tool_bad_input(supernet_ckpt, toy_root, toy_lut, tmp_path):
+    common = ("--lut", toy_lut, "--out", tmp_path / "out")
+    _assert_one_line_error(_tool("search.py", "--checkpoint", tmp_path / "none.ckpt", "--data", toy_root, *common),
+                           "search", "none.ckpt", "does not exist")
+    _assert_one_line_error(_tool("search.py", "--checkpoint", supernet_ckpt[0], "--data", tmp_path / "nodata",
+                                 *common), "search", "nodata", "no such folder")
+    _assert_one_line_error(_tool("search.py", "--checkpoint", supernet_ckpt[0], "--data", toy_root, *common,
+                                 "--config", _typo_config(tmp_path)), "search", "'random.tolerence'",
+                           "count, tolerance, cloud, seed")
+    _assert_one_line_error(_tool("search.py", "--checkpoint", supernet_ckpt[0], "--data", toy_root, *common,
+                                 "--expansions", "both"), "search", "--expansions")
+    assert not (tmp_path / "out").exists()
+
+
+def test_proxy_tool_bad_input(supernet_ckpt, toy_root, tmp_path):
+    out = ("--out", tmp_path / "out")
+    _assert_one_line_error(_tool("proxy_correlation.py", "--checkpoint", tmp_path / "none.ckpt", "--data", toy_root,
+                                 *out), "proxy_correlation", "none.ckpt", "does not exist")
+    _assert_one_line_error(_tool("proxy_correlation.py", "--checkpoint", supernet_ckpt[0], "--data",
+                                 tmp_path / "nodata", *out), "proxy_correlation", "nodata", "no such folder")
+    _assert_one_line_error(_tool("proxy_correlation.py", "--checkpoint", supernet_ckpt[0], "--data", toy_root,
+                                 "--base-config", tmp_path / "nobase.yaml", *out), "proxy_correlation", "nobase.yaml",
+                           "does not exist")
+    _assert_one_line_error(_tool("proxy_correlation.py", "--checkpoint", supernet_ckpt[0], "--data", toy_root,
+                                 "--set", "epochs", *out), "proxy_correlation", "KEY=VALUE")
+
+
+def test_demo_search_tool_bad_input(tmp_path):
+    out = ("--data", tmp_path / "data", "--out", tmp_path / "out")
+    _assert_one_line_error(_tool("demo_search.py", *out, "--search-config", _typo_config(tmp_path)), "demo_search",
+                           "'random.tolerence'", "accepted keys of random")
+    _assert_one_line_error(_tool("demo_search.py", *out, "--search-config", tmp_path / "none.yaml"), "demo_search",
+                           "none.yaml", "does not exist")
+    supernet_config = tmp_path / "supernet.yaml"
+    supernet_config.write_text((SEARCH_CONFIGS / "supernet_toy.yaml").read_text().replace("num_random:", "num_randm:"))
+    _assert_one_line_error(_tool("demo_search.py", *out, "--supernet-config", supernet_config), "demo_search",
+                           "num_randm")
+    assert not (tmp_path / "data").exists()     # nothing was generated or trained

@@ -11,26 +11,51 @@ Last line: `demo-search: searched top-1 <percent> vs random <percent> at MES <va
 """
 from __future__ import annotations
 
-import argparse
+import contextlib
+import io
 import json
 import shutil
 import statistics
+import sys
 import time
 from pathlib import Path
 
+from _cli import ArgumentParser, UsageError, run
+
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def check_supernet_config(supernet_config: Path) -> None:
+    """Parse the supernet config with the supernet CLI (without training) so that an unknown key or
+    a bad value fails now, in one line, not after the data is made."""
+    from classification.supernet import main as supernet_cli
+
+    if not supernet_config.is_file():
+        raise UsageError(f"--supernet-config {supernet_config}: no such file")
+    messages = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(messages):
+            supernet_cli(["fit", "--config", str(supernet_config), "--print_config"])
+    except SystemExit as e:
+        if e.code:
+            lines = [ln.strip() for ln in messages.getvalue().splitlines() if ln.strip()]
+            problem = next((ln for ln in lines if "error:" in ln), lines[-1] if lines else f"exit status {e.code}")
+            raise UsageError(f"--supernet-config {supernet_config}: {problem.split('error:', 1)[-1].strip()}") \
+                from None
 
 
 def run_demo(data: Path, out: Path, supernet_config: Path, search_config: Path) -> dict:
     """Train, tabulate, search and compare; returns the figures of the summary line."""
     import torch
-    import yaml
 
-    from classification.search import SubnetEvaluator, image_batches, load_supernet, run_search
+    from backbones.supernet import SubnetConfig
+    from classification.search import SubnetEvaluator, image_batches, load_settings, load_supernet, run_search
     from classification.supernet import main as supernet_cli
     from classification.toy_data import make_toy_classification
     from deploy.latency_lut import build_latency_table, evaluate_table
 
+    settings = load_settings(search_config)   # a bad search config fails before anything runs
+    check_supernet_config(supernet_config)
     torch.set_num_threads(2)
     if not (data / "train").is_dir() or not (data / "val").is_dir():
         print(f"demo-search: generating the toy set in {data}", flush=True)
@@ -47,24 +72,22 @@ def run_demo(data: Path, out: Path, supernet_config: Path, search_config: Path) 
     supernet = load_supernet(ckpt_dir / "last.ckpt")
     print(f"demo-search: supernet trained in {time.perf_counter() - t0:.0f} s", flush=True)
 
-    settings = yaml.safe_load(search_config.read_text())
-    lut = settings["lut"]
+    lut = settings.lut
     t0 = time.perf_counter()
-    table = build_latency_table(supernet.space, supernet.img_size, lut["backend"], lut["threads"], lut["warmup"],
-                                lut["runs"], supernet.num_classes, supernet.distillation)
+    table = build_latency_table(supernet.space, supernet.img_size, lut.backend, lut.threads, lut.warmup,
+                                lut.runs, supernet.num_classes, supernet.distillation)
     table.save(out / "lut.json")
-    report = evaluate_table(table, lut["check_subnets"], warmup=lut["warmup"], runs=lut["runs"])
+    report = evaluate_table(table, lut.check_subnets, warmup=lut.warmup, runs=lut.runs)
     print(f"demo-search: latency table of {len(table.entries)} entries in {time.perf_counter() - t0:.0f} s; "
           f"{report.summary()}", flush=True)
 
     found = run_search(supernet, data, table, settings, out)
     result, randoms = found["result"], found["randoms"]
 
-    s = settings["search"]
-    test = image_batches(holdout, "val", supernet.img_size, s.get("batch_size", 100))
-    calib = image_batches(data, s.get("calib_split", "train"), supernet.img_size, s.get("batch_size", 100))
-    judge = SubnetEvaluator(supernet, table, test, calib, s.get("calib_batches", 10), found["evaluator"].mes_spec)
-    from backbones.supernet import SubnetConfig
+    s = settings.search
+    test = image_batches(holdout, "val", supernet.img_size, s.batch_size)
+    calib = image_batches(data, s.calib_split, supernet.img_size, s.batch_size)
+    judge = SubnetEvaluator(supernet, table, test, calib, s.calib_batches, settings.mes)
     searched = judge.record(result.config)
     others = [judge.record(SubnetConfig.from_dict(r["config"])) for r in randoms]
     summary = {"searched_top1": searched["top1"], "random_top1_mean": statistics.fmean(o["top1"] for o in others),
@@ -75,13 +98,13 @@ def run_demo(data: Path, out: Path, supernet_config: Path, search_config: Path) 
     return summary
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(prog="demo_search", description=__doc__)
     parser.add_argument("--data", type=Path, default=Path("data/toy_cls"))
     parser.add_argument("--out", type=Path, default=Path("artifacts/search_toy"))
     parser.add_argument("--supernet-config", type=Path, default=ROOT / "configs/search/supernet_toy.yaml")
     parser.add_argument("--search-config", type=Path, default=ROOT / "configs/search/search_toy.yaml")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     start = time.perf_counter()
     s = run_demo(args.data, args.out, args.supernet_config, args.search_config)
     print(f"demo-search: on the independent toy set, searched {s['searched_top1']:.1f} (params {s['params']}, "
@@ -89,7 +112,8 @@ def main() -> None:
           f"{', '.join(f'{a:.1f}' for a in s['random_top1'])})")
     print(f"demo-search: searched top-1 {s['searched_top1']:.1f} vs random {s['random_top1_mean']:.1f} "
           f"at MES {s['mes']:.1f} in {time.perf_counter() - start:.1f} s")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main, "demo_search"))

@@ -3,56 +3,81 @@ random baseline.
 
     python tools/search.py --checkpoint runs/search_toy/checkpoints/last.ckpt --data data/toy_cls \
         --lut artifacts/search_toy/lut.json [--config configs/search/search_toy.yaml] \
-        [--target-params N | --target-latency MS | --target-mes X | --target-mes-factor F] --out DIR
+        [--target-params N | --target-latency MS | --target-mes X | --target-mes-factor F] \
+        [--expansions joint|fixed] --out DIR
 
-Writes DIR/search.json (every step: action, params, latency, MES, top-1), DIR/searched.yaml (train
-the result from scratch: python -m classification fit --config DIR/searched.yaml --data.root ...),
-DIR/random.json (random sub-networks at the same budget) and DIR/trajectory.png.
+Writes DIR/search.json (settings and every step: action, params, latency, MES, top-1),
+DIR/searched.yaml (train the result from scratch: python -m classification fit --config
+DIR/searched.yaml --data.root ...), DIR/random.json (random sub-networks at the same budget) and
+DIR/trajectory.png. The config is read strictly (docs/search.md): an unknown key is an error.
 """
 from __future__ import annotations
 
-import argparse
+import sys
 from pathlib import Path
+
+from _cli import ArgumentParser, UsageError, run
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def search(checkpoint: Path, data: Path, lut: Path, config: Path, out: Path, target: dict | None = None) -> dict:
-    """Load the supernet and the table, run the search with the settings of `config` (its target
-    replaced by `target` when given) and write the outputs to `out`."""
-    import torch
-    import yaml
+def search(checkpoint: Path, data: Path, lut: Path, config: Path, out: Path, target: dict | None = None,
+           expansions: str | None = None) -> dict:
+    """Run the search with the settings of `config` and write its outputs to `out`.
 
-    from classification.search import load_supernet, run_search
+    Args:
+        checkpoint: SupernetModule Lightning checkpoint.
+        data: ImageNet-layout data root.
+        lut: latency table of the supernet's space (tools/build_latency_lut.py).
+        config: search config (configs/search/search_*.yaml).
+        out: output folder.
+        target: replaces the config's `search.target` (params / latency_ms / mes / mes_factor).
+        expansions: replaces the config's `search.expansions` (joint or fixed).
+    """
+    from dataclasses import replace
+
+    import torch
+
+    from classification.search import TargetSettings, load_settings, load_supernet, run_search
     from deploy.latency_lut import LatencyTable
 
     torch.manual_seed(0)
-    settings = yaml.safe_load(config.read_text())
+    settings = load_settings(config)
     if target:
-        settings["search"]["target"] = target
-    return run_search(load_supernet(checkpoint), data, LatencyTable.load(lut), settings, out)
+        settings = replace(settings, search=replace(settings.search, target=TargetSettings(**target)))
+    if expansions:
+        settings = replace(settings, search=replace(settings.search, expansions=expansions))
+    if not data.is_dir():
+        raise UsageError(f"--data {data}: no such folder (give an ImageNet-layout root with train/ and val/)")
+    if not lut.is_file():
+        raise UsageError(f"--lut {lut}: no such file (tools/build_latency_lut.py writes one)")
+    table = LatencyTable.load(lut)
+    return run_search(load_supernet(checkpoint), data, table, settings, out)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(prog="search", description=__doc__)
     parser.add_argument("--checkpoint", type=Path, required=True, help="SupernetModule Lightning checkpoint")
     parser.add_argument("--data", type=Path, required=True, help="ImageNet-layout data root")
     parser.add_argument("--lut", type=Path, required=True, help="latency table (tools/build_latency_lut.py)")
     parser.add_argument("--config", type=Path, default=ROOT / "configs/search/search_toy.yaml")
     parser.add_argument("--out", type=Path, default=Path("artifacts/search"))
+    parser.add_argument("--expansions", choices=("joint", "fixed"),
+                        help="replace search.expansions: joint (the paper's) or fixed (depth and width only)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--target-params", type=float)
     group.add_argument("--target-latency", type=float, help="ms, by the table")
     group.add_argument("--target-mes", type=float)
     group.add_argument("--target-mes-factor", type=float, help="x the largest sub-network's MES")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     target = {k: v for k, v in (("params", args.target_params), ("latency_ms", args.target_latency),
                                 ("mes", args.target_mes), ("mes_factor", args.target_mes_factor)) if v is not None}
-    out = search(args.checkpoint, args.data, args.lut, args.config, args.out, target or None)
+    out = search(args.checkpoint, args.data, args.lut, args.config, args.out, target or None, args.expansions)
     final = out["result"].final
     print(f"search: searched architecture in {args.out / 'searched.yaml'}: params {final.params}, "
           f"latency {final.latency_ms:.3f} ms, MES {final.mes:.2f}, top-1 {final.top1:.2f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main, "search"))
