@@ -1,32 +1,46 @@
 """Latency benchmark of the project's models and any timm model: torch eager, torch.compile,
-ONNX Runtime (and TensorRT where installed with a GPU), with parameters, GMACs and MES in the
-same table. All (model, backend) pairs of one table are measured interleaved
+ONNX Runtime (and TensorRT where installed with a GPU), ExecuTorch with the XNNPACK delegate and
+OpenVINO's CPU plugin, fp32 and (ExecuTorch, OpenVINO) int8, with parameters, GMACs and MES in
+the same table. All (model, backend, precision) triples of one table are measured interleaved
 (`deploy.latency.measure_interleaved`): compare latencies only inside one run.
 
-Model names: a project variant (`efficientformerv2_s0`), any timm model (`mobilenetv2_100`),
-or `timm:NAME` for timm's implementation of a name the project also has (the reference graph).
+Models: a project variant (`efficientformerv2_s0`), any timm model (`mobilenetv2_100`),
+`timm:NAME` for timm's implementation of a name the project also has (the reference graph), or
+a `(label, module)` pair for a model built elsewhere (a searched or switched architecture).
 """
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import tempfile
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Sequence, Union
 
 import torch
 from torch import nn
 
+from backbones import create_model
+
 from .latency import Timed, measure_interleaved
 from .mes import mobile_efficiency_score
-from .models import build_model, deploy_form, is_project_model
+from .models import IMAGENET_MEAN, IMAGENET_STD, build_model, deploy_form, is_project_model
 from .profile import count_gmacs, count_params
+from .stacks import STACKS, ExportStackError, require_stack
 
-__all__ = ["BACKENDS", "PAPER_TOP1", "run_benchmark", "format_table", "write_json", "write_csv",
-           "plot_accuracy_latency", "available_backends"]
+__all__ = ["BACKENDS", "INT8_BACKENDS", "PAPER_TOP1", "ModelSpec", "CompiledModel", "compile_module",
+           "run_benchmark", "format_table", "write_json", "write_csv", "plot_accuracy_latency",
+           "available_backends", "RANDOM_CALIBRATION_NOTE"]
 
-BACKENDS = ("torch", "compile", "onnxruntime", "tensorrt")
+BACKENDS = ("torch", "compile", "onnxruntime", "tensorrt", "executorch", "openvino")
+INT8_BACKENDS = ("executorch", "openvino")   # backends with an int8 path (XNNPACK PT2E, NNCF)
+RANDOM_CALIBRATION_NOTE = ("int8 is calibrated on random data: the latency is meaningful, the int8 "
+                           "accuracy is not (pass --calibration DIR, an ImageNet-layout folder, for that)")
+
+# A model to benchmark: a name, or (label, module) for a model built elsewhere.
+ModelSpec = Union[str, tuple[str, nn.Module]]
 
 # ImageNet-1K top-1 (%) from the paper's Table 2 (300-epoch figures), keyed by timm/project name.
 PAPER_TOP1 = {
@@ -40,15 +54,124 @@ PAPER_TOP1 = {
     "resnet50": 78.5, "convnext_tiny": 82.1, "edgevit_xxs": 74.4,
 }
 
+# backend -> the stack (deploy.stacks.STACKS key) it needs and the modules to import to use it
+_BACKEND_STACKS = {
+    "onnxruntime": ("onnx", ("onnx", "onnxscript", "onnxruntime")),
+    "tensorrt": ("onnx", ("onnx", "onnxscript", "onnxruntime")),
+    "executorch": ("executorch", ("executorch.runtime", "executorch.exir")),
+    "openvino": ("openvino", ("openvino",)),
+}
+
+
+def _as_tuple(out) -> tuple[torch.Tensor, ...]:
+    return tuple(out) if isinstance(out, (list, tuple)) else (out,)
+
+
+@dataclass
+class CompiledModel:
+    """A module made runnable on one backend with its input bound.
+
+    Attributes:
+        run: one inference on the bound input (what is timed).
+        outputs: one inference, returning the outputs as a tuple of tensors.
+        path: the exported file (ONNX, `.pte`, OpenVINO `.xml`), None for torch backends.
+        info: backend facts for the record (e.g. `undelegated_ops`, `ov_threads`).
+        rebuild: `rebuild(threads)` gives the same export run with another thread count, for
+            backends that allow several counts in one process (onnxruntime, openvino); else None.
+    """
+
+    run: Callable[[], object]
+    outputs: Callable[[], tuple[torch.Tensor, ...]]
+    path: Path | None = None
+    info: dict = field(default_factory=dict)
+    rebuild: Callable[[int], "CompiledModel"] | None = None
+
+
+def _bound(call: Callable[[torch.Tensor], object], x: torch.Tensor, path: Path | None = None,
+           info: dict | None = None, rebuild: Callable[[int], CompiledModel] | None = None) -> CompiledModel:
+    return CompiledModel(lambda: call(x), lambda: _as_tuple(call(x)), path, info or {}, rebuild)
+
+
+def _compile_onnx(path: Path, x: torch.Tensor, threads: int, providers: list[str] | None = None) -> CompiledModel:
+    from .ort import create_session
+    sess = create_session(path, threads=threads, providers=providers)
+    feed = {sess.get_inputs()[0].name: x.numpy()}
+
+    def call(_: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(torch.from_numpy(o) for o in sess.run(None, feed))
+    return CompiledModel(lambda: sess.run(None, feed), lambda: call(x), path, {},
+                         lambda n: _compile_onnx(path, x, n, providers))
+
+
+def _compile_openvino(path: Path, x: torch.Tensor, threads: int) -> CompiledModel:
+    from .openvino import compile_openvino
+    model = compile_openvino(path, threads=threads, precision="f32")
+    info = {"ov_threads": int(model.compiled.get_property("INFERENCE_NUM_THREADS")),
+            "ov_precision": str(model.compiled.get_property("INFERENCE_PRECISION_HINT"))}
+    return _bound(model, x, path, info, lambda n: _compile_openvino(path, x, n))
+
+
+def compile_module(module: nn.Module, x: torch.Tensor, backend: str, threads: int, workdir: str | Path,
+                   name: str = "model", calibration: Sequence[torch.Tensor] | None = None) -> CompiledModel:
+    """`module` (eval mode, as given: pass the deploy form to run what is shipped) made runnable
+    on `backend` at the input `x`, the shape fixed.
+
+    Args:
+        backend: one of `BACKENDS`.
+        threads: intra-op threads. torch backends: set with `torch.set_num_threads` by the caller;
+            executorch: the process's XNNPACK threadpool (`deploy.executorch.set_threads`, one
+            count per process).
+        workdir: folder for the exported file (`name` + suffix).
+        calibration: int8 calibration inputs (each of `x`'s shape), executorch and openvino only;
+            None: fp32.
+    """
+    module = module.eval()
+    workdir = Path(workdir)
+    if calibration is not None and backend not in INT8_BACKENDS:
+        raise ValueError(f"int8 is available on {', '.join(INT8_BACKENDS)}, not on {backend}")
+    if backend == "torch":
+        def eager(inp: torch.Tensor):
+            with torch.inference_mode():
+                return module(inp)
+        return _bound(eager, x)
+    if backend == "compile":
+        compiled = torch.compile(module)
+
+        def run_compiled(inp: torch.Tensor):
+            with torch.inference_mode():
+                return compiled(inp)
+        return _bound(run_compiled, x)
+    if backend in ("onnxruntime", "tensorrt"):
+        from .export import export_onnx
+        path = export_onnx(module, x, workdir / f"{name}.onnx", dynamic_batch=False)
+        providers = ["TensorrtExecutionProvider", "CUDAExecutionProvider"] if backend == "tensorrt" else None
+        return _compile_onnx(path, x, threads, providers)
+    if backend == "executorch":
+        from .executorch import ExecuTorchProgram, UndelegatedOperatorWarning, export_executorch, set_threads
+        set_threads(threads)
+        with warnings.catch_warnings():  # listed in the record instead
+            warnings.simplefilter("ignore", UndelegatedOperatorWarning)
+            exported = export_executorch(module, x, workdir / f"{name}.pte", calibration=calibration)
+        info = {"undelegated_ops": exported.undelegated, "delegate_calls": exported.delegated_calls}
+        return _bound(ExecuTorchProgram(exported.path), x, exported.path, info)
+    if backend == "openvino":
+        from .openvino import export_openvino
+        path = export_openvino(module, x, workdir / f"{name}.xml", calibration=calibration)
+        return _compile_openvino(path, x, threads)
+    raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+
 
 @dataclass
 class _Entry:
-    label: str              # model as given on the command line
+    label: str              # model as given
     backend: str
-    timed: Timed
-    model: nn.Module        # the trainable-form model (params, GMACs)
+    precision: str          # fp32 or int8
+    compiled: CompiledModel
     max_abs_diff: float | None
-    onnx_path: Path | None = None   # the exported graph (ONNX backends)
+
+    @property
+    def key(self) -> str:
+        return f"{self.label}|{self.backend}|{self.precision}"
 
 
 def _resolve(name: str) -> tuple[str, bool]:
@@ -58,21 +181,27 @@ def _resolve(name: str) -> tuple[str, bool]:
     return name, not is_project_model(name)
 
 
-def available_backends() -> dict[str, str]:
-    """Backend -> "" if usable here, else why not."""
-    import importlib.util
-    status = {"torch": "", "compile": ""}
-    if importlib.util.find_spec("onnxruntime") is None:
-        status["onnxruntime"] = "onnxruntime is not installed (make install)"
-        status["tensorrt"] = status["onnxruntime"]
-    else:
+def _probe(backend: str) -> str:
+    """"" if `backend` can run here, else why not and what to do."""
+    if backend not in _BACKEND_STACKS:
+        return ""
+    stack, modules = _BACKEND_STACKS[backend]
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            return (f"backend {backend} needs {module}, which is not installed or cannot be imported ({e}): "
+                    f"run `make install` (or `pip install -e .[export]`, i.e. {STACKS[stack][1]})")
+    if backend == "tensorrt":
         import onnxruntime as ort
-        status["onnxruntime"] = ""
         if "TensorrtExecutionProvider" not in ort.get_available_providers() or not torch.cuda.is_available():
-            status["tensorrt"] = "needs onnxruntime-gpu with TensorRT and a CUDA GPU"
-        else:
-            status["tensorrt"] = ""
-    return status
+            return "backend tensorrt needs onnxruntime-gpu with TensorRT and a CUDA GPU"
+    return ""
+
+
+def available_backends(backends: Sequence[str] = BACKENDS) -> dict[str, str]:
+    """Backend -> "" if usable here, else why not (importing each runtime it needs)."""
+    return {b: _probe(b) for b in backends}
 
 
 def _build(name: str, resolution: int) -> nn.Module:
@@ -85,127 +214,197 @@ def _build(name: str, resolution: int) -> nn.Module:
             return timm.create_model(model_name, pretrained=False, img_size=resolution).eval()
         except TypeError:
             return timm.create_model(model_name, pretrained=False).eval()
-    return build_model(model_name)
+    # built for the benchmark's input size, as timm's graph is: the deploy form precomputes the
+    # attention biases for that token grid
+    return create_model(model_name, img_size=resolution).eval()
 
 
-def _prepare(label: str, model: nn.Module, backend: str, x: torch.Tensor, threads: int, workdir: Path) -> _Entry:
-    net = deploy_form(model)
-    key = f"{label}|{backend}"
-    if backend == "torch":
-        def run() -> None:
-            with torch.inference_mode():
-                net(x)
-        return _Entry(label, backend, Timed(key, run), model, None)
-    if backend == "compile":
-        compiled = torch.compile(net)
-        with torch.inference_mode():  # compiles now, and checks the compiled graph against eager
-            diff = float((compiled(x) - net(x)).abs().max())
-
-        def run() -> None:
-            with torch.inference_mode():
-                compiled(x)
-        return _Entry(label, backend, Timed(key, run), model, diff)
-    from .export import check_onnx, export_onnx
-    from .ort import create_session
-    path = workdir / (label.replace(":", "_").replace("/", "_") + ".onnx")
-    export_onnx(net, x, path, dynamic_batch=False)
-    if backend == "onnxruntime":
-        sess = create_session(path, threads=threads)
-    else:
-        sess = create_session(path, threads=threads, providers=["TensorrtExecutionProvider", "CUDAExecutionProvider"])
-    diff = check_onnx(path, net, x, session=sess)
-    feed = {sess.get_inputs()[0].name: x.numpy()}
-
-    def run() -> None:
-        sess.run(None, feed)
-    return _Entry(label, backend, Timed(key, run), model, diff, path)
+def _calibration_batches(calibration: str | Path | None, x: torch.Tensor, count: int) -> list[torch.Tensor]:
+    """`count` batches of `x`'s shape for int8 calibration, normalised as the benchmarked graphs
+    expect (they take ImageNet-normalised tensors): images of an ImageNet-layout folder, or
+    standard-normal noise when `calibration` is None."""
+    n, _, h, w = x.shape
+    if calibration is None:
+        g = torch.Generator().manual_seed(1)
+        return [torch.randn(x.shape, generator=g) for _ in range(count)]
+    from .calibration import calibration_images
+    images = torch.cat(calibration_images(calibration, (h, w), count=count * n))
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    images = (images - mean) / std
+    reps = -(-count * n // len(images))   # too few images: reuse them
+    images = images.repeat(reps, 1, 1, 1)[:count * n]
+    return list(images.split(n))
 
 
-def run_benchmark(models: Sequence[str], backends: Sequence[str] = ("onnxruntime",), batch_size: int = 1,
+def _max_abs_diff(got: Sequence[torch.Tensor], want: Sequence[torch.Tensor]) -> float:
+    if len(got) != len(want):
+        raise AssertionError(f"the runtime gave {len(got)} outputs, PyTorch {len(want)}")
+    return max(float((g.float() - w.float()).abs().max()) for g, w in zip(got, want))
+
+
+def _check_thread_use(entries: Sequence[_Entry], threads: int, runs: int, warmup: int,
+                      log: Callable[[str], None]) -> dict[str, dict]:
+    """For entries that can run with another thread count in this process: their latency with
+    1 thread, timed interleaved with the `threads` one, and the speed-up."""
+    out: dict[str, dict] = {}
+    for e in entries:
+        if e.compiled.rebuild is None or threads < 2:
+            continue
+        log(f"thread check: {e.label} on {e.backend} ({e.precision}), 1 vs {threads} threads")
+        single = e.compiled.rebuild(1)
+        stats = measure_interleaved([Timed("n", e.compiled.run), Timed("1", single.run)], runs=runs, warmup=warmup)
+        out[e.key] = {"latency_ms_median_1_thread": round(stats["1"].median, 4),
+                      "speedup_vs_1_thread": round(stats["1"].median / stats["n"].median, 3)}
+    return out
+
+
+def run_benchmark(models: Sequence[ModelSpec], backends: Sequence[str] = ("onnxruntime",), batch_size: int = 1,
                   threads: int = 2, resolution: int = 224, runs: int = 50, warmup: int = 10,
-                  baseline: str | None = None, ort_profile: bool = False,
+                  baseline: str | None = None, ort_profile: bool = False, int8: bool = False,
+                  calibration: str | Path | None = None, calibration_count: int = 32,
+                  et_profile: bool = False, thread_check: bool = False,
                   log: Callable[[str], None] = lambda s: None) -> list[dict]:
-    """Measure every (model, backend) pair interleaved and return one record per pair.
+    """Measure every (model, backend, precision) triple interleaved and return one record each.
 
-    Records carry model, backend, batch_size, threads, resolution, latency_ms_median/_p90/_mean/
-    _min, runs, params (all parameters of the trainable form), gmacs (per image), mes (paper
-    eq. 7 with this machine's latency), top1_paper (Table 2 where known), max_abs_diff (exported
-    graph vs PyTorch, ONNX backends) and vs_baseline (latency / the baseline model's latency on
-    the same backend, when `baseline` is given). With `ort_profile`, ONNX Runtime records also
-    carry `ort_op_ms`: kernel time per op type in ms per run (`deploy.ort.op_time_profile`, after
-    the timed runs, same threads).
+    Args:
+        models: names (a project variant, a timm model, `timm:NAME`) or `(label, module)` pairs
+            for models built elsewhere (e.g. `EfficientFormerV2(arch)` of a switched or searched
+            architecture); a pair's module is benchmarked like a named one (deploy form, params
+            and GMACs of the module as given) and its label names it in the records.
+        backends: from `BACKENDS`; each must be usable here (`available_backends`), else
+            `ExportStackError` (a runtime not installed) or ValueError says what to do.
+        threads: intra-op threads of every backend. ExecuTorch's XNNPACK threadpool takes one
+            count per process (RuntimeError for a second one): run other counts in a new process.
+        baseline: a model label; records then carry `vs_baseline` (latency / the baseline's
+            latency on the same backend and precision).
+        ort_profile: ONNX Runtime records also carry `ort_op_ms` (kernel time per op type, ms
+            per run, `deploy.ort.op_time_profile`, after the timed runs).
+        int8: also measure int8 programs on the backends of `INT8_BACKENDS` (XNNPACK PT2E,
+            NNCF), calibrated on `calibration_count` batches from `calibration` (an
+            ImageNet-layout folder) or, when None, on random data (`RANDOM_CALIBRATION_NOTE`).
+        et_profile: ExecuTorch records also carry `et_op_ms` (time per operator type, delegate
+            kernels included, ms per run, from ExecuTorch's ETDump; `deploy.profile.executorch_op_profile`).
+        thread_check: with `threads` > 1, ONNX Runtime and OpenVINO records also carry
+            `latency_ms_median_1_thread` and `speedup_vs_1_thread` (the same export with 1
+            thread, timed interleaved with it after the table): whether the model uses its threads.
+
+    Records carry model, backend, precision (fp32 or int8), batch_size, threads, resolution,
+    latency_ms_median/_p90/_mean/_min, runs, params (all parameters of the trainable form),
+    gmacs (per image), mes (paper eq. 7 with this machine's latency), top1_paper (Table 2 where
+    known), max_abs_diff (the backend's output against the PyTorch fp32 deploy form; for int8 the
+    quantization error, not a parity bound), vs_baseline (with `baseline`); ExecuTorch records
+    `undelegated_ops` (operator -> count outside the XNNPACK delegate) and `delegate_calls`;
+    OpenVINO records `ov_threads` and `ov_precision` (the compiled model's properties); int8
+    records `calibration` (the folder, or "random").
     """
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
         raise ValueError(f"unknown backend(s) {unknown}; choose from {', '.join(BACKENDS)}")
-    status = available_backends()
-    skipped = {b: status[b] for b in backends if status[b]}
-    for b, why in skipped.items():
-        log(f"skipping backend {b}: {why}")
-    backends = [b for b in backends if b not in skipped]
-    if not backends:
-        raise RuntimeError(f"no usable backend among the requested ones: {skipped}")
-    if baseline is not None and baseline not in models:
-        raise ValueError(f"baseline {baseline!r} is not among the models {list(models)}")
+    specs = [(m, None) if isinstance(m, str) else (m[0], m[1]) for m in models]
+    labels = [label for label, _ in specs]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"model labels must be unique, got {labels}")
+    if baseline is not None and baseline not in labels:
+        raise ValueError(f"baseline {baseline!r} is not among the models {labels}")
+    if int8 and not set(backends) & set(INT8_BACKENDS):
+        raise ValueError(f"int8 needs a backend with an int8 path: {', '.join(INT8_BACKENDS)}")
+    if calibration is not None and not int8:
+        raise ValueError("a calibration folder is only used for int8: pass int8=True (--int8)")
+    for b, why in available_backends(backends).items():
+        if why:
+            raise (ValueError(why) if b == "tensorrt" else ExportStackError(why))
+    if int8 and "openvino" in backends:
+        require_stack("nncf")  # before anything is built
     torch.set_num_threads(threads)
     x = torch.randn(batch_size, 3, resolution, resolution, generator=torch.Generator().manual_seed(0))
+    calib = None
+    if int8:
+        calib = _calibration_batches(calibration, x, calibration_count)
+        if calibration is None:
+            log(RANDOM_CALIBRATION_NOTE)
     entries: list[_Entry] = []
     info: dict[str, dict] = {}
+    top1: dict[str, float | None] = {}
     with tempfile.TemporaryDirectory(prefix="efv2-bench-") as tmp:
-        for name in models:
-            model = _build(name, resolution)
-            info[name] = {"params": count_params(model), "gmacs": count_gmacs(model, resolution)}
+        for label, module in specs:
+            model = _build(label, resolution) if module is None else module.eval()
+            top1[label] = PAPER_TOP1.get(_resolve(label)[0]) if module is None else None
+            info[label] = {"params": count_params(model), "gmacs": count_gmacs(model, resolution)}
+            net = deploy_form(model)
+            with torch.inference_mode():
+                reference = _as_tuple(net(x))
+            stem = label.replace(":", "_").replace("/", "_")
             for backend in backends:
-                log(f"preparing {name} on {backend}")
-                entries.append(_prepare(name, model, backend, x, threads, Path(tmp)))
+                precisions = ["fp32"] + (["int8"] if int8 and backend in INT8_BACKENDS else [])
+                for precision in precisions:
+                    log(f"preparing {label} on {backend} ({precision})")
+                    compiled = compile_module(net, x, backend, threads, tmp, f"{stem}_{backend}_{precision}",
+                                              calibration=calib if precision == "int8" else None)
+                    diff = None if backend == "torch" else _max_abs_diff(compiled.outputs(), reference)
+                    entries.append(_Entry(label, backend, precision, compiled, diff))
         log(f"measuring {len(entries)} model/backend pairs interleaved: {warmup} warm-up + {runs} runs each")
-        stats = measure_interleaved([e.timed for e in entries], runs=runs, warmup=warmup)
-        op_ms: dict[str, dict[str, float]] = {}
-        if ort_profile:
-            from .ort import op_time_profile
-            for e in entries:
-                if e.backend == "onnxruntime":
-                    log(f"profiling {e.label} on onnxruntime")
-                    op_ms[e.timed.key] = {k: round(v, 4) for k, v in
-                                          op_time_profile(e.onnx_path, threads, runs, warmup).items()}
+        stats = measure_interleaved([Timed(e.key, e.compiled.run) for e in entries], runs=runs, warmup=warmup)
+        extra: dict[str, dict] = {e.key: {} for e in entries}
+        if thread_check:
+            for key, values in _check_thread_use([e for e in entries if e.backend in ("onnxruntime", "openvino")],
+                                                 threads, runs, warmup, log).items():
+                extra[key].update(values)
+        for e in entries:
+            if ort_profile and e.backend == "onnxruntime":
+                from .ort import op_time_profile
+                log(f"profiling {e.label} on onnxruntime")
+                extra[e.key]["ort_op_ms"] = {k: round(v, 4) for k, v in
+                                             op_time_profile(e.compiled.path, threads, runs, warmup).items()}
+            if et_profile and e.backend == "executorch":
+                from .profile import executorch_op_profile
+                log(f"profiling {e.label} on executorch ({e.precision})")
+                extra[e.key]["et_op_ms"] = {k: round(v, 4) for k, v in
+                                            executorch_op_profile(e.compiled.path, x, runs, warmup).items()}
     records = []
     for e in entries:
-        s = stats[e.timed.key]
-        model_name, _ = _resolve(e.label)
-        rec = {"model": e.label, "backend": e.backend, "batch_size": batch_size, "threads": threads,
-               "resolution": resolution, "latency_ms_median": round(s.median, 4),
+        s = stats[e.key]
+        rec = {"model": e.label, "backend": e.backend, "precision": e.precision, "batch_size": batch_size,
+               "threads": threads, "resolution": resolution, "latency_ms_median": round(s.median, 4),
                "latency_ms_p90": round(s.p90, 4), "latency_ms_mean": round(s.mean, 4),
                "latency_ms_min": round(s.min, 4), "runs": s.runs, "params": info[e.label]["params"],
                "gmacs": round(info[e.label]["gmacs"], 4),
                "mes": round(mobile_efficiency_score(info[e.label]["params"], s.median / batch_size), 4),
-               "top1_paper": PAPER_TOP1.get(model_name), "max_abs_diff": e.max_abs_diff}
-        if e.timed.key in op_ms:
-            rec["ort_op_ms"] = op_ms[e.timed.key]
+               "top1_paper": top1[e.label], "max_abs_diff": e.max_abs_diff}
+        rec.update(e.compiled.info)
+        if e.precision == "int8":
+            rec["calibration"] = str(calibration) if calibration is not None else "random"
+        rec.update(extra[e.key])
         records.append(rec)
     if baseline is not None:
-        base = {r["backend"]: r["latency_ms_median"] for r in records if r["model"] == baseline}
+        base = {(r["backend"], r["precision"]): r["latency_ms_median"] for r in records if r["model"] == baseline}
         for r in records:
-            r["vs_baseline"] = round(r["latency_ms_median"] / base[r["backend"]], 3)
+            r["vs_baseline"] = round(r["latency_ms_median"] / base[r["backend"], r["precision"]], 3)
     return records
 
 
 def format_table(records: Sequence[dict]) -> str:
     """A fixed-width text table of benchmark records."""
     has_base = any("vs_baseline" in r for r in records)
-    head = ["model", "backend", "batch", "threads", "params(M)", "GMACs", "median ms", "p90 ms", "MES",
-            "top-1 paper"] + (["x baseline"] if has_base else []) + ["max diff"]
+    has_check = any("speedup_vs_1_thread" in r for r in records)
+    head = (["model", "backend", "prec", "batch", "threads", "params(M)", "GMACs", "median ms", "p90 ms", "MES",
+             "top-1 paper"] + (["x baseline"] if has_base else []) + (["x 1 thread"] if has_check else [])
+            + ["max diff"])
     rows = []
     for r in records:
-        row = [r["model"], r["backend"], str(r["batch_size"]), str(r["threads"]), f"{r['params'] / 1e6:.2f}",
-               f"{r['gmacs']:.3f}", f"{r['latency_ms_median']:.2f}", f"{r['latency_ms_p90']:.2f}", f"{r['mes']:.1f}",
+        row = [r["model"], r["backend"], r.get("precision", "fp32"), str(r["batch_size"]), str(r["threads"]),
+               f"{r['params'] / 1e6:.2f}", f"{r['gmacs']:.3f}", f"{r['latency_ms_median']:.2f}",
+               f"{r['latency_ms_p90']:.2f}", f"{r['mes']:.1f}",
                "-" if r.get("top1_paper") is None else f"{r['top1_paper']:.1f}"]
         if has_base:
             row.append(f"{r['vs_baseline']:.2f}")
+        if has_check:
+            row.append(f"{r['speedup_vs_1_thread']:.2f}" if "speedup_vs_1_thread" in r else "-")
         row.append("-" if r.get("max_abs_diff") is None else f"{r['max_abs_diff']:.1e}")
         rows.append(row)
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip(), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     return "\n".join(lines)
 
 
@@ -217,6 +416,7 @@ def write_json(records: Sequence[dict], path: str | Path) -> Path:
 
 
 def write_csv(records: Sequence[dict], path: str | Path) -> Path:
+    """One row per record; nested values (profiles, operator counts) as JSON text."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fields: list[str] = []
@@ -225,18 +425,21 @@ def write_csv(records: Sequence[dict], path: str | Path) -> Path:
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
-        writer.writerows(records)
+        writer.writerows({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()}
+                         for r in records)
     return path
 
 
-def plot_accuracy_latency(records: Sequence[dict], path: str | Path, backend: str | None = None) -> Path:
+def plot_accuracy_latency(records: Sequence[dict], path: str | Path, backend: str | None = None,
+                          precision: str = "fp32") -> Path:
     """PNG of the paper's Table 2 top-1 against measured latency (the picture of its Figure 1),
-    for the models with a known accuracy on `backend` (default: the first backend)."""
+    for the models with a known accuracy on `backend` (default: the first backend) at `precision`."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     backend = backend or records[0]["backend"]
-    pts = [r for r in records if r["backend"] == backend and r.get("top1_paper") is not None]
+    pts = [r for r in records if r["backend"] == backend and r.get("precision", "fp32") == precision
+           and r.get("top1_paper") is not None]
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     ours = sorted((r for r in pts if is_project_model(r["model"])), key=lambda r: r["latency_ms_median"])
     reference = [r for r in pts if r["model"].startswith("timm:")]
@@ -255,8 +458,8 @@ def plot_accuracy_latency(records: Sequence[dict], path: str | Path, backend: st
             ax.annotate(r["model"], (r["latency_ms_median"], r["top1_paper"]), fontsize=7, xytext=(4, -10),
                         textcoords="offset points")
     first = records[0]
-    ax.set_xlabel(f"latency (ms, median; {backend}, batch {first['batch_size']}, {first['threads']} threads, "
-                  f"{first['resolution']}px)")
+    ax.set_xlabel(f"latency (ms, median; {backend} {precision}, batch {first['batch_size']}, "
+                  f"{first['threads']} threads, {first['resolution']}px)")
     ax.set_ylabel("ImageNet top-1 (%, paper Table 2)")
     ax.set_title("Accuracy vs measured latency")
     ax.grid(alpha=0.3)

@@ -14,11 +14,13 @@ Every entry is cut from a plain `EfficientFormerV2` and timed in its deploy form
 `EfficientFormerV2.fuse()`: BatchNorm and layer scales folded, attention biases precomputed, heads
 merged), which is what is exported and shipped; the whole-network check times fused models too.
 A sub-network's latency is predicted as the sum of its modules' entries (`LatencyTable.predict`).
-With ONNX Runtime every timed graph also pays the runtime's fixed cost per run (session run,
-input and output copies), which a whole network pays once: each entry has the time of a
-pass-through graph of its input shape subtracted, and the table's `overhead_ms` (the
-pass-through at the image shape) is added once per prediction. Tables are stored as JSON with the
-conditions they were measured under.
+Backends: `torch` (eager), `onnxruntime`, `executorch` (XNNPACK delegate) and `openvino`
+(CPU plugin, f32), so that the search targets the runtime a model is deployed with. With the
+three runtimes every timed graph also pays the runtime's fixed cost per run (the call, input and
+output copies), which a whole network pays once: each entry has the time of a pass-through graph
+of its input shape subtracted, and the table's `overhead_ms` (the pass-through at the image
+shape) is added once per prediction. Every timing goes through `deploy.latency.measure`. Tables
+are stored as JSON with the conditions they were measured under.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ import math
 import platform
 import random
 import statistics
-import time
+import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,11 +44,13 @@ from backbones.efficientformer_v2 import Arch, ClassifierForward, EfficientForme
 from backbones.layers import grid_size
 from backbones.supernet import ATTENTION_STAGES, SearchSpace, SubnetConfig, as_subnet_config
 
+from .latency import measure
+
 __all__ = ["Backend", "LatencyTable", "build_latency_table", "measure_latency", "subnet_keys",
            "evaluate_table", "TableReport"]
 
-Backend = Literal["torch", "onnxruntime"]
-BACKENDS = ("torch", "onnxruntime")
+Backend = Literal["torch", "onnxruntime", "executorch", "openvino"]
+BACKENDS = ("torch", "onnxruntime", "executorch", "openvino")
 
 
 # --------------------------------------------------------------------------------------------
@@ -170,12 +174,16 @@ def table_entries(space: SearchSpace, img_size: int, num_classes: int = 1000, di
 # --------------------------------------------------------------------------------------------
 def measure_latency(module: nn.Module, shape: tuple[int, ...], backend: Backend = "torch", threads: int = 1,
                     warmup: int = 5, runs: int = 20) -> float:
-    """Median wall time of one forward pass of `module` (eval mode) on a random input, in ms.
+    """Median wall time of one forward pass of `module` (eval mode) on a random input, in ms
+    (`deploy.latency.measure`).
 
     The module is timed as given: pass the deploy form (`fuse()`d) to time what is shipped.
     torch: eager inference mode with `threads` intra-op threads. onnxruntime: the module exported
     with the TorchScript-based ONNX exporter (fast for many small modules) at the opset of the
     shipped export, run on the CPU with the shipped session options (`deploy.ort.session_options`).
+    executorch, openvino: exported and run as `tools/benchmark.py` does
+    (`deploy.benchmark.compile_module`: the XNNPACK delegate, whose threadpool takes one thread
+    count per process; OpenVINO's CPU plugin in f32).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
@@ -188,9 +196,14 @@ def measure_latency(module: nn.Module, shape: tuple[int, ...], backend: Backend 
         torch.set_num_threads(threads)
         try:
             with torch.inference_mode():
-                return _median_ms(lambda: module(x), warmup, runs)
+                return measure(lambda: module(x), runs, warmup).median
         finally:
             torch.set_num_threads(previous)
+    if backend in ("executorch", "openvino"):
+        from .benchmark import compile_module
+        with tempfile.TemporaryDirectory(prefix="efv2-lut-") as tmp:
+            compiled = compile_module(module, x, backend, threads, tmp)
+            return measure(compiled.run, runs, warmup).median
     import onnxruntime as ort
 
     from .export import ONNX_OPSET
@@ -202,7 +215,7 @@ def measure_latency(module: nn.Module, shape: tuple[int, ...], backend: Backend 
         torch.onnx.export(module, (x,), buffer, dynamo=False, opset_version=ONNX_OPSET, input_names=["x"])
     session = ort.InferenceSession(buffer.getvalue(), session_options(threads), providers=["CPUExecutionProvider"])
     feed = {"x": x.numpy()}
-    return _median_ms(lambda: session.run(None, feed), warmup, runs)
+    return measure(lambda: session.run(None, feed), runs, warmup).median
 
 
 class _PassThrough(nn.Module):
@@ -210,17 +223,6 @@ class _PassThrough(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(x)
-
-
-def _median_ms(call: Callable[[], Any], warmup: int, runs: int) -> float:
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 # --------------------------------------------------------------------------------------------
@@ -238,7 +240,7 @@ class LatencyTable:
     num_classes: int = 1000
     distillation: bool = True
     device: str = field(default_factory=platform.processor)
-    overhead_ms: float = 0.0   # fixed cost per run, paid once per network (ONNX Runtime tables)
+    overhead_ms: float = 0.0   # fixed cost per run, paid once per network (runtime tables)
 
     def predict(self, config: SubnetConfig | Mapping[str, Any]) -> float:
         """Predicted latency (ms) of a sub-network: the sum of its modules' entries, plus the
@@ -277,13 +279,13 @@ def build_latency_table(space: SearchSpace, img_size: int = 224, backend: Backen
                         warmup: int = 5, runs: int = 20, num_classes: int = 1000, distillation: bool = True,
                         progress: Callable[[int, int, str, float], None] | None = None) -> LatencyTable:
     """Time the deploy form (`fuse()`d) of every entry of `space` (see the module docstring) and
-    return the table. ONNX Runtime entries are net of the runtime's fixed cost per run, which the
-    table keeps once as `overhead_ms`."""
+    return the table. Entries of a runtime (onnxruntime, executorch, openvino) are net of its fixed
+    cost per run, which the table keeps once as `overhead_ms`."""
     entries = list(table_entries(space, img_size, num_classes, distillation))
     fixed: dict[tuple[int, ...], float] = {}
 
     def fixed_cost(shape: tuple[int, ...]) -> float:
-        if backend != "onnxruntime":
+        if backend == "torch":
             return 0.0  # eager PyTorch pays its per-module cost inside a network as well
         if shape not in fixed:
             fixed[shape] = measure_latency(_PassThrough(), shape, backend, threads, warmup, runs)

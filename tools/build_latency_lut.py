@@ -1,19 +1,27 @@
 """Build the latency lookup table of a supernet's search space on this device.
 
     python tools/build_latency_lut.py --space configs/search/supernet_toy.yaml --img-size 64 \
-        --backend torch|onnxruntime [--threads 1] [--runs 20] [--check 10] --out lut.json
+        --backend torch|onnxruntime|executorch|openvino [--threads 1] [--runs 20] [--check 10] --out lut.json
 
 --space takes a search-space YAML/JSON (a supernet config's `model.space`, or the dict itself;
 "default": the paper-scale space). Every block type and (width, expansion) setting is timed in
-its deploy form (`fuse()`d, as exported; batch 1, median of --runs) and stored as JSON; then
---check sub-networks (the largest, the smallest, random ones) are timed whole, fused too, and
-compared with the table's sums (Pearson r and mean error are printed and stored in *.check.json).
+its deploy form (`fuse()`d, as exported; batch 1, median of --runs) on the runtime the searched
+network will be deployed with, and stored as JSON: eager PyTorch, ONNX Runtime, ExecuTorch with
+the XNNPACK delegate, or OpenVINO's CPU plugin (f32); the runtimes' fixed cost per run is taken
+out of each entry and added once per network. Then --check sub-networks (the largest, the
+smallest, random ones) are timed whole, fused too, and compared with the table's sums (Pearson
+r and mean error are printed and stored in *.check.json).
 """
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 from pathlib import Path
+
+from _cli import ArgumentParser, UsageError, run
+from benchmark import check_writable
+
+BACKENDS = ["torch", "onnxruntime", "executorch", "openvino"]
 
 
 def load_space(spec: str):
@@ -27,11 +35,15 @@ def load_space(spec: str):
         return SearchSpace.default()
     path = Path(spec)
     if not path.is_file():
-        raise SystemExit(f"--space {spec!r}: no such file (give a supernet config, a space YAML/JSON or 'default')")
-    data = yaml.safe_load(path.read_text())
-    if isinstance(data, dict) and "model" in data:
-        data = (data["model"] or {}).get("space") or SearchSpace.default().to_dict()
-    return SearchSpace.from_dict(data)
+        raise UsageError(f"--space {spec!r}: no such file (give a supernet config, a space YAML/JSON or 'default')")
+    try:
+        data = yaml.safe_load(path.read_text())
+        if isinstance(data, dict) and "model" in data:
+            data = (data["model"] or {}).get("space") or SearchSpace.default().to_dict()
+        return SearchSpace.from_dict(data)
+    except (yaml.YAMLError, TypeError, KeyError, AttributeError, ValueError) as e:
+        raise UsageError(f"--space {spec}: not a search space ({e}); give a supernet config such as "
+                         "configs/search/supernet_toy.yaml") from e
 
 
 def build(space_spec: str, img_size: int, backend: str, threads: int, warmup: int, runs: int, check: int,
@@ -61,11 +73,11 @@ def build(space_spec: str, img_size: int, backend: str, threads: int, warmup: in
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(prog="build_latency_lut", description=__doc__)
     parser.add_argument("--space", default="default", help="supernet config, space YAML/JSON, or 'default'")
     parser.add_argument("--img-size", type=int, default=224)
-    parser.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
+    parser.add_argument("--backend", choices=BACKENDS, default="torch")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--runs", type=int, default=20)
@@ -73,11 +85,22 @@ def main() -> None:
     parser.add_argument("--num-classes", type=int, default=1000)
     parser.add_argument("--no-distillation", action="store_true", help="the head has no distillation branch")
     parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.img_size < 32 or args.threads < 1 or args.runs < 1 or args.warmup < 0 or args.num_classes < 1:
+        parser.error("--img-size must be at least 32, --threads, --runs and --num-classes at least 1, "
+                     "--warmup at least 0")
+    check_writable(args.out, "--out")
+    load_space(args.space)  # bad input is refused before any runtime loads
+    from deploy.benchmark import available_backends
+    from deploy.stacks import ExportStackError
+    why = available_backends([args.backend])[args.backend]
+    if why:
+        raise ExportStackError(why)
     result = build(args.space, args.img_size, args.backend, args.threads, args.warmup, args.runs, args.check,
                    args.num_classes, not args.no_distillation, args.out)
     print(f"latency table: {result['entries']} entries written to {result['table']}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main, "build_latency_lut"))
