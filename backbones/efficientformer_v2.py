@@ -88,11 +88,9 @@ class Attention2d(nn.Module):
         # deploy form (set by fuse()): the attention scale folded into q, and the attention-logit
         # bias at the training grid precomputed (through the first talking head)
         self.register_buffer("logit_bias", None, persistent=False)
-        # deploy form of the stride-2 variant: the bilinear upsampling at the training grid as a
-        # (h*w, H*W) matrix, one matrix product instead of a resize
-        self.register_buffer("upsample", None, persistent=False)
         self.resolution = resolution
         self.fused = False
+        self.generic_resize = False  # set by shape_generic()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused:
@@ -137,16 +135,14 @@ class Attention2d(nn.Module):
         if self.pos_bias is not None:
             self.pos_bias.fuse()
         self.logit_bias = self._logit_bias((self.attn_grid, self.attn_grid))
-        if self.stride_conv is not None:
-            g, r = self.attn_grid, self.resolution
-            basis = torch.eye(g * g, device=self.q.conv.weight.device).view(g * g, 1, g, g)
-            self.upsample = F.interpolate(basis, size=(r, r), mode="bilinear", align_corners=False).view(g * g, r * r)
         self.fused = True
         return self
 
     def shape_generic(self) -> None:
-        """No precomputed bias or upsampling: the graph is the same for every input size."""
-        self.logit_bias = self.upsample = None
+        """No precomputed bias, and the upsampling as matrix products of interpolation weights
+        computed in the graph: the graph is the same for every input size (symbolic export)."""
+        self.logit_bias = None
+        self.generic_resize = True
         if self.pos_bias is not None:
             self.pos_bias.shape_generic()
 
@@ -189,10 +185,10 @@ class Attention2d(nn.Module):
         if v_local is not None:
             x = x + v_local
         if self.stride_conv is not None:
-            if self.upsample is not None and tuple(in_hw) == (self.resolution,) * 2:
-                x = (x.flatten(2) @ self.upsample).unflatten(-1, tuple(in_hw))
-            else:
+            if self.generic_resize:
                 x = resize_bilinear(x, in_hw, align_corners=False)
+            else:
+                x = F.interpolate(x, size=in_hw, mode="bilinear", align_corners=False)
         return self.proj(self.act(x))
 
 
