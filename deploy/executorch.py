@@ -7,14 +7,15 @@
     outputs = ExecuTorchProgram("s0.pte")(example)               # tuple of tensors
 
 The program is captured with `torch.export` at the example's shape (batch and size fixed),
-lowered with `to_edge_transform_and_lower(..., partitioner=[XnnpackPartitioner()])` and
+computations on constants only are folded (`constant_prop_pass`: e.g. attention biases of a
+grid other than the training one, which the delegate would not take), lowered with `to_edge_transform_and_lower(..., partitioner=[XnnpackPartitioner()])` and
 serialised. Every operator that stays outside the delegate (and so runs in ExecuTorch's
 portable kernels, much slower) is listed by `undelegated_ops` and raises an
 `UndelegatedOperatorWarning` naming it.
 
 int8 (`calibration` given): the XNNPACK quantizer (symmetric per-channel int8 weights, int8
-activations) through PT2E: `torch.export.export(...).module()`, `prepare_pt2e`, one forward per
-calibration image, `convert_pt2e`, then the same lowering.
+activations) through PT2E: the captured (and folded) program's `.module()`, `prepare_pt2e`, one
+forward per calibration image, `convert_pt2e`, then the same lowering.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from torch import nn
 
 from .stacks import require_stack
 
-__all__ = ["ExecuTorchExport", "ExecuTorchProgram", "UndelegatedOperatorWarning", "export_executorch",
+__all__ = ["ExecuTorchExport", "ExecuTorchProgram", "UndelegatedOperatorWarning", "capture", "export_executorch",
            "quantize_pt2e", "set_threads", "undelegated_ops"]
 
 _DELEGATE_CALL = "executorch_call_delegate"
@@ -72,10 +73,8 @@ def _graph_module(program) -> torch.fx.GraphModule:
 
 
 def _op_name(target) -> str:
-    name = getattr(target, "__name__", None) or str(target)
-    if hasattr(target, "_op") or "." in str(target):  # EdgeOpOverload / OpOverload: aten.mm.default
-        name = str(target)
-    return name
+    """`aten.mm.default` for an edge operator, `executorch_call_delegate` for a delegate call."""
+    return getattr(target, "__name__", None) or str(target)
 
 
 def _call_nodes(program) -> list[torch.fx.Node]:
@@ -95,9 +94,19 @@ def undelegated_ops(program) -> dict[str, int]:
     return dict(counts.most_common())
 
 
+def capture(module: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
+    """`torch.export` of `module` (eval mode) at the example's shape, with every computation on
+    constants only (parameters, buffers) folded into a constant."""
+    require_stack("executorch")
+    from executorch.exir.passes.constant_prop_pass import constant_prop_pass
+    with torch.no_grad():
+        return constant_prop_pass(torch.export.export(module.eval(), (example,)))
+
+
 def quantize_pt2e(module: nn.Module, example: torch.Tensor, calibration: Sequence[torch.Tensor]) -> nn.Module:
     """`module` quantized for XNNPACK through PT2E, calibrated on `calibration` (each one batch
-    of the example's shape): int8 symmetric per-channel weights, int8 activations."""
+    of the example's shape): int8 symmetric per-channel weights, int8 activations. The float
+    constants are folded first (`capture`), so that they are quantized as constants."""
     require_stack("executorch")
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
                                                                          get_symmetric_quantization_config)
@@ -105,7 +114,7 @@ def quantize_pt2e(module: nn.Module, example: torch.Tensor, calibration: Sequenc
 
     if not calibration:
         raise ValueError("int8 quantization needs calibration images (pass --calibration DIR)")
-    captured = torch.export.export(module.eval(), (example,)).module()
+    captured = capture(module, example).module()
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     prepared = prepare_pt2e(captured, quantizer)
     with torch.no_grad():
@@ -131,10 +140,13 @@ def export_executorch(module: nn.Module, example: torch.Tensor, path: str | Path
 
     path = Path(path)
     module = module.eval()
-    quantized = quantize_pt2e(module, example, calibration) if calibration is not None else None
-    with torch.no_grad():
-        exported = torch.export.export(quantized if quantized is not None else module, (example,))
-    edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
+    if calibration is None:
+        quantized, program = None, capture(module, example)
+    else:
+        quantized = quantize_pt2e(module, example, calibration)
+        with torch.no_grad():
+            program = torch.export.export(quantized, (example,))
+    edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
     result = ExecuTorchExport(path, int8=quantized is not None, undelegated=undelegated_ops(edge),
                               delegated_calls=sum(_DELEGATE_CALL in _op_name(n.target) for n in _call_nodes(edge)),
                               quantized=quantized)

@@ -1,4 +1,5 @@
-"""Export of the deploy form to ONNX, CoreML and TorchScript, each followed by a check.
+"""Export of the deploy form to ONNX, CoreML, TorchScript, ExecuTorch and OpenVINO, each
+followed by a check.
 
 - ONNX: dynamo exporter, dynamic batch (and dynamic height/width for feature maps), checked with
   ONNX Runtime against PyTorch (max abs difference, bounded).
@@ -6,6 +7,15 @@
   ImageNet normalisation built in; checked by loading the saved package and listing its ops, and
   by prediction parity where a CoreML runtime exists (macOS only).
 - TorchScript: traced, reloaded and compared with the eager model.
+- ExecuTorch (`deploy.executorch`): `.pte` with the XNNPACK delegate at a fixed size, run in
+  ExecuTorch's runtime against PyTorch; the operators left outside the delegate are listed.
+- OpenVINO (`deploy.openvino`): IR (`.xml` + `.bin`), dynamic height/width for feature maps,
+  run on its CPU plugin in f32 against PyTorch.
+- int8 for ExecuTorch (PT2E, XNNPACK quantizer) and OpenVINO (NNCF), calibrated on the images of
+  an ImageNet-layout folder (`deploy.calibration`); the top-1 of the float and the int8 model on
+  its val split is reported, and the check bounds their top-1 agreement.
+
+Every file is written in a temporary folder next to the target and moved there once checked.
 
 Inputs of the exported classifier and feature models: RGB images in [0, 1] (pixel / 255), NCHW;
 the ImageNet mean/std normalisation is part of the graph (`normalize=False` exports a graph that
@@ -13,9 +23,14 @@ takes normalised tensors instead).
 """
 from __future__ import annotations
 
+import os
 import platform
+import shutil
+import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -25,19 +40,27 @@ from torch import nn
 
 from backbones import EfficientFormerV2
 
-from .models import FeatureTuple, ImageInput, build_model, deploy_form
+from .calibration import calibration_images, class_names, val_samples
+from .models import IMAGENET_MEAN, IMAGENET_STD, FeatureTuple, ImageInput, build_model, deploy_form
 from .ort import create_session
 from .stacks import ExportStackError, require_stack
 
 __all__ = ["ExportStackError", "ExportResult", "export_model", "export_onnx", "check_onnx",
-           "export_coreml", "check_coreml", "export_torchscript", "check_torchscript", "FORMATS",
-           "ONNX_OPSET", "ONNX_ATOL", "COREML_FEATURE_RANGE"]
+           "export_coreml", "check_coreml", "export_torchscript", "check_torchscript", "check_runtime",
+           "compare_on_images", "ImageComparison", "check_output_path", "staged_output", "require_stack",
+           "FORMATS", "INT8_FORMATS", "SUFFIXES", "ONNX_OPSET", "ONNX_ATOL", "EDGE_ATOL", "INT8_MIN_AGREEMENT",
+           "CALIBRATION_COUNT", "COREML_FEATURE_RANGE"]
 
-FORMATS = ("onnx", "coreml", "torchscript")
+FORMATS = ("onnx", "coreml", "torchscript", "executorch", "openvino")
+INT8_FORMATS = ("executorch", "openvino")
+SUFFIXES = {"onnx": ".onnx", "coreml": ".mlpackage", "torchscript": ".pt", "executorch": ".pte", "openvino": ".xml"}
 ONNX_OPSET = 20      # Gelu is a single ONNX op from opset 20 on
 ONNX_ATOL = 1e-4     # float32 parity bound of ONNX Runtime against PyTorch
 TORCHSCRIPT_ATOL = 1e-5
-Format = Literal["onnx", "coreml", "torchscript"]
+EDGE_ATOL = 1e-4     # float32 parity bound of ExecuTorch and OpenVINO against PyTorch
+INT8_MIN_AGREEMENT = 0.9  # int8 exports: least fraction of images with the float model's top-1 class
+CALIBRATION_COUNT = 64    # int8 calibration images
+Format = Literal["onnx", "coreml", "torchscript", "executorch", "openvino"]
 
 @dataclass
 class ExportResult:
@@ -51,12 +74,33 @@ class ExportResult:
     ok: bool = True                    # whether the check passed
     ops: dict[str, int] = field(default_factory=dict)
     note: str = ""                     # e.g. why no prediction parity was possible
+    int8: bool = False
+    undelegated: dict[str, int] | None = None  # ExecuTorch: operators outside the XNNPACK delegate
+    top1_float: float | None = None    # percent, PyTorch float model on top1_split
+    top1_exported: float | None = None  # percent, the export in its runtime on top1_split
+    agreement: float | None = None     # fraction of images where both give the same top-1 class
+    top1_images: int = 0
+    top1_split: str = ""
 
     def summary(self) -> str:
         diff = f", max abs diff {self.max_abs_diff:.3g}" if self.max_abs_diff is not None else ""
         note = f" ({self.note})" if self.note else ""
-        return (f"{self.format}: {self.path} in {self.seconds:.1f} s; {self.checked}{diff}: "
-                f"{'ok' if self.ok else 'FAILED'}{note}")
+        return (f"{self.format}{' int8' if self.int8 else ''}: {self.path} in {self.seconds:.1f} s; "
+                f"{self.checked}{diff}: {'ok' if self.ok else 'FAILED'}{note}")
+
+    def details(self) -> list[str]:
+        """Lines about undelegated operators and top-1, where they apply."""
+        lines = []
+        if self.undelegated is not None:
+            ops = ", ".join(f"{k} x{v}" for k, v in self.undelegated.items()) or "none"
+            lines.append(f"{self.format}: operators outside the XNNPACK delegate: {ops}")
+        if self.agreement is not None:
+            kind = "int8" if self.int8 else "exported"
+            top1 = (f"top-1 float {self.top1_float:.2f}% vs {kind} {self.top1_exported:.2f}%; "
+                    if self.top1_float is not None else "")
+            lines.append(f"{self.format}: on {self.top1_split} ({self.top1_images} images): {top1}"
+                         f"top-1 agreement {self.agreement:.1%}")
+        return lines
 
 
 def _as_tuple(out) -> tuple[torch.Tensor, ...]:
@@ -295,32 +339,179 @@ def check_torchscript(path: str | Path, module: nn.Module, example: torch.Tensor
 
 
 # --------------------------------------------------------------------------------------------
+# ExecuTorch and OpenVINO: runtime parity, top-1 on an image folder
+# --------------------------------------------------------------------------------------------
+Runner = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
+
+
+def check_runtime(runner: Runner, module: nn.Module, inputs: list[torch.Tensor], what: str,
+                  atol: float | None = EDGE_ATOL) -> float:
+    """Max abs difference between `runner` (an exported model in its runtime) and `module` over
+    all outputs of every input; raises AssertionError on another output count or shape, or
+    when the difference exceeds `atol` (None: no bound)."""
+    diff = 0.0
+    for x in inputs:
+        got = runner(x)
+        with torch.no_grad():
+            want = _as_tuple(module(x))
+        if len(got) != len(want):
+            raise AssertionError(f"{what} has {len(got)} outputs, PyTorch {len(want)}")
+        for g, w in zip(got, want):
+            if tuple(g.shape) != tuple(w.shape):
+                raise AssertionError(f"{what} output shape {tuple(g.shape)} != PyTorch {tuple(w.shape)} "
+                                     f"on input {tuple(x.shape)}")
+            diff = max(diff, float((g - w).abs().max()))
+    if atol is not None and not diff <= atol:
+        raise AssertionError(f"{what} differs from PyTorch by {diff:.3g} > {atol}")
+    return diff
+
+
+@dataclass
+class ImageComparison:
+    """A classifier in PyTorch against its export on real images."""
+
+    images: int
+    max_abs_diff: float
+    agreement: float                 # fraction of images whose top-1 class is the same
+    top1_float: float | None = None  # percent, on labelled images
+    top1_exported: float | None = None
+
+
+def compare_on_images(runner: Runner, module: nn.Module, samples: Iterable[tuple[torch.Tensor, int | None]]
+                      ) -> ImageComparison:
+    """Logits of `runner` and of `module` on (image, label or None) pairs: max abs difference,
+    top-1 agreement, and top-1 accuracy of both where the labels are given."""
+    n = agree = right_float = right_exported = labelled = 0
+    diff = 0.0
+    for x, label in samples:
+        got = runner(x)[0]
+        with torch.no_grad():
+            want = _as_tuple(module(x))[0]
+        diff = max(diff, float((got - want).abs().max()))
+        pred_exported, pred_float = int(got.argmax(-1)[0]), int(want.argmax(-1)[0])
+        n += 1
+        agree += pred_exported == pred_float
+        if label is not None:
+            labelled += 1
+            right_float += pred_float == label
+            right_exported += pred_exported == label
+    if not n:
+        raise ValueError("no images to compare on")
+    top1 = (lambda k: 100.0 * k / labelled) if labelled else (lambda k: None)
+    return ImageComparison(n, diff, agree / n, top1(right_float), top1(right_exported))
+
+
+def _labelled_val(root: Path, size: tuple[int, int], classes: int, limit: int | None, normalise) -> list | None:
+    """(image, label) of the val split of `root` when it has one and its class count matches the
+    classifier's; None otherwise."""
+    if not class_names(root / "val"):
+        return None
+    names = class_names(root / "train") or class_names(root / "val")
+    if len(names) != classes:
+        return None
+    return [(normalise(x), y) for x, y in val_samples(root, size, limit=limit)]
+
+
+# --------------------------------------------------------------------------------------------
+# Writing: nothing half-written is left behind
+# --------------------------------------------------------------------------------------------
+def check_output_path(out: Path, fmt: str) -> None:
+    """Fail early, before any export work, when `out` cannot be written for `fmt`."""
+    suffix = SUFFIXES.get(fmt)
+    if fmt in ("executorch", "openvino", "coreml") and out.suffix != suffix:
+        raise ValueError(f"{fmt} output must end in {suffix}, got {out}")
+    for folder in (out.parent, *out.parent.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise ValueError(f"cannot write {out}: {folder} is a file, not a folder")
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise ValueError(f"cannot write {out}: no permission to write in {folder}")
+            break
+    if out.is_dir() and fmt != "coreml":
+        raise ValueError(f"cannot write {out}: it is a folder")
+
+
+@contextmanager
+def staged_output(out: Path) -> Iterator[Path]:
+    """A path of the same name in a temporary folder next to `out`: what the caller writes there
+    (with any companion files, e.g. OpenVINO's `.bin`) is moved to `out`'s folder when the block
+    ends without an error, and removed otherwise (with the folders this created)."""
+    missing = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield tmp / out.name
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for folder in missing:  # innermost first
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
+    for staged in sorted(tmp.iterdir(), key=lambda p: p.name == out.name):  # the main file last
+        target = out.parent / staged.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(staged, target)
+    tmp.rmdir()
+
+
+# --------------------------------------------------------------------------------------------
 # One call: build, deploy form, export, check
 # --------------------------------------------------------------------------------------------
 def export_model(name: str, fmt: Format, out: str | Path, checkpoint: str | Path | None = None,
                  features: bool = False, size: tuple[int, int] = (224, 224), normalize: bool = True,
                  precision: Literal["float16", "float32"] = "float16",
                  coreml_shapes: CoreMLShapes | Literal["fixed"] = None, model: nn.Module | None = None,
-                 seed: int = 0) -> ExportResult:
+                 seed: int = 0, int8: bool = False, calibration: str | Path | None = None,
+                 calibration_count: int = CALIBRATION_COUNT, eval_limit: int | None = None) -> ExportResult:
     """Export a project model (or any timm model) in deploy form and check the result.
+
+    The file is written in a temporary folder next to `out` and moved there once checked: a
+    failed export or check leaves nothing behind.
 
     Args:
         name: project variant (efficientformerv2_s0 ...) or timm model name.
-        fmt: onnx, coreml or torchscript. out: output path (.onnx, .mlpackage, .pt).
+        fmt: onnx, coreml, torchscript, executorch or openvino. out: output path (.onnx,
+            .mlpackage, .pt, .pte, .xml with its .bin next to it).
         checkpoint: weights for a project model (its class count is taken from the file).
-        features: export the four feature maps (strides 4/8/16/32) instead of logits; ONNX then
-            has dynamic height/width (TorchScript's traced graph also holds for any size), and
-            CoreML ranged sizes `COREML_FEATURE_RANGE` unless `coreml_shapes` says otherwise.
+        features: export the four feature maps (strides 4/8/16/32) instead of logits; ONNX and
+            OpenVINO then have dynamic height/width (TorchScript's traced graph also holds for any
+            size; ExecuTorch keeps the size `size`), and CoreML ranged sizes `COREML_FEATURE_RANGE`
+            unless `coreml_shapes` says otherwise.
         size: example input (height, width). normalize: ImageNet normalisation inside the graph.
         precision: CoreML compute precision. model: an already built model (skips `name` lookup).
         coreml_shapes: CoreML flexible input sizes: a list of (height, width) (enumerated) or a
             (min, max) tuple (ranged); "fixed" for a features package of the size `size` only.
+        int8: quantize (executorch: XNNPACK quantizer through PT2E; openvino: NNCF), calibrated
+            on images of `calibration`; the check then bounds the agreement of top-1 classes
+            (classifiers) instead of the difference, which is still measured.
+        calibration: ImageNet-layout folder: `train/` gives the calibration images, `val/` (when
+            present, and the classifier has its class count) the top-1 of the PyTorch model and
+            of the export.
+        calibration_count: calibration images used. eval_limit: most val images for the top-1.
+    Raises:
+        ValueError: bad arguments, an output path that cannot be written, `int8` without
+            `calibration` or for another format, a calibration folder without readable images.
+        deploy.stacks.ExportStackError: the format's runtime is not installed.
+        AssertionError: the check failed (nothing is written).
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    require_stack(fmt)
+    if int8 and fmt not in INT8_FORMATS:
+        raise ValueError(f"int8 export is for {' and '.join(INT8_FORMATS)}, not {fmt}")
+    if int8 and calibration is None:
+        raise ValueError("int8 export needs calibration images: pass --calibration DIR, an ImageNet-layout "
+                         "folder (DIR/train/<class>/<image>; DIR/val/ also gives the top-1)")
+    if calibration is not None and fmt not in INT8_FORMATS:
+        raise ValueError(f"calibration images are for the executorch and openvino formats, not {fmt}")
+    require_stack("nncf" if fmt == "openvino" and int8 else fmt)
     out = Path(out)
+    check_output_path(out, fmt)
     start = time.perf_counter()
+    normalise = _identity if normalize else _imagenet_normalise
+    images = None
+    if calibration is not None:
+        images = [normalise(x) for x in calibration_images(calibration, size, calibration_count)]
     if model is None:
         model = build_model(name, checkpoint, features=features)
     net = deploy_form(model)
@@ -328,7 +519,7 @@ def export_model(name: str, fmt: Format, out: str | Path, checkpoint: str | Path
         coreml_shapes = (min(COREML_FEATURE_RANGE[0], *size), max(COREML_FEATURE_RANGE[1], *size))
     elif coreml_shapes == "fixed":
         coreml_shapes = None
-    flexible = features if fmt != "coreml" else bool(coreml_shapes)
+    flexible = {"coreml": bool(coreml_shapes), "executorch": False}.get(fmt, features)
     if flexible and isinstance(net, EfficientFormerV2):
         net.shape_generic()  # one graph for every input size (symbolic sizes, traced graphs)
     if features:
@@ -337,26 +528,103 @@ def export_model(name: str, fmt: Format, out: str | Path, checkpoint: str | Path
         net = ImageInput(net)
     net.eval()
     g = torch.Generator().manual_seed(seed)
-    example = torch.rand(1, 3, *size, generator=g)
-    if not normalize:
-        example = (example - 0.45) / 0.225
+    example = normalise(torch.rand(1, 3, *size, generator=g))
 
-    if fmt == "onnx":
-        export_onnx(net, example, out, dynamic_batch=True, dynamic_hw=features)
-        checks = [example, torch.rand(2, 3, *size, generator=g)]
-        if features:
-            checks.append(torch.rand(1, 3, size[0] + 37, size[1] - 29, generator=g))
-        sess = create_session(out)
-        diff = max(check_onnx(out, net, x, session=sess) for x in checks)
-        shapes = ", ".join("x".join(map(str, x.shape)) for x in checks)
-        return ExportResult("onnx", out, time.perf_counter() - start,
-                            f"ONNX Runtime vs PyTorch on {shapes} (bound {ONNX_ATOL})", max_abs_diff=diff)
-    if fmt == "coreml":
-        export_coreml(net, example, out, precision=precision, image_input=normalize, shapes=coreml_shapes)
-        result = check_coreml(out, net, example)
-        result.seconds = time.perf_counter() - start
-        return result
-    export_torchscript(net, example, out)
-    diff = check_torchscript(out, net, example)
-    return ExportResult("torchscript", out, time.perf_counter() - start,
-                        "reloaded TorchScript vs eager PyTorch", max_abs_diff=diff)
+    with staged_output(out) as path:
+        if fmt == "onnx":
+            export_onnx(net, example, path, dynamic_batch=True, dynamic_hw=features)
+            checks = [example, normalise(torch.rand(2, 3, *size, generator=g))]
+            if features:
+                checks.append(normalise(torch.rand(1, 3, size[0] + 37, size[1] - 29, generator=g)))
+            sess = create_session(path)
+            diff = max(check_onnx(path, net, x, session=sess) for x in checks)
+            result = ExportResult("onnx", out, 0.0, f"ONNX Runtime vs PyTorch on {_shapes(checks)} (bound {ONNX_ATOL})",
+                                  max_abs_diff=diff)
+        elif fmt == "coreml":
+            export_coreml(net, example, path, precision=precision, image_input=normalize, shapes=coreml_shapes)
+            result = check_coreml(path, net, example)
+            result.path = out
+        elif fmt == "torchscript":
+            export_torchscript(net, example, path)
+            diff = check_torchscript(path, net, example)
+            result = ExportResult("torchscript", out, 0.0, "reloaded TorchScript vs eager PyTorch", max_abs_diff=diff)
+        else:
+            result = _export_edge(fmt, net, example, path, out, features, images, g, normalise)
+            if calibration is not None and not features:
+                _report_top1(result, _runner(fmt, path), net, Path(calibration), size, images, eval_limit, normalise)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _imagenet_normalise(x: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] as the graph without built-in normalisation takes them."""
+    mean = torch.tensor(IMAGENET_MEAN).view(1, -1, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
+def _shapes(inputs: list[torch.Tensor]) -> str:
+    return ", ".join("x".join(map(str, x.shape)) for x in inputs)
+
+
+def _runner(fmt: str, path: Path) -> Runner:
+    if fmt == "executorch":
+        from .executorch import ExecuTorchProgram
+        return ExecuTorchProgram(path)
+    from .openvino import compile_openvino
+    return compile_openvino(path, precision="f32")
+
+
+def _export_edge(fmt: str, net: nn.Module, example: torch.Tensor, path: Path, out: Path, features: bool,
+                 images: list[torch.Tensor] | None, g: torch.Generator, normalise) -> ExportResult:
+    """Export to ExecuTorch or OpenVINO and compare the runtime with PyTorch on random inputs:
+    fp32 within `EDGE_ATOL`; int8 difference measured, not bounded."""
+    int8 = images is not None
+    checks = [example, normalise(torch.rand(*example.shape, generator=g))]
+    if fmt == "executorch":
+        from .executorch import export_executorch
+        exported = export_executorch(net, example, path, calibration=images)
+        what = "ExecuTorch (XNNPACK)"
+        undelegated = exported.undelegated
+    else:
+        from .openvino import export_openvino
+        export_openvino(net, example, path, dynamic_hw=features, calibration=images)
+        what = "OpenVINO CPU (f32)"
+        undelegated = None
+        if features:  # symbolic height and width: another, non-square size
+            h, w = example.shape[-2:]
+            checks.append(normalise(torch.rand(1, 3, h + 37, max(w - 29, 33), generator=g)))
+    diff = check_runtime(_runner(fmt, path), net, checks, what, atol=None if int8 else EDGE_ATOL)
+    bound = "int8: difference not bounded" if int8 else f"bound {EDGE_ATOL}"
+    return ExportResult(fmt, out, 0.0, f"{what} vs PyTorch on {_shapes(checks)} ({bound})", max_abs_diff=diff,
+                        int8=int8, undelegated=undelegated)
+
+
+def _report_top1(result: ExportResult, runner: Runner, net: nn.Module, root: Path, size: tuple[int, int],
+                 images: list[torch.Tensor], eval_limit: int | None, normalise) -> None:
+    """Top-1 of PyTorch and of the export on `root/val` (when it has the classifier's classes),
+    else top-1 agreement on the calibration images; int8 is bounded by the agreement."""
+    with torch.no_grad():
+        classes = _as_tuple(net(images[0]))[0].shape[-1]
+    val = _labelled_val(root, size, classes, eval_limit, normalise)
+    samples = val if val else [(x, None) for x in images]
+    cmp = compare_on_images(runner, net, samples)
+    result.top1_float, result.top1_exported, result.agreement = cmp.top1_float, cmp.top1_exported, cmp.agreement
+    result.top1_images = cmp.images
+    result.top1_split = str(root / "val") if val else f"{cmp.images} calibration images of {root}"
+    if val is None and class_names(root / "val"):
+        result.note = f"no top-1: the classifier has {classes} classes, {root / 'val'} another count"
+    if result.int8:
+        result.checked += f"; top-1 agreement with PyTorch float on {cmp.images} images (bound {INT8_MIN_AGREEMENT:.0%})"
+        if not cmp.agreement >= INT8_MIN_AGREEMENT:
+            raise AssertionError(f"int8 {result.format} agrees with the float model on the top-1 class of "
+                                 f"{cmp.agreement:.1%} of {result.top1_split} < {INT8_MIN_AGREEMENT:.0%} "
+                                 f"(top-1 float {cmp.top1_float}, int8 {cmp.top1_exported}); calibrate on more "
+                                 "or more typical images")
+    elif not cmp.max_abs_diff <= EDGE_ATOL:
+        raise AssertionError(f"{result.format} differs from PyTorch by {cmp.max_abs_diff:.3g} > {EDGE_ATOL} "
+                             f"on the images of {result.top1_split}")

@@ -5,9 +5,12 @@
     model = compile_openvino("s0.xml", threads=1)                # f32, latency hint
     outputs = model(example)                                     # tuple of tensors
 
-`ov.convert_model` traces the module at the example; the IR keeps the example's shape, or has
-symbolic batch, height and width (`dynamic_hw=True`: the traced graph must then hold at every
-size; for EfficientFormerV2 call `shape_generic()` on the deploy form first). Weights are saved
+The module is captured with `torch.export` (symbolic batch, height and width with
+`dynamic_hw=True`; for EfficientFormerV2 call `shape_generic()` on the deploy form first, so that
+no code path depends on the input size) and converted by `ov.convert_model`; the IR keeps the
+example's shape otherwise. `torch.export` rather than the TorchScript trace: the trace is
+deprecated, and its graph of `shape_generic()` held matrix products of unequal ranks, which the
+CPU plugin cannot compile with dynamic shapes. Weights are saved
 in fp32 (`compress_to_fp16=False`), so the IR is exact. The CPU plugin's default precision on
 CPUs with AVX-512 BF16 is bf16, which is not exact: `compile_openvino` asks for f32 unless told
 otherwise.
@@ -51,7 +54,7 @@ def export_openvino(module: nn.Module, example: torch.Tensor, path: str | Path, 
     `.bin` of the same name next to it.
 
     Args:
-        example: the input to trace with; its shape is the IR's input shape unless `dynamic_hw`.
+        example: the input to capture with; its shape is the IR's input shape unless `dynamic_hw`.
         dynamic_hw: batch, height and width symbolic in the IR.
         calibration: images (each of the example's shape) for NNCF int8 quantization; None: fp32.
     Returns the `.xml` path.
@@ -62,9 +65,17 @@ def export_openvino(module: nn.Module, example: torch.Tensor, path: str | Path, 
     path = Path(path)
     if path.suffix != ".xml":
         raise ValueError(f"an OpenVINO IR is saved as .xml (and .bin), got {path}")
-    shape = ov.PartialShape([-1, example.shape[1], -1, -1] if dynamic_hw else list(example.shape))
+    module = module.eval()
+    dims = None
+    if dynamic_hw:
+        dims = ({0: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC},)
+        if example.shape[0] == 1:  # a size-1 axis would specialise
+            example = example.expand(2, *example.shape[1:]).contiguous()
     with torch.no_grad():
-        model = ov.convert_model(module.eval(), example_input=example, input=[shape])
+        program = torch.export.export(module, (example,), dynamic_shapes=dims)
+    model = ov.convert_model(program)
+    shape = [-1, example.shape[1], -1, -1] if dynamic_hw else list(example.shape)
+    model.reshape({model.input(0): ov.PartialShape(shape)})
     if calibration is not None:
         model = quantize_nncf(model, calibration)
     ov.save_model(model, str(path), compress_to_fp16=False)

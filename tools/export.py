@@ -1,21 +1,33 @@
-"""Export a model in deploy form to ONNX, CoreML or TorchScript, and check the result.
+"""Export a model in deploy form to ONNX, CoreML, TorchScript, ExecuTorch or OpenVINO, and check it.
 
-    python tools/export.py --model efficientformerv2_s0 [--checkpoint C] --format onnx|coreml|torchscript
-                           --out PATH [--features] [--size H [W]] [--precision float16|float32]
+    python tools/export.py --model efficientformerv2_s0 [--checkpoint C]
+                           --format onnx|coreml|torchscript|executorch|openvino --out PATH
+                           [--features] [--size H [W]] [--int8 --calibration DIR] [--precision float16|float32]
                            [--no-normalize] [--coreml-shapes HxW ... | --coreml-range MIN MAX | --coreml-fixed]
 
 Inputs of the exported model: RGB images scaled to [0, 1] (pixel / 255), NCHW, ImageNet mean/std
 normalisation inside the graph (CoreML: an ImageType taking 0..255 pixels); `--no-normalize`
-exports a graph taking already normalised tensors. ONNX has a dynamic batch axis, and dynamic
-height/width with `--features` (the four feature maps, strides 4/8/16/32; TorchScript's traced
-graph also holds for any size). CoreML packages are ML programs for iOS 16, float16 unless
-`--precision float32`; classifiers at the input size `--size`, feature packages (`--features`)
-with ranged input sizes 64..2048 by default (`--coreml-range MIN MAX`, enumerated sizes
-`--coreml-shapes 512x512 800x1344`, or `--coreml-fixed` for `--size` only; the same options make
-a classifier flexible). Every export is checked: ONNX Runtime against PyTorch (max
-abs difference printed, bounded by 1e-4), CoreML by validating the saved package and listing its
-ops and input sizes (prediction parity only on macOS; a flexible package's traced graph is first
-compared with PyTorch at several sizes), TorchScript by reloading it.
+exports a graph taking already normalised tensors. `--features` exports the four feature maps
+(strides 4/8/16/32) instead of logits.
+
+- ONNX: dynamic batch, and dynamic height/width with `--features`; ONNX Runtime against PyTorch.
+- CoreML: ML program for iOS 16, float16 unless `--precision float32`; classifiers at `--size`,
+  feature packages with ranged input sizes 64..2048 by default (`--coreml-range MIN MAX`,
+  enumerated sizes `--coreml-shapes 512x512 800x1344`, or `--coreml-fixed` for `--size` only).
+  Checked by validating the saved package (prediction parity only on macOS).
+- TorchScript: traced (the graph also holds for other sizes), reloaded and compared.
+- ExecuTorch (`.pte`): XNNPACK delegate, batch 1 at `--size` (also with `--features`); run in
+  ExecuTorch's runtime; every operator left outside the delegate is listed (and warned about).
+- OpenVINO (`.xml` + `.bin`): fixed size, or dynamic batch/height/width with `--features`
+  (checked at `--size` and at a non-square other size); run on the CPU plugin in f32.
+
+Every export is compared with PyTorch (max abs difference printed; bounded by 1e-4 in fp32).
+`--int8 --calibration DIR` (executorch: XNNPACK quantizer through PT2E; openvino: NNCF) calibrates
+on images of an ImageNet-layout folder (DIR/train/<class>/<image>); a classifier's top-1 of the
+float and the int8 model is reported on DIR/val when the folder has one with the classifier's
+classes, and the check bounds the share of images where both agree on the top-1 class. Files are
+written next to PATH in a temporary folder and moved into place once checked: bad input or a
+failed check leaves nothing behind.
 """
 from __future__ import annotations
 
@@ -23,14 +35,20 @@ import argparse
 import sys
 from pathlib import Path
 
+from _cli import ArgumentParser, UsageError, run
+
+FORMATS = ["onnx", "coreml", "torchscript", "executorch", "openvino"]
+
 
 def export(model: str, fmt: str, out: Path, checkpoint: Path | None = None, features: bool = False,
            size: tuple[int, int] = (224, 224), precision: str = "float16", normalize: bool = True,
-           coreml_shapes: list[tuple[int, int]] | tuple[int, int] | str | None = None):
+           coreml_shapes: list[tuple[int, int]] | tuple[int, int] | str | None = None, int8: bool = False,
+           calibration: Path | None = None, calibration_count: int = 64, eval_limit: int | None = None):
     """Export and check; returns a `deploy.export.ExportResult`."""
     from deploy.export import export_model
     return export_model(model, fmt, out, checkpoint=checkpoint, features=features, size=size,
-                        normalize=normalize, precision=precision, coreml_shapes=coreml_shapes)
+                        normalize=normalize, precision=precision, coreml_shapes=coreml_shapes, int8=int8,
+                        calibration=calibration, calibration_count=calibration_count, eval_limit=eval_limit)
 
 
 def _hw(text: str) -> tuple[int, int]:
@@ -41,15 +59,31 @@ def _hw(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH such as 320x480, got {text!r}") from None
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="export", description=__doc__)
     parser.add_argument("--model", required=True, help="efficientformerv2_s0/s1/s2/l, or a timm model name")
     parser.add_argument("--checkpoint", type=Path, help="weights of a project model (any supported layout)")
-    parser.add_argument("--format", required=True, choices=["onnx", "coreml", "torchscript"])
-    parser.add_argument("--out", required=True, type=Path, help=".onnx, .mlpackage or .pt")
+    parser.add_argument("--format", required=True, choices=FORMATS)
+    parser.add_argument("--out", required=True, type=Path, help=".onnx, .mlpackage, .pt, .pte or .xml")
     parser.add_argument("--features", action="store_true", help="export the four feature maps")
-    parser.add_argument("--size", type=int, nargs="+", metavar="N",
+    parser.add_argument("--size", type=_positive, nargs="+", metavar="N",
                         help="example input size: H (square) or H W (default: the first --coreml-shapes, else 224)")
+    parser.add_argument("--int8", action="store_true", help="executorch/openvino: int8, calibrated on --calibration")
+    parser.add_argument("--calibration", type=Path, metavar="DIR",
+                        help="ImageNet-layout folder: DIR/train calibrates --int8, DIR/val gives the top-1")
+    parser.add_argument("--calibration-images", type=_positive, default=64, metavar="N",
+                        help="calibration images drawn from DIR/train (default 64)")
+    parser.add_argument("--eval-images", type=_positive, metavar="N", help="at most N images of DIR/val for the top-1")
     parser.add_argument("--precision", choices=["float16", "float32"], default="float16", help="CoreML precision")
     parser.add_argument("--no-normalize", action="store_true", help="no ImageNet normalisation in the graph")
     flexible = parser.add_mutually_exclusive_group()
@@ -60,28 +94,35 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.size is not None and len(args.size) not in (1, 2):
         parser.error("--size takes H or H W")
+    if args.int8 and args.format not in ("executorch", "openvino"):
+        parser.error(f"--int8 is for --format executorch or openvino, not {args.format}")
+    if args.int8 and args.calibration is None:
+        parser.error("--int8 needs --calibration DIR, an ImageNet-layout folder of images (DIR/train/<class>/*)")
+    if args.calibration is not None and args.format not in ("executorch", "openvino"):
+        parser.error(f"--calibration is for --format executorch or openvino, not {args.format}")
+    if args.checkpoint is not None and not args.checkpoint.is_file():
+        raise UsageError(f"checkpoint {args.checkpoint} does not exist (or is not a file): pass the path of "
+                         "a .pth/.pt/.safetensors file, or leave --checkpoint out for random weights")
     if args.size is not None:
         size = (args.size[0], args.size[-1])
     else:
         size = args.coreml_shapes[0] if args.coreml_shapes else (224, 224)
-    from backbones import CheckpointError
-    from deploy.export import ExportStackError
     flexible = "fixed" if args.coreml_fixed else tuple(args.coreml_range) if args.coreml_range else args.coreml_shapes
     try:
         result = export(args.model, args.format, args.out, args.checkpoint, args.features, size,
-                        args.precision, not args.no_normalize, flexible)
-    except (ValueError, CheckpointError, ExportStackError, FileNotFoundError) as e:
-        print(f"export: error: {e}", file=sys.stderr)
-        return 2
+                        args.precision, not args.no_normalize, flexible, args.int8, args.calibration,
+                        args.calibration_images, args.eval_images)
     except AssertionError as e:
-        print(f"export: check FAILED: {e}", file=sys.stderr)
+        print(f"export: check FAILED (nothing written): {' '.join(str(e).split())}", file=sys.stderr)
         return 1
     if result.ops:
         top = ", ".join(f"{k} x{v}" for k, v in sorted(result.ops.items(), key=lambda kv: -kv[1]))
         print(f"coreml ops: {top}")
+    for line in result.details():
+        print(line)
     print(result.summary())
     return 0 if result.ok else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main, "export"))

@@ -1,0 +1,266 @@
+"""ExecuTorch (XNNPACK) and OpenVINO export: S0 parity with PyTorch at 224 and, with feature maps,
+at a non-square size; operators outside the XNNPACK delegate; int8 with a top-1 on a toy split;
+calibration images; bad input through tools/export.py."""
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from backbones import create_model
+from deploy.calibration import CalibrationError, calibration_images, top1_accuracy
+from deploy.export import EDGE_ATOL, export_model, staged_output
+from deploy.models import FeatureTuple, ImageInput, build_model, deploy_form
+
+pytestmark = pytest.mark.export
+
+ROOT = Path(__file__).resolve().parents[1]
+S0 = "efficientformerv2_s0"
+FEAT_SIZE = (96, 128)  # non-square and small
+FEAT_SHAPES = [(32, 24, 32), (48, 12, 16), (96, 6, 8), (176, 3, 4)]  # S0 strides 4/8/16/32 at 96x128
+TINY = "test_efficientnet"  # timm's test model: a few thousand parameters
+TOY_SIZE = 32
+
+needs_executorch = pytest.mark.skipif(importlib.util.find_spec("executorch") is None,
+                                      reason="executorch not installed")
+needs_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino not installed")
+needs_nncf = pytest.mark.skipif(importlib.util.find_spec("nncf") is None, reason="nncf not installed")
+
+
+@pytest.fixture(scope="module")
+def s0():
+    torch.manual_seed(0)
+    model = create_model(S0, num_classes=10).eval()
+    with torch.no_grad():  # non-trivial BN statistics and biases, so parity is not vacuous
+        for name, buf in model.named_buffers():
+            if name.endswith("running_var"):
+                buf.uniform_(0.5, 1.5)
+            elif name.endswith("running_mean"):
+                buf.normal_(0, 0.1)
+        for name, p in model.named_parameters():
+            if name.endswith(("attention_biases", "gamma")):
+                p.normal_(0, 0.2)
+    return model
+
+
+@pytest.fixture(scope="module")
+def s0_features(s0):
+    model = create_model(S0, features_only=True).eval()
+    model.load_state_dict({k: v for k, v in s0.state_dict().items() if not k.startswith(("head", "norm"))})
+    return model
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> Path:
+    """A tiny ImageNet-layout folder: 10 classes, 3 train and 2 val images each, 32x32."""
+    from classification.toy_data import make_toy_classification
+    return make_toy_classification(tmp_path_factory.mktemp("toy"), train_per_class=3, val_per_class=2,
+                                   size=TOY_SIZE)
+
+
+@pytest.fixture(scope="module")
+def s0_pte(s0, tmp_path_factory):
+    return export_model(S0, "executorch", tmp_path_factory.mktemp("et") / "s0.pte", model=s0)
+
+
+# --------------------------------------------------------------------------------------------
+# ExecuTorch
+# --------------------------------------------------------------------------------------------
+@needs_executorch
+def test_executorch_classifier_224_matches_pytorch(s0_pte):
+    assert s0_pte.ok and s0_pte.path.is_file() and s0_pte.path.suffix == ".pte"
+    assert s0_pte.max_abs_diff <= EDGE_ATOL
+    assert "1x3x224x224" in s0_pte.checked
+    assert isinstance(s0_pte.undelegated, dict)
+    assert not list(s0_pte.path.parent.glob(".s0.pte.*"))  # no temporary folder left
+
+
+@needs_executorch
+def test_executorch_s0_fully_delegated(s0_pte):
+    assert s0_pte.undelegated == {}
+
+
+@needs_executorch
+def test_executorch_features_fixed_nonsquare_size(s0_features, tmp_path):
+    from deploy.executorch import ExecuTorchProgram
+    res = export_model(S0, "executorch", tmp_path / "s0_feat.pte", model=s0_features, features=True,
+                       size=FEAT_SIZE)
+    assert res.max_abs_diff <= EDGE_ATOL
+    program = ExecuTorchProgram(res.path)
+    x = torch.rand(1, 3, *FEAT_SIZE)
+    outs = program(x)
+    assert [tuple(o.shape[1:]) for o in outs] == FEAT_SHAPES
+    net = ImageInput(FeatureTuple(deploy_form(s0_features))).eval()
+    with torch.no_grad():
+        assert max(float((a - b).abs().max()) for a, b in zip(outs, net(x))) <= EDGE_ATOL
+
+
+@needs_executorch
+def test_undelegated_operator_is_a_warning_naming_it(tmp_path):
+    from deploy.executorch import UndelegatedOperatorWarning, export_executorch
+
+    class Cumsum(torch.nn.Module):  # no XNNPACK kernel for cumsum
+        def forward(self, x):
+            return torch.cumsum(x, dim=-1) * 2
+
+    with pytest.warns(UndelegatedOperatorWarning, match="cumsum"):
+        res = export_executorch(Cumsum(), torch.rand(1, 4, 8), tmp_path / "c.pte")
+    assert any("cumsum" in name for name in res.undelegated)
+
+
+# --------------------------------------------------------------------------------------------
+# OpenVINO
+# --------------------------------------------------------------------------------------------
+@needs_openvino
+def test_openvino_classifier_224_matches_pytorch(s0, tmp_path):
+    res = export_model(S0, "openvino", tmp_path / "s0.xml", model=s0)
+    assert res.ok and res.max_abs_diff <= EDGE_ATOL
+    assert res.path.is_file() and res.path.with_suffix(".bin").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s0.bin", "s0.xml"]
+
+
+@needs_openvino
+def test_openvino_features_dynamic_hw(s0_features, tmp_path):
+    from deploy.openvino import compile_openvino
+    res = export_model(S0, "openvino", tmp_path / "s0_feat.xml", model=s0_features, features=True, size=FEAT_SIZE)
+    assert res.max_abs_diff <= EDGE_ATOL
+    assert "1x3x133x99" in res.checked  # the other, non-square size of the check
+    model = compile_openvino(res.path, threads=1)
+    assert [tuple(o.shape[1:]) for o in model(torch.rand(1, 3, *FEAT_SIZE))] == FEAT_SHAPES
+    # yet another size and batch, square, at the training grid
+    x = torch.rand(2, 3, 224, 224)
+    net = ImageInput(FeatureTuple(deploy_form(s0_features))).eval()
+    with torch.no_grad():
+        assert max(float((a - b).abs().max()) for a, b in zip(model(x), net(x))) <= EDGE_ATOL
+
+
+# --------------------------------------------------------------------------------------------
+# int8 and calibration
+# --------------------------------------------------------------------------------------------
+def test_calibration_images_are_preprocessed_for_the_graph(toy):
+    images = calibration_images(toy, (TOY_SIZE, 24), count=7)
+    assert len(images) == 7 and all(x.shape == (1, 3, TOY_SIZE, 24) for x in images)
+    assert all(0.0 <= float(x.min()) and float(x.max()) <= 1.0 for x in images)
+    assert float(images[0].std()) > 0.01
+    assert len(calibration_images(toy, TOY_SIZE, count=1000)) == 30  # every train image, no more
+    assert top1_accuracy(lambda x: torch.eye(10)[:1], toy, TOY_SIZE) == pytest.approx(10.0)  # class 0 of 10
+
+
+def test_calibration_folder_without_readable_image_is_refused(tmp_path):
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    (tmp_path / "train" / "a" / "broken.jpg").write_bytes(b"not an image")
+    with pytest.raises(CalibrationError, match="none readable"):
+        calibration_images(tmp_path, 32)
+    with pytest.raises(CalibrationError, match="does not exist"):
+        calibration_images(tmp_path / "missing", 32)
+
+
+def _int8(fmt: str, toy: Path, out: Path):
+    model = build_model(TINY, num_classes=10)
+    return export_model(TINY, fmt, out, model=model, size=(TOY_SIZE, TOY_SIZE), int8=True, calibration=toy)
+
+
+@needs_executorch
+def test_executorch_int8_reports_top1(toy, tmp_path):
+    res = _int8("executorch", toy, tmp_path / "tiny_int8.pte")
+    assert res.ok and res.int8 and res.path.is_file()
+    assert res.top1_images == 20 and res.top1_split == str(toy / "val")
+    assert 0.0 <= res.top1_float <= 100.0 and 0.0 <= res.top1_exported <= 100.0
+    assert any("int8" in line and "top-1 float" in line for line in res.details())
+
+
+@needs_nncf
+def test_openvino_int8_reports_top1(toy, tmp_path):
+    res = _int8("openvino", toy, tmp_path / "tiny_int8.xml")
+    assert res.ok and res.int8 and res.path.with_suffix(".bin").is_file()
+    assert res.top1_images == 20 and res.top1_float is not None and res.top1_exported is not None
+
+
+def test_int8_needs_calibration_and_an_int8_format(tmp_path):
+    with pytest.raises(ValueError, match="--calibration"):
+        export_model(S0, "executorch", tmp_path / "x.pte", int8=True)
+    with pytest.raises(ValueError, match="executorch and openvino"):
+        export_model(S0, "onnx", tmp_path / "x.onnx", int8=True, calibration=tmp_path)
+
+
+def test_staged_output_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "new" / "deeper" / "m.xml"
+    with pytest.raises(RuntimeError):
+        with staged_output(target) as path:
+            path.write_text("half")
+            path.with_suffix(".bin").write_text("half")
+            raise RuntimeError("check failed")
+    assert list(tmp_path.iterdir()) == []
+    with staged_output(target) as path:
+        path.write_text("xml")
+        path.with_suffix(".bin").write_text("bin")
+    assert sorted(p.name for p in target.parent.iterdir()) == ["m.bin", "m.xml"]
+
+
+# --------------------------------------------------------------------------------------------
+# Bad input through the command line: one line, exit status 2, nothing written
+# --------------------------------------------------------------------------------------------
+_HIDE_STACK = """
+import importlib.util, runpy, sys
+real = importlib.util.find_spec
+importlib.util.find_spec = lambda name, *a: None if name.split('.')[0] == {hidden!r} else real(name, *a)
+sys.path.insert(0, {tools!r})
+sys.argv = ['export.py', *sys.argv[1:]]
+runpy.run_path({script!r}, run_name='__main__')
+"""
+
+
+def _export_cli(*args: str, hide: str | None = None) -> subprocess.CompletedProcess:
+    script = str(ROOT / "tools" / "export.py")
+    if hide is None:
+        cmd = [sys.executable, script, *args]
+    else:
+        code = _HIDE_STACK.format(hidden=hide, tools=str(ROOT / "tools"), script=script)
+        cmd = [sys.executable, "-c", code, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+def _assert_one_line_error(proc: subprocess.CompletedProcess, *words: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("export: error:"), proc.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def test_cli_runtime_not_installed(tmp_path):
+    proc = _export_cli("--model", S0, "--format", "executorch", "--out", str(tmp_path / "m.pte"), hide="executorch")
+    _assert_one_line_error(proc, "executorch", "install")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_int8_without_calibration(tmp_path):
+    proc = _export_cli("--model", S0, "--format", "openvino", "--out", str(tmp_path / "m.xml"), "--int8")
+    _assert_one_line_error(proc, "--calibration")
+
+
+def test_cli_calibration_without_readable_image(tmp_path):
+    (tmp_path / "cal" / "train" / "a").mkdir(parents=True)
+    (tmp_path / "cal" / "train" / "a" / "x.JPEG").write_bytes(b"\xff\xd8 truncated")
+    out = tmp_path / "out" / "m.pte"
+    proc = _export_cli("--model", S0, "--format", "executorch", "--out", str(out), "--int8",
+                       "--calibration", str(tmp_path / "cal"))
+    _assert_one_line_error(proc, "none readable")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_output_path_that_cannot_be_written(tmp_path):
+    (tmp_path / "file").write_text("a file, not a folder")
+    proc = _export_cli("--model", S0, "--format", "openvino", "--out", str(tmp_path / "file" / "m.xml"))
+    _assert_one_line_error(proc, "is a file, not a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_cli_missing_checkpoint(tmp_path):
+    proc = _export_cli("--model", S0, "--format", "onnx", "--out", str(tmp_path / "m.onnx"),
+                       "--checkpoint", str(tmp_path / "missing.safetensors"))
+    _assert_one_line_error(proc, "missing.safetensors", "does not exist")
+    assert list(tmp_path.iterdir()) == []
