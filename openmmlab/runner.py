@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import pickle
 import resource
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -82,20 +83,44 @@ def check_data_roots(cfg: Config, mode: str) -> None:
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """An mmengine checkpoint read with torch's safe loading; FileNotFoundError or ConfigError
-    (naming the file) when it is missing or is not such a checkpoint."""
+    """An mmengine checkpoint read with torch's safe loading.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ConfigError: the file is not a torch checkpoint, or holds objects safe loading refuses.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} not found")
+    with path.open("rb") as f:
+        head = f.read(2)
+    # torch.save writes a zip archive (older torch: a bare pickle, which starts with 0x80)
+    if not (zipfile.is_zipfile(path) or head[:1] == b"\x80"):
+        what = "an empty file" if not head else "neither a zip archive nor a pickle"
+        raise ConfigError(f"checkpoint {str(path)!r} is not a torch checkpoint ({what}); pass the .pth file "
+                          "mmengine wrote in the work dir")
     allow_mmengine_checkpoints()
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{str(path)!r} is not a readable mmengine checkpoint (.pth): {reason}") from exc
+        raise ConfigError(f"checkpoint {str(path)!r} cannot be read with torch's safe loading: "
+                          f"{_load_failure(exc)}") from exc
     if not isinstance(checkpoint, dict):
-        raise ConfigError(f"{str(path)!r} holds a {type(checkpoint).__name__}, not an mmengine checkpoint (a dict)")
+        raise ConfigError(f"checkpoint {str(path)!r} holds a {type(checkpoint).__name__}, not an mmengine "
+                          "checkpoint (a dict)")
     return checkpoint
+
+
+def _load_failure(exc: BaseException) -> str:
+    """What torch's loading error says about the file, without its generic advice (which
+    suggests turning safe loading off)."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1].split("Check the documentation of torch.load", 1)[0]
+    else:
+        text = next((line for line in text.splitlines() if line.strip()), "")
+    return " ".join(text.split()) or type(exc).__name__
 
 
 def build_runner(cfg: Config, mode: str = "train") -> Runner:
@@ -106,16 +131,21 @@ def build_runner(cfg: Config, mode: str = "train") -> Runner:
         raise ValueError(f"mode must be one of {sorted(_LOOPS)}, not {mode!r}")
     allow_mmengine_checkpoints()
     check_data_roots(cfg, mode)
-    try:
-        runner = Runner.from_cfg(cfg) if "runner_type" not in cfg else RUNNERS.build(cfg)
-        for loop in _LOOPS[mode]:
-            # The Runner's loop properties build a loop (its dataloader, dataset and evaluator) on
-            # first access and keep it; train() and test() then reuse it.
-            getattr(runner, loop)
-    except (KeyError, TypeError) as exc:  # what mmengine's builders raise for unknown types and keys
-        message = " ".join(str(exc.args[0] if exc.args else exc).split())
-        raise ConfigError(f"{cfg.filename or 'the config'}: cannot build the run "
-                          f"({type(exc).__name__}: {message})") from exc
+    # Warnings the components raise while being built are held back until the whole run is built:
+    # when it fails, they are about a run that will not happen, and only the error is reported.
+    with warnings.catch_warnings(record=True) as held:
+        try:
+            runner = Runner.from_cfg(cfg) if "runner_type" not in cfg else RUNNERS.build(cfg)
+            for loop in _LOOPS[mode]:
+                # The Runner's loop properties build a loop (its dataloader, dataset and evaluator)
+                # on first access and keep it; train() and test() then reuse it.
+                getattr(runner, loop)
+        except (KeyError, TypeError) as exc:  # what mmengine's builders raise for unknown types and keys
+            message = " ".join(str(exc.args[0] if exc.args else exc).split())
+            raise ConfigError(f"{cfg.filename or 'the config'}: cannot build the run "
+                              f"({type(exc).__name__}: {message})") from exc
+    for w in held:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
     return runner
 
 

@@ -1,30 +1,26 @@
-"""The EfficientFormerV2 backbone in MMDetection: registry, shapes, freezing, pretrained init,
-and a real Mask R-CNN train/evaluate/resume round on toy COCO data through mmengine's Runner."""
-import math
+"""MMDetection: the configs build Mask R-CNN with the EfficientFormerV2 backbone from mmdet's
+registry, detection needs neither mmseg nor `segmentation`, the toy COCO set, and a real Mask R-CNN
+train/evaluate/resume round on it through mmengine's Runner. (The backbone itself, shared with
+segmentation, is tested in tests/test_openmmlab.py.)"""
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-import timm
 import torch
 from mmengine.config import Config
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from backbones import CheckpointError, efficientformerv2_s0, save_checkpoint
-from detection import EfficientFormerV2
-from detection.engine import test as mm_test
-from detection.engine import train as mm_train
+from backbones import efficientformerv2_s0, save_checkpoint
 from detection.toy_data import make_toy_coco
-from test_checkpoint import official_layout
+from openmmlab import EfficientFormerV2
+from openmmlab.runner import test as mm_test
+from openmmlab.runner import train as mm_train
+
+pytestmark = pytest.mark.mm
 
 ROOT = Path(__file__).resolve().parents[1]
 DET = ROOT / "configs" / "detection"
 WIDTHS = {"s0": [32, 48, 96, 176], "s1": [32, 48, 120, 224], "s2": [32, 64, 144, 288], "l": [40, 80, 192, 384]}
-
-
-def _down(n: int, times: int) -> int:
-    for _ in range(times):
-        n = (n - 1) // 2 + 1  # 3x3 stride-2 convolution, padding 1
-    return n
 
 
 @pytest.mark.parametrize("variant", sorted(WIDTHS))
@@ -44,92 +40,25 @@ def test_configs_build_from_the_mmdet_registry(variant):
     assert variant != "s0" or type(model).__name__ == "MaskRCNN"
 
 
-@pytest.mark.parametrize("size", [(800, 1333), (97, 203)])
-def test_feature_shapes_and_strides(size):
-    backbone = EfficientFormerV2("s0").eval()
-    h, w = size
-    with torch.no_grad():
-        feats = backbone(torch.randn(1, 3, h, w))
-    assert backbone.strides == [4, 8, 16, 32]
-    assert [tuple(f.shape) for f in feats] == [(1, c, _down(h, i + 2), _down(w, i + 2))
-                                               for i, c in enumerate(WIDTHS["s0"])]
-    assert all(math.ceil(h / s) == f.shape[2] for f, s in zip(feats, backbone.strides))
-
-
-def test_out_indices_and_arch_dict():
-    arch = {"widths": [16, 24, 32, 48], "expansions": [[2], [2], [2, 2], [2, 2]], "attention": [0, 0, 1, 1]}
-    backbone = EfficientFormerV2(arch, out_indices=(1, 3))
-    feats = backbone(torch.randn(1, 3, 64, 96))
-    assert [f.shape[1] for f in feats] == [24, 48] and backbone.strides == [8, 32]
-    with pytest.raises(ValueError, match="frozen_stages"):
-        EfficientFormerV2("s0", frozen_stages=5)
-
-
-def test_norm_eval_keeps_batchnorm_frozen():
-    backbone = EfficientFormerV2("s0", norm_eval=True)
-    backbone.train()
-    bns = [m for m in backbone.modules() if isinstance(m, _BatchNorm)]
-    assert bns and all(not m.training for m in bns)
-    assert all(not p.requires_grad for m in bns for p in m.parameters())
-    convs = [m for m in backbone.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert all(m.weight.requires_grad for m in convs)
-    before = [m.running_mean.clone() for m in bns]
-    backbone(torch.randn(2, 3, 64, 64)).__getitem__(-1).sum().backward()
-    assert all(torch.equal(b, m.running_mean) for b, m in zip(before, bns))
-    assert all(p.grad is None for m in bns for p in m.parameters())
-
-
-def test_frozen_stages():
-    backbone = EfficientFormerV2("s0", frozen_stages=2)
-    backbone.train()
-    frozen = [backbone.body.stem, *backbone.body.stages[:2]]
-    assert all(not m.training for f in frozen for m in f.modules())
-    assert all(not p.requires_grad for f in frozen for p in f.parameters())
-    assert all(m.training for s in backbone.body.stages[2:] for m in s.modules())
-    assert all(p.requires_grad for s in backbone.body.stages[2:] for p in s.parameters())
-
-
-@pytest.fixture(scope="module")
-def reference():
-    model = timm.create_model("efficientformerv2_s0")
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.05)
-    return model
-
-
-@pytest.mark.parametrize("fmt", ["project", "timm", "official"])
-def test_pretrained_init_from_each_format(tmp_path, reference, fmt):
-    sd = reference.state_dict()
-    if fmt == "project":
-        model = efficientformerv2_s0()
-        model.load_state_dict({k.replace("attention_biases", "pos_bias.attention_biases"): v for k, v in sd.items()})
-        path = save_checkpoint(model, tmp_path / "s0.safetensors")
-    elif fmt == "timm":
-        path = tmp_path / "s0_timm.pth"
-        torch.save(sd, path)
-    else:
-        path = tmp_path / "eformer_s0_450.pth"
-        torch.save({"model": official_layout(sd)}, path)
-    backbone = EfficientFormerV2("s0", init_cfg=dict(type="Pretrained", checkpoint=str(path)))
-    backbone.init_weights()
-    reference.eval()
-    backbone.eval()
-    x = torch.randn(1, 3, 224, 224)  # timm's attention biases are fixed to the 224 grid
-    with torch.no_grad():
-        expected = reference.forward_intermediates(x, intermediates_only=True)
-        torch.testing.assert_close(list(backbone(x)), expected, rtol=1e-4, atol=1e-4)
-
-
-def test_pretrained_init_reports_missing_keys(tmp_path):
-    sd = efficientformerv2_s0().state_dict()
-    del sd["stages.2.blocks.4.token_mixer.k.bn.weight"]
-    path = save_checkpoint(sd, tmp_path / "broken.safetensors")
-    backbone = EfficientFormerV2("s0", init_cfg=dict(type="Pretrained", checkpoint=str(path)))
-    with pytest.raises(CheckpointError, match=r"missing: stages\.2\.blocks\.4\.token_mixer\.k\.bn\.weight"):
-        backbone.init_weights()
-    with pytest.raises(ValueError, match="checkpoint"):
-        EfficientFormerV2("s0", init_cfg=dict(type="Pretrained"))
+def test_detection_without_mmsegmentation():
+    """An MMDetection-only installation: mmseg blocked, `detection` and the toy config still
+    build Mask R-CNN, and neither mmseg nor `segmentation` is imported."""
+    code = ("import sys; sys.modules['mmseg'] = None  # as if MMSegmentation were not installed\n"
+            "import detection, detection.demo, detection.toy_data, openmmlab\n"
+            "from mmdet.registry import MODELS\n"
+            "from mmdet.utils import register_all_modules\n"
+            "from mmengine.config import Config\n"
+            "register_all_modules()\n"
+            "model = MODELS.build(Config.fromfile(sys.argv[1]).model)\n"
+            "assert type(model.backbone) is openmmlab.EfficientFormerV2\n"
+            "loaded = [m for m, mod in sys.modules.items() if mod is not None and m.split('.')[0] in "
+            "('mmseg', 'segmentation')]\n"
+            "assert not loaded, loaded\n"
+            "print(type(model).__name__)")
+    out = subprocess.run([sys.executable, "-c", code, str(DET / "mask-rcnn_efficientformerv2-s0_fpn_toy-coco.py")],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "MaskRCNN"
 
 
 @pytest.fixture(scope="module")
@@ -180,23 +109,3 @@ def test_train_evaluate_resume_on_toy_coco(tmp_path, toy_coco):
     assert runner.iter == 4
     resumed = torch.load(tmp_path / "run" / "epoch_2.pth", map_location="cpu", weights_only=True)
     assert (resumed["meta"]["epoch"], resumed["meta"]["iter"]) == (2, 4)
-
-
-class _Sneaky:
-    def __reduce__(self):  # pickled as getattr(HistoryBuffer, "__init__"): must not be resolved
-        from mmengine.logging.history_buffer import HistoryBuffer
-        return getattr, (HistoryBuffer, "__init__")
-
-
-def test_safe_loading_allows_only_mmengine_statistics(tmp_path):
-    import pickle
-
-    from mmengine.logging.history_buffer import HistoryBuffer
-
-    buf = HistoryBuffer()
-    buf.update(1.5)
-    torch.save({"hub": buf}, tmp_path / "ok.pth")
-    assert torch.load(tmp_path / "ok.pth", weights_only=True)["hub"].current() == 1.5
-    torch.save({"x": _Sneaky()}, tmp_path / "bad.pth")
-    with pytest.raises(pickle.UnpicklingError, match="refused getattr"):
-        torch.load(tmp_path / "bad.pth", weights_only=True)

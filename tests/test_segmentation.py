@@ -1,4 +1,5 @@
-"""The EfficientFormerV2 backbone in MMSegmentation: registry, configs, and a real Semantic FPN
+"""MMSegmentation: the configs build Semantic FPN with the EfficientFormerV2 backbone from mmseg's
+registry, segmentation needs neither mmdet nor `detection`, and a real Semantic FPN
 train/evaluate/resume round on toy ADE20K data through mmengine's Runner."""
 import subprocess
 import sys
@@ -11,9 +12,11 @@ from mmengine.config import Config
 from PIL import Image
 
 from backbones import efficientformerv2_s0, save_checkpoint
-from detection.engine import train as mm_train
-from segmentation import EfficientFormerV2
+from openmmlab import EfficientFormerV2
+from openmmlab.runner import train as mm_train
 from segmentation.toy_data import make_toy_ade20k
+
+pytestmark = pytest.mark.mm
 
 ROOT = Path(__file__).resolve().parents[1]
 SEG = ROOT / "configs" / "segmentation"
@@ -41,6 +44,30 @@ def test_configs_build_from_the_mmseg_registry(variant):
     with torch.no_grad():
         logits = model(torch.randn(1, 3, 64, 96), mode="tensor")
     assert logits.shape == (1, 150, 16, 24)
+
+
+def test_segmentation_without_mmdetection():
+    """An MMSegmentation-only installation: mmdet blocked, `segmentation` and the toy config still
+    build Semantic FPN (and run it), and neither mmdet nor `detection` is imported."""
+    code = ("import sys; sys.modules['mmdet'] = None  # as if MMDetection were not installed\n"
+            "import openmmlab, segmentation, segmentation.demo, segmentation.toy_data, torch\n"
+            "from mmengine.config import Config\n"
+            "from mmseg.registry import MODELS\n"
+            "from mmseg.utils import register_all_modules\n"
+            "register_all_modules()\n"
+            "assert MODELS.build(dict(type='EfficientFormerV2', arch='s0')).widths == [32, 48, 96, 176]\n"
+            "model = MODELS.build(Config.fromfile(sys.argv[1]).model).eval()\n"
+            "assert type(model.backbone) is openmmlab.EfficientFormerV2\n"
+            "with torch.no_grad():\n"
+            "    logits = model(torch.randn(1, 3, 64, 64), mode='tensor')\n"
+            "loaded = [m for m, mod in sys.modules.items() if mod is not None and m.split('.')[0] in "
+            "('mmdet', 'detection')]\n"
+            "assert not loaded, loaded\n"
+            "print(type(model).__name__, tuple(logits.shape))")
+    out = subprocess.run([sys.executable, "-c", code, str(SEG / "fpn_efficientformerv2-s0_ade20k-toy.py")],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "EncoderDecoder (1, 150, 16, 16)"
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,13 @@ in one line with its exit code (exit status 2).
 from __future__ import annotations
 
 import sys
+import warnings
 
 from _cli import ArgumentParser, run
 
-from openmmlab.benchmark import benchmark_backbone
+# mmengine imports pkg_resources, which the setuptools that builds mmcv (< 82) deprecates: a warning
+# on every run that says nothing to the user of this tool (main() imports mmengine, after this filter)
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
 VARIANTS = ("s0", "s1", "s2", "l")
 
@@ -26,6 +29,8 @@ def positive_int(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from openmmlab.benchmark import benchmark_backbone
+
     parser = ArgumentParser(prog="mm_benchmark_backbone", description=__doc__)
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--height", type=positive_int, default=800)

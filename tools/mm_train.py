@@ -12,14 +12,20 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from _cli import ArgumentParser, run
-from mmengine.config import DictAction
 
-from openmmlab.runner import LAUNCHERS, train
+# mmengine imports pkg_resources, which the setuptools that builds mmcv (< 82) deprecates: a warning
+# on every run that says nothing to the user of this tool (main() imports mmengine, after this filter)
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mmengine.config import DictAction
+
+    from openmmlab.runner import LAUNCHERS, train
+
     parser = ArgumentParser(prog="mm_train", description=__doc__)
     parser.add_argument("config", help="an mmdet or mmseg config, e.g. configs/detection/"
                         "mask-rcnn_efficientformerv2-s0_fpn_1x_coco.py")
