@@ -102,18 +102,26 @@ def seeded(seed: int) -> Iterator[None]:
 
 
 class ImageFolderDataset(Dataset):
-    """(image, target) pairs from a list of files; a bad file yields None (see `collate_skip_bad`).
+    """(image, target) pairs from a list of files, or (image, target, path) triples with
+    `with_paths`; a bad file yields None (see `collate_skip_bad`).
 
     Indices are ints, or (index, seed, epoch) tuples from `SeededSampler`: then the transform's
     randomness is seeded from them, so augmentation does not depend on workers or history.
+
+    Args:
+        samples: (image path, class index) pairs.
+        transform: applied to each RGB image.
+        classes: class names, by index.
+        with_paths: also yield each image's path (prediction output names its images).
     """
 
     def __init__(self, samples: Sequence[tuple[str, int]], transform: Callable | None = None,
-                 classes: Sequence[str] = ()) -> None:
+                 classes: Sequence[str] = (), with_paths: bool = False) -> None:
         self.samples = list(samples)
         self.targets = [t for _, t in self.samples]
         self.classes = list(classes)
         self.transform = transform
+        self.with_paths = with_paths
         self._skipped = multiprocessing.Value("i", 0)
 
     @property
@@ -124,7 +132,7 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int | tuple[int, int, int]) -> tuple[Any, int] | None:
+    def __getitem__(self, index: int | tuple[int, int, int]) -> tuple[Any, ...] | None:
         seed = None
         if isinstance(index, tuple):
             index, base, epoch = index
@@ -144,7 +152,7 @@ class ImageFolderDataset(Dataset):
             else:
                 with seeded(seed):
                     img = self.transform(img)
-        return img, target
+        return (img, target, path) if self.with_paths else (img, target)
 
 
 class SeededSampler(DistributedSampler):
@@ -191,8 +199,9 @@ class ResumableDataLoader(DataLoader):
         self.sampler.start_batch = state_dict["batches_done"]
 
 
-def collate_skip_bad(batch: list[tuple[Any, int] | None]) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """`default_collate` without the samples that failed to load (None when all failed)."""
+def collate_skip_bad(batch: list[tuple[Any, ...] | None]) -> tuple[Any, ...] | None:
+    """`default_collate` without the samples that failed to load (None when all failed); paths,
+    where the dataset yields them, become a list of strings."""
     batch = [b for b in batch if b is not None]
     return default_collate(batch) if batch else None
 
@@ -210,7 +219,8 @@ class ImageNetDataModule(LightningDataModule):
         root: data root holding `train_dir` and `val_dir`.
         train_dir, val_dir: split folders under root, each `<class>/<image>`.
         test_dir: split for `test` (default: val_dir).
-        predict_dir: split for `predict` (default: val_dir).
+        predict_dir: split for `predict` (default: val_dir); its batches also carry the image
+            paths, which the prediction writer puts next to the predicted classes.
         img_size: training crop and evaluation side (square).
         batch_size: per-device training batch size (the global batch is this times devices,
             nodes and gradient accumulation).
@@ -286,7 +296,7 @@ class ImageNetDataModule(LightningDataModule):
                       "predict": h.predict_dir or h.val_dir}[split]
             transform = self.train_transform() if split == "train" else self.eval_transform()
             self.datasets[split] = ImageFolderDataset(scan_split(self.root / folder, self.class_to_idx),
-                                                      transform, self.classes)
+                                                      transform, self.classes, with_paths=split == "predict")
         return self.datasets[split]
 
     def setup(self, stage: str | None = None) -> None:

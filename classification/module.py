@@ -1,7 +1,8 @@
 """LightningModule for EfficientFormerV2 image classification (the paper's ImageNet-1K recipe).
 
 Every recipe item is a constructor argument, i.e. a `model:` key of the YAML configs: AdamW via
-timm's optimizer factory (no weight decay on norms and biases), the learning rate scaled by the
+timm's optimizer factory (weight decay as the official training: none on norms and biases,
+see `classification.optim`), the learning rate scaled by the
 global batch size, timm's cosine schedule with warm-up stepped per iteration, timm's Mixup /
 CutMix with label smoothing, stochastic depth, and DeiT hard (or soft) distillation from a
 frozen teacher. Gradient clipping is the Trainer's (`trainer.gradient_clip_val`).
@@ -29,6 +30,7 @@ from backbones import (Arch, CheckpointError, EfficientFormerV2, create_model, l
                        read_state_dict)
 
 from .data import seeded
+from .optim import param_groups
 
 __all__ = ["ImageClassifier", "TeacherConfig", "build_teacher"]
 
@@ -92,7 +94,7 @@ class ImageClassifier(LightningModule):
         lr: absolute learning rate; None: `base_lr * global_batch / lr_base_batch`.
         base_lr, lr_base_batch: the scaling rule (paper: 1e-3 per 1024 images).
         optimizer: timm optimizer name ("adamw", "sgd", "lamb", ...).
-        weight_decay: decoupled weight decay (not applied to norms and biases).
+        weight_decay: decoupled weight decay (not applied to norms and biases: `classification.optim`).
         betas, opt_eps: Adam-family betas and epsilon.
         warmup_epochs: linear warm-up length (fractions allowed), within the cosine schedule.
         warmup_lr: learning rate at the start of warm-up.
@@ -107,7 +109,7 @@ class ImageClassifier(LightningModule):
         distillation_alpha: weight of the distillation loss.
         distillation_tau: softmax temperature of soft distillation.
         seed: seeds the per-step randomness (Mixup, drop path) so a resumed run replays it.
-        top_k: the second accuracy reported besides top-1.
+        top_k: the second accuracy reported besides top-1, and the classes `predict` reports per image.
     """
 
     def __init__(self, model_name: str = "efficientformerv2_s0", arch: dict[str, Any] | None = None,
@@ -223,13 +225,19 @@ class ImageClassifier(LightningModule):
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._evaluate(batch, self.test_metrics)
 
-    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor] | None:
+    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Any] | None:
+        """The `top_k` most probable classes of each image: {"classes": (B, k) indices, "scores":
+        (B, k) softmax probabilities, "target": (B,) folder labels, "paths": B image paths when the
+        batch carries them (the DataModule's predict split does)}."""
         if batch is None:
             return None
-        x, y = batch
+        x, y, *rest = batch
         probs = self.model(x).softmax(dim=1)
-        conf, pred = probs.max(dim=1)
-        return {"pred": pred, "confidence": conf, "target": y}
+        scores, classes = probs.topk(min(self.hparams.top_k, probs.shape[1]), dim=1)
+        out: dict[str, Any] = {"classes": classes, "scores": scores, "target": y}
+        if rest:
+            out["paths"] = list(rest[0])
+        return out
 
     def on_train_epoch_end(self) -> None:
         datamodule = getattr(self._trainer, "datamodule", None)
@@ -242,7 +250,8 @@ class ImageClassifier(LightningModule):
         h = self.hparams
         lr = self.learning_rate()
         opt_args = dict(betas=tuple(h.betas), eps=h.opt_eps) if "adam" in h.optimizer.lower() else {}
-        optimizer = create_optimizer_v2(self.model, opt=h.optimizer, lr=lr, weight_decay=h.weight_decay, **opt_args)
+        optimizer = create_optimizer_v2(param_groups(self.model, h.weight_decay), opt=h.optimizer, lr=lr,
+                                        weight_decay=h.weight_decay, **opt_args)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         epochs = self.trainer.max_epochs
         per_epoch = total / epochs if epochs and epochs > 0 else total

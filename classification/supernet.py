@@ -28,6 +28,8 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from backbones.supernet import EfficientFormerV2Supernet, SearchSpace, SubnetConfig
 
+from .optim import param_groups
+
 __all__ = ["SupernetModule", "sandwich_configs", "main"]
 
 
@@ -48,7 +50,8 @@ class SupernetModule(LightningModule):
         inplace_distill: the largest sub-network teaches the others (soft targets).
         distill_temperature: softmax temperature of in-place distillation.
         label_smoothing: of the largest sub-network's (and, without distillation, every) loss.
-        lr, weight_decay, betas: AdamW (no weight decay on norms, biases, layer scales, attention biases).
+        lr, weight_decay, betas: AdamW (weight decay as the classifier's: none on norms and biases,
+            see `classification.optim`).
         warmup_epochs, min_lr: linear warm-up then cosine decay to min_lr, stepped per batch.
         sample_seed: seed of the sub-network sampler.
     """
@@ -165,13 +168,7 @@ class SupernetModule(LightningModule):
     # -- optimisation --------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
         h = self.hparams
-        decay, no_decay = [], []
-        for name, p in self.supernet.named_parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if p.ndim <= 1 or name.endswith("attention_biases") else decay).append(p)
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": h.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=h.lr, betas=tuple(h.betas))
+        opt = torch.optim.AdamW(param_groups(self.supernet, h.weight_decay), lr=h.lr, betas=tuple(h.betas))
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         batches_per_epoch = max(total // max(self.trainer.max_epochs or 1, 1), 1)
         warmup = int(h.warmup_epochs * batches_per_epoch)
@@ -194,13 +191,15 @@ def main(args: Any = None, run: bool = True):
 
     Data: the classification `ImageNetDataModule` (`data:` keys as in configs/classification).
     A `checkpoint:` section configures the always-on ModelCheckpoint (last.ckpt at every epoch end).
+    Logs and checkpoints follow `--trainer.default_root_dir` as in `classification.run_folder`.
     """
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+    from lightning.pytorch.cli import LightningArgumentParser
 
     from .data import ImageNetDataModule
+    from .run_folder import RunFolderCLI
 
-    class SupernetCLI(LightningCLI):
+    class SupernetCLI(RunFolderCLI):
         def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
             parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
             parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0,

@@ -8,8 +8,10 @@ another variant is refused. The converted weights are loaded into the model stri
 """
 from __future__ import annotations
 
-import argparse
+import sys
 from pathlib import Path
+
+from _cli import ArgumentParser, UsageError, run
 
 from backbones import EfficientFormerV2, create_model, infer_arch, list_models, load_checkpoint, save_checkpoint
 from backbones.checkpoint import describe_arch, read_state_dict, to_project_keys
@@ -18,7 +20,9 @@ from backbones.checkpoint import describe_arch, read_state_dict, to_project_keys
 def convert_checkpoint(src: Path, dst: Path, model_name: str | None = None) -> str:
     """Write `src` as project-format safetensors at `dst`; returns a one-line report."""
     if dst.suffix != ".safetensors":
-        raise ValueError(f"DST must end in .safetensors (the project's format), got {dst}")
+        raise UsageError(f"DST must end in .safetensors (the project's format), got {dst}")
+    if not dst.parent.is_dir():
+        raise UsageError(f"the folder of DST, {str(dst.parent)!r}, does not exist: create it first")
     sd, fmt = to_project_keys(read_state_dict(src))
     arch = infer_arch(sd)
     head = sd.get("head.weight")
@@ -30,14 +34,15 @@ def convert_checkpoint(src: Path, dst: Path, model_name: str | None = None) -> s
     return f"{src} ({fmt}, {describe_arch(arch)}, {num_classes} classes) -> {dst} [{report}]"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(prog="convert_checkpoint", description=__doc__)
     parser.add_argument("src", type=Path)
     parser.add_argument("dst", type=Path)
     parser.add_argument("--model", choices=list_models(), help="expected variant (checked)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     print(convert_checkpoint(args.src, args.dst, args.model))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main, "convert_checkpoint"))

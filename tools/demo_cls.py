@@ -4,16 +4,20 @@
                              [--out artifacts/cls_toy]
 
 Generates the toy set if missing, runs `python -m classification fit` and `validate` (the CLI,
-in-process), and writes the trained classifier in the project's format to
-OUT/efficientformerv2_s0.safetensors (the detection, segmentation and export demos start from it).
+in-process) with OUT as the run folder (`--trainer.default_root_dir`: logs in OUT/tb and OUT/csv,
+checkpoints in OUT/checkpoints, replaced by every demo run), and writes the trained classifier in
+the project's format to OUT/efficientformerv2_s0.safetensors (the detection, segmentation and
+export demos start from it).
 Last line: `demo: val top-1 <percent> in <seconds> s`.
 """
 from __future__ import annotations
 
-import argparse
 import shutil
+import sys
 import time
 from pathlib import Path
+
+from _cli import ArgumentParser, UsageError, run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,9 +35,9 @@ def run_demo(data: Path, config: Path, out: Path, threads: int = 1) -> tuple[flo
         print(f"demo: generating the toy set in {data}", flush=True)
         make_toy_classification(data)
     torch.set_num_threads(threads)
-    ckpt_dir = out / "checkpoints"
-    shutil.rmtree(ckpt_dir, ignore_errors=True)  # a fresh run, not a resume of an older one
-    common = ["--config", str(config), "--data.root", str(data), "--checkpoint.dirpath", str(ckpt_dir)]
+    ckpt_dir = out / "checkpoints"  # where the CLI puts a run's checkpoints under its root folder
+    shutil.rmtree(ckpt_dir, ignore_errors=True)  # the demo's own folder: a fresh run, not a resume
+    common = ["--config", str(config), "--data.root", str(data), "--trainer.default_root_dir", str(out)]
     cli(["fit", *common])
     validated = cli(["validate", *common, "--ckpt_path", str(ckpt_dir / "last.ckpt")])
     top1 = float(validated.trainer.callback_metrics["val/top1"])
@@ -43,20 +47,29 @@ def run_demo(data: Path, config: Path, out: Path, threads: int = 1) -> tuple[flo
     return top1, weights
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(prog="demo_cls", description=__doc__)
     parser.add_argument("--data", type=Path, default=Path("data/toy_cls"))
     parser.add_argument("--config", type=Path, default=ROOT / "configs/classification/toy.yaml")
     parser.add_argument("--out", type=Path, default=Path("artifacts/cls_toy"))
     parser.add_argument("--threads", type=int, default=1,
                         help="intra-op threads; the toy model's tensors are small, and on a shared 2-core "
                              "machine one thread is faster than two")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error(f"--threads must be 1 or more, got {args.threads}")
+    if not args.config.is_file():
+        raise UsageError(f"--config {args.config} is not a file: give a classification config such as "
+                         f"{ROOT / 'configs/classification/toy.yaml'}")
+    for option, folder in (("--data", args.data), ("--out", args.out)):
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"{option} {folder} is a file, not a folder: choose another {option}")
     start = time.perf_counter()
     top1, weights = run_demo(args.data, args.config, args.out, args.threads)
     print(f"demo: weights written to {weights}")
     print(f"demo: val top-1 {100 * top1:.1f} in {time.perf_counter() - start:.1f} s")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main, "demo_cls"))

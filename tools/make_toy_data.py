@@ -6,8 +6,10 @@ cls: ImageNet folder layout; det: COCO 2017 layout with polygon/RLE masks; seg: 
 """
 from __future__ import annotations
 
-import argparse
+import sys
 from pathlib import Path
+
+from _cli import ArgumentParser, UsageError, run
 
 
 def make_toy_data(task: str, out: Path, seed: int = 0) -> Path:
@@ -22,18 +24,28 @@ def make_toy_data(task: str, out: Path, seed: int = 0) -> Path:
         from segmentation.toy_data import make_toy_ade20k
         make_toy_ade20k(out, seed=seed)
     else:
-        raise ValueError(f"unknown task {task!r}: use cls, det or seg")
+        raise UsageError(f"unknown task {task!r}: use cls, det or seg")
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(prog="make_toy_data", description=__doc__)
     parser.add_argument("--task", required=True, choices=["cls", "det", "seg"])
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    print(make_toy_data(args.task, args.out, args.seed))
+    parser.add_argument("--seed", type=int, default=0, help="non-negative; the same seed writes the same files")
+    args = parser.parse_args(argv)
+    if args.seed < 0:
+        parser.error(f"--seed must be 0 or more, got {args.seed}")
+    blocking = next((p for p in (args.out, *args.out.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise UsageError(f"--out {args.out}: {blocking} is a file, not a folder: choose another --out")
+    try:
+        print(make_toy_data(args.task, args.out, args.seed))
+    except OSError as e:  # a read-only place, a full disk
+        raise UsageError(f"cannot write the toy set under {args.out}: {e.strerror or e}"
+                         f"{f' ({e.filename})' if e.filename else ''}") from e
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main, "make_toy_data"))

@@ -1,0 +1,83 @@
+"""One run, one folder: `trainer.default_root_dir` places a run's logs and checkpoints.
+
+The classification and supernet command lines derive from `RunFolderCLI`. Whatever a config
+leaves unset lands under the run folder ROOT (`--trainer.default_root_dir`, default the working
+directory):
+
+- logs: TensorBoard in ROOT/tb/version_<n>, CSV in ROOT/csv/version_<n> (one version per command),
+  unless the config names its own `trainer.logger` (or turns logging off);
+- checkpoints: every ModelCheckpoint without a `dirpath` writes to ROOT/checkpoints, one folder per
+  run, so `--ckpt_path last` finds the run's last.ckpt.
+
+A `fit` without `--ckpt_path` into a folder that already holds checkpoints would overwrite them:
+it is refused with `RunFolderError`, which says how to resume or where else to go. A `--ckpt_path`
+file is read safely before any command uses it (`backbones.read_state_dict`'s errors).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import Trainer
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from backbones import read_state_dict
+
+__all__ = ["RunFolderCLI", "RunFolderError", "default_loggers"]
+
+
+class RunFolderError(FileExistsError):
+    """A new run would overwrite the checkpoints of an earlier one; the message says what to do."""
+
+
+def default_loggers(root: str | Path) -> list[Any]:
+    """TensorBoard (ROOT/tb) and CSV (ROOT/csv) loggers, each with a new version folder per run.
+
+    Args:
+        root: the run folder.
+    """
+    return [TensorBoardLogger(str(root), name="tb"), CSVLogger(str(root), name="csv")]
+
+
+class RunFolderCLI(LightningCLI):
+    """LightningCLI whose logs and checkpoints follow `trainer.default_root_dir` (see the module
+    docstring) and whose `fit` never overwrites an earlier run's checkpoints silently."""
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        config = self._get(self.config_init, "trainer", default={})
+        root = Path(config.get("default_root_dir") or os.getcwd())
+        if "logger" not in kwargs and config.get("logger") in (None, True):
+            kwargs["logger"] = default_loggers(root)
+        trainer = super().instantiate_trainer(**kwargs)
+        for callback in trainer.checkpoint_callbacks:
+            if callback.dirpath is None:  # Lightning would pick the logger's version folder: per command, not per run
+                callback.dirpath = os.path.realpath(root / "checkpoints")
+        return trainer
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        """Parse, then read `--ckpt_path` (a local file) safely before Lightning loads it, so that
+        a missing, empty, text or code-carrying file is a `CheckpointError` saying what the file
+        is, not a traceback. Lightning's own names ("last", "best", ...) and URLs pass."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if path is None or str(path) in ("last", "best", "hpc") or str(path).startswith("registry") \
+                or "://" in str(path):
+            return
+        read_state_dict(path)
+
+    def before_fit(self) -> None:
+        """Refuse a fresh `fit` whose checkpoint folders already hold checkpoints."""
+        if self._get(self.config, "ckpt_path") is not None:
+            return  # resuming or continuing from a checkpoint: writing next to it is intended
+        for callback in self.trainer.checkpoint_callbacks:
+            folder = Path(callback.dirpath)
+            existing = sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
+            if existing:
+                raise RunFolderError(
+                    f"{folder} already holds checkpoints of an earlier run ({', '.join(existing[:3])}"
+                    f"{', ...' if len(existing) > 3 else ''}) that this run would overwrite: resume it with "
+                    "--ckpt_path last, or place this run elsewhere with --trainer.default_root_dir DIR "
+                    "(or delete the folder)")

@@ -1,0 +1,67 @@
+"""Bad input to tools/convert_checkpoint.py, profile.py, make_toy_data.py and demo_cls.py: one line
+on stderr that names the problem (tools/_cli.py's `prog: error: ...`), exit status 2, no traceback.
+
+Every case runs the tool in its own subprocess; the subprocesses run a few at a time (each spends
+most of its time importing torch), and each test checks its own."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+
+# case id -> (tool, arguments, a fragment the error line must contain)
+CASES: dict[str, tuple[str, list[str], str]] = {
+    "convert-empty": ("convert_checkpoint", ["empty.pth", "out.safetensors"], "is empty (0 bytes)"),
+    "convert-text": ("convert_checkpoint", ["notes.pth", "out.safetensors"], "not a checkpoint: the file is a text file"),
+    "convert-pickled-code": ("convert_checkpoint", ["module.pth", "out.safetensors"], "could run code when unpickled"),
+    "convert-missing": ("convert_checkpoint", ["missing.pth", "out.safetensors"], "does not exist"),
+    "convert-dst-suffix": ("convert_checkpoint", ["weights.pth", "out.pth"], "DST must end in .safetensors"),
+    "profile-zero-resolution": ("profile", ["--resolution", "0", "0"], "positive number of pixels, got 0 0"),
+    "profile-three-sides": ("profile", ["--resolution", "1", "2", "3"], "one side or a height and a width"),
+    "profile-negative-classes": ("profile", ["--num-classes", "-1"], "--num-classes must be 0"),
+    "profile-arch-not-json": ("profile", ["--arch", "notes.pth"], "is not JSON"),
+    "toy-out-is-a-file": ("make_toy_data", ["--task", "cls", "--out", "notes.pth/toy"], "is a file, not a folder"),
+    "toy-negative-seed": ("make_toy_data", ["--task", "cls", "--out", "toy", "--seed", "-1"], "--seed must be 0 or more"),
+    "demo-threads": ("demo_cls", ["--threads", "0"], "--threads must be 1 or more"),
+    "demo-missing-config": ("demo_cls", ["--config", "missing.yaml"], "--config missing.yaml is not a file"),
+    "demo-data-is-a-file": ("demo_cls", ["--data", "notes.pth"], "--data notes.pth is a file, not a folder"),
+}
+
+
+def _run(tool: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+               OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, str(REPO / "tools" / f"{tool}.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
+    """All cases, run from a folder holding the bad inputs."""
+    cwd = tmp_path_factory.mktemp("tools_cli")
+    (cwd / "empty.pth").write_bytes(b"")
+    (cwd / "notes.pth").write_text("these are notes, not weights\n")
+    torch.save(nn.Linear(2, 2), cwd / "module.pth")             # a pickled module: code on load
+    torch.save({"w": torch.zeros(2)}, cwd / "weights.pth")
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = {case: pool.submit(_run, tool, args, cwd) for case, (tool, args, _) in CASES.items()}
+        return {case: f.result() for case, f in futures.items()}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_is_one_line_and_status_2(results, case):
+    tool, _, fragment = CASES[case]
+    r = results[case]
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"{tool}: error: ") and fragment in lines[0], lines[0]
