@@ -73,6 +73,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+    with path.open("rb") as f:
+        head = f.read(64)
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save writes a zip archive (legacy: a pickle)
+        text = head.decode("utf-8", "ignore")
+        kind = "a text file" if b"\0" not in head and all(c.isprintable() or c.isspace() for c in text) \
+            else "of an unknown binary format"
+        raise CheckpointError(f"{path}: not a checkpoint: the file is {kind} (it starts with {head[:20]!r}); "
+                              f"expected a file written by torch.save or a .safetensors file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -81,7 +89,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             f"containers, which could run code when unpickled ({str(e).splitlines()[0]}). Only "
             "weights are accepted: if you trust the file, re-save just its state dict "
             "(torch.save(model.state_dict(), ...)) or convert it with tools/convert_checkpoint.py.") from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as e:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e}); is the file "
                               f"truncated or of another kind? Expected one of {', '.join(_SUFFIXES)}") from e
     return unwrap_state_dict(obj, str(path))
