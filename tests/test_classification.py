@@ -1,5 +1,6 @@
 """Classification package: toy data, robust image reading, the data module, the recipe's values
-in the live optimizer/scheduler/mixup/clipping objects, and distillation with a tiny teacher."""
+in the live optimizer/scheduler/mixup/clipping objects, the weight-decay policy shared with the
+supernet, and distillation with a tiny teacher."""
 from __future__ import annotations
 
 import hashlib
@@ -18,10 +19,13 @@ from timm.data.random_erasing import RandomErasing
 from torchvision import transforms as T
 
 from backbones import load_checkpoint
+from backbones.supernet import SearchSpace
 from classification.__main__ import cli
 from classification.data import (DataError, ImageFolderDataset, ImageNetDataModule, collate_skip_bad,
                                  load_rgb, scan_split)
 from classification.module import ImageClassifier
+from classification.optim import decays
+from classification.supernet import SupernetModule
 from classification.toy_data import CLASSES, make_toy_classification
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "classification"
@@ -222,6 +226,64 @@ def test_recipe_reaches_optimizer_scheduler_and_clipping(toy):
     # Lightning clipped the total gradient norm to 0.01 before each optimizer step
     stepped = probe.grad_norms[1::2]
     assert stepped and all(0 < n <= 0.01 * 1.0001 for n in stepped)
+
+
+# ---------------------------------------------------------------------------------------------
+# weight decay: one policy for the classifier and the supernet (classification.optim)
+# ---------------------------------------------------------------------------------------------
+class _FakeTrainer:
+    """What the two modules' configure_optimizers read from their Trainer."""
+    estimated_stepping_batches, max_epochs, world_size, accumulate_grad_batches = 10, 1, 1, 1
+
+
+def _decay_by_name(module, network) -> dict[str, float]:
+    """weight_decay of each of `network`'s parameters in `module`'s optimizer."""
+    module._trainer = _FakeTrainer()
+    try:
+        optimizer = module.configure_optimizers()["optimizer"]
+    finally:
+        module._trainer = None
+    group_of = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    assert len(group_of) == sum(1 for p in network.parameters() if p.requires_grad)  # each parameter once
+    return {name: group_of[id(p)] for name, p in network.named_parameters()}
+
+
+def _kind(name: str, ndim: int) -> str:
+    if name.endswith("attention_biases"):
+        return "attention-bias table"
+    if name.endswith(".gamma"):
+        return "layer scale"
+    if name.endswith(".bias"):
+        return "bias"
+    return "norm weight" if ndim == 1 else "conv/linear weight"
+
+
+def test_weight_decay_policy_is_one_for_classifier_and_supernet():
+    space = SearchSpace(widths=((8, 16), (16,), (16, 24), (24, 32)), depths=(2, 1, 2, 2), expansions=(2, 4),
+                        stem_widths=(8,))
+    supernet = SupernetModule(space=space.to_dict(), num_classes=3, img_size=32, weight_decay=0.05, warmup_epochs=0)
+    arch = supernet.supernet.extract(space.largest()).arch.to_dict()
+    classifier = ImageClassifier(arch=arch, num_classes=3, img_size=32, weight_decay=0.05, lr=1e-3)
+    ours = {"supernet": _decay_by_name(supernet, supernet.supernet),
+            "classifier": _decay_by_name(classifier, classifier.model)}
+    shapes = {"supernet": dict(supernet.supernet.named_parameters()), "classifier": dict(classifier.model.named_parameters())}
+    # the official training's groups (timm's factory on a model without no_weight_decay()): decay on
+    # weights, attention-bias tables and layer scales; none on norms and biases
+    expected = {"attention-bias table": 0.05, "layer scale": 0.05, "conv/linear weight": 0.05,
+                "norm weight": 0.0, "bias": 0.0}
+    for which, decay in ours.items():
+        seen = {}
+        for name, wd in decay.items():
+            kind = _kind(name, shapes[which][name].ndim)
+            assert wd == expected[kind], (which, name, kind, wd)
+            assert decays(name, shapes[which][name]) == (wd > 0)
+            seen[kind] = seen.get(kind, 0) + 1
+        assert set(seen) == set(expected), (which, seen)  # every kind is there to be checked
+    # the same parameter name lands in the same group in both modules
+    shared = set(ours["supernet"]) & set(ours["classifier"])
+    assert {_kind(n, shapes["classifier"][n].ndim) for n in shared} >= {"attention-bias table", "layer scale",
+                                                                        "bias", "conv/linear weight"}
+    assert all(ours["supernet"][n] == ours["classifier"][n] for n in shared)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,10 +1,13 @@
 """Training through the CLI on toy data: a short fit whose checkpoints load with the backbone's
-loader, resume after a kill equal to an uninterrupted run, DDP on two CPU processes, bad images
-during training, and checkpoints of other classes refused."""
+loader, predictions written to a CSV file, run folders that follow default_root_dir and are never
+overwritten silently, resume after a kill equal to an uninterrupted run, DDP on two CPU processes,
+bad images during training, and checkpoints of other classes or unreadable ones refused."""
 from __future__ import annotations
 
+import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,7 +20,10 @@ from lightning.pytorch import Callback
 
 from backbones import CheckpointError, efficientformerv2_s0, load_checkpoint
 from classification.__main__ import cli
-from classification.toy_data import make_toy_classification
+from classification.data import ImageNetDataModule, load_rgb
+from classification.predictions import PredictionWriter
+from classification.run_folder import RunFolderError
+from classification.toy_data import CLASSES, make_toy_classification
 
 REPO = Path(__file__).resolve().parents[1]
 TOY = REPO / "configs" / "classification" / "toy.yaml"
@@ -71,7 +77,7 @@ def toy(tmp_path_factory) -> Path:
 
 def _args(root: Path, *extra: str) -> list[str]:
     """CLI arguments for the toy config on `root`; run in a temporary working directory, where the
-    config's relative runs/cls_toy (logs and checkpoints) then lands."""
+    config's run folder runs/cls_toy (logs and checkpoints) then lands."""
     return ["--config", str(TOY), "--data.root", str(root), "--data.img_size", "32", "--data.batch_size", "4",
             "--data.num_workers", "0", "--data.persistent_workers", "false", *extra]
 
@@ -123,7 +129,82 @@ def test_validate_test_predict_subcommands(toy):
         p = cli(["predict", *_args(toy), "--ckpt_path", ckpt, "--trainer.callbacks", "[]", "--trainer.logger", "false"])
     assert float(v.trainer.callback_metrics["val/top1"]) == float(t.trainer.callback_metrics["test/top1"])
     preds = p.trainer.predict_loop.predictions
-    assert sum(len(b["pred"]) for b in preds) == 20
+    assert sum(len(b["classes"]) for b in preds) == sum(len(b["paths"]) for b in preds) == 20
+    assert all(b["classes"].shape[1] == b["scores"].shape[1] == 5 for b in preds)
+    writer = next(c for c in p.trainer.callbacks if isinstance(c, PredictionWriter))
+    assert writer.path.resolve() == Path("runs/cls_toy/predictions.csv").resolve()  # no logger: the run folder
+    assert writer.rows == 20 and len(writer.path.read_text().splitlines()) == 21
+
+
+def test_predict_writes_top_k_csv_and_says_where(toy, tmp_path):
+    """End to end: `python -m classification predict --ckpt_path C` writes, per image, its path and
+    the top-5 class names and scores, and its last line of output names the file."""
+    _fit(toy, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2")
+    ckpt = CKPT / "last.ckpt"
+    paths = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    r = subprocess.run([sys.executable, "-m", "classification", "predict", *_args(toy), "--ckpt_path", str(ckpt)],
+                       env=dict(os.environ, PYTHONPATH=paths, OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:]
+    last = [line for line in r.stdout.splitlines() if line.strip()][-1]
+    m = re.fullmatch(r"predict: 20 images, top classes and scores written to (\S+)", last)
+    assert m, last
+    out = Path(m.group(1))
+    assert out.parent.parent == Path("runs/cls_toy/tb") and out.name == "predictions.csv"  # the run's log folder
+    with out.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    tops = [f"top{i}" for i in range(1, 6)]
+    assert list(rows[0]) == ["path", "target", *[c for t in tops for c in (t, f"{t}_score")]]
+    assert sorted(r["path"] for r in rows) == sorted(str(p) for p in (toy / "val").rglob("*.JPEG"))
+    for row in rows:
+        assert row["target"] == Path(row["path"]).parent.name
+        names, scores = [row[t] for t in tops], [float(row[f"{t}_score"]) for t in tops]
+        assert set(names) <= set(CLASSES) and len(set(names)) == 5
+        assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1 + 1e-5
+    # the scores are the trained model's softmax on the evaluation transform of each image
+    model = efficientformerv2_s0(num_classes=10, distillation=False, img_size=32)
+    load_checkpoint(model, ckpt)
+    data = ImageNetDataModule(toy, img_size=32, crop_pct=0.9, interpolation="bicubic", num_workers=0)
+    x = torch.stack([data.eval_transform()(load_rgb(row["path"])) for row in rows[:4]])
+    with torch.no_grad():
+        probs = model.eval()(x).softmax(1)
+    for row, p in zip(rows, probs):
+        scores, classes = p.topk(5)
+        assert [row[t] for t in tops] == [sorted(CLASSES)[i] for i in classes.tolist()]
+        assert [float(row[f"{t}_score"]) for t in tops] == pytest.approx(scores.tolist(), abs=2e-6)
+
+
+def test_runs_follow_default_root_dir_and_never_overwrite(toy):
+    short = ("--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1")
+    for run in ("run_a", "run_b"):
+        _fit(toy, *short, "--trainer.default_root_dir", run)
+        assert sorted(p.name for p in Path(run, "checkpoints").iterdir()) == ["best-000.ckpt", "last.ckpt"]
+        assert list(Path(run, "tb", "version_0").glob("events.out.tfevents.*"))
+        assert Path(run, "tb", "version_0", "config.yaml").is_file()
+        assert Path(run, "csv", "version_0", "metrics.csv").is_file()
+    assert not Path("runs").exists()  # the config's own run folder (runs/cls_toy) was not touched
+    first = Path("run_a/checkpoints/last.ckpt").read_bytes()
+    with pytest.raises(RunFolderError, match=r"run_a/checkpoints already holds checkpoints of an earlier run "
+                                             r"\(best-000.ckpt, last.ckpt\).*--ckpt_path last.*--trainer.default_root_dir"):
+        _fit(toy, *short, "--trainer.default_root_dir", "run_a")
+    assert Path("run_a/checkpoints/last.ckpt").read_bytes() == first
+    # resuming the run in its own folder is allowed, and finds its last.ckpt there
+    resumed = _fit(toy, *short[2:], "--trainer.max_epochs", "2", "--trainer.default_root_dir", "run_a",
+                   "--ckpt_path", "last")
+    assert resumed.trainer.global_step == 2
+    assert torch.load("run_a/checkpoints/last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 2
+
+
+def test_cli_errors_are_one_line(toy, tmp_path):
+    (tmp_path / "notes.ckpt").write_text("not a checkpoint\n")
+    with pytest.raises(CheckpointError, match="not a checkpoint: the file is a text file"):
+        cli(["validate", *_args(toy), "--ckpt_path", "notes.ckpt"])
+    with pytest.raises(CheckpointError, match="does not exist"):
+        cli(["validate", *_args(toy), "--ckpt_path", "missing.ckpt"])
+    r = _subprocess(["fit", *_args(tmp_path / "no_such_data")])
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith(
+        f"python -m classification: error: data root {str(tmp_path / 'no_such_data')!r} does not exist")
 
 
 def test_resume_after_kill_equals_uninterrupted(toy, tmp_path):
