@@ -2,6 +2,7 @@
 the classification config (searched.yaml) that trains a sub-network from scratch."""
 from __future__ import annotations
 
+import copy
 import pickle
 from pathlib import Path
 from typing import Any, Mapping

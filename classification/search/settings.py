@@ -14,6 +14,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
+from deploy.latency_lut import Backend
+
 from .evaluator import SubnetEvaluator
 from .moves import ExpansionMode
 from .objective import MesSpec, Target
@@ -39,14 +41,15 @@ class LutSettings:
     """The `lut:` section: how tools/demo_search.py builds and checks the latency table.
 
     Args:
-        backend: torch or onnxruntime.
+        backend: the table's runtime (`deploy.latency_lut.BACKENDS`: torch, onnxruntime, executorch,
+            openvino).
         threads: intra-op threads while timing.
         warmup: untimed runs per entry.
         runs: timed runs per entry (the median is kept).
         check_subnets: random sub-networks timed whole to check the table's sums.
     """
 
-    backend: Literal["torch", "onnxruntime"] = "torch"
+    backend: Backend = "torch"
     threads: int = 1
     warmup: int = 10
     runs: int = 50
