@@ -157,9 +157,11 @@ def test_calibration_folder_without_readable_image_is_refused(tmp_path):
         calibration_images(tmp_path / "missing", 32)
 
 
-def _int8(fmt: str, toy: Path, out: Path):
+def _int8(fmt: str, toy: Path, out: Path, min_agreement: float = 0.0):
+    # random weights: near-tied logits, so the top-1 agreement is reported here, not bounded
     model = build_model(TINY, num_classes=10)
-    return export_model(TINY, fmt, out, model=model, size=(TOY_SIZE, TOY_SIZE), int8=True, calibration=toy)
+    return export_model(TINY, fmt, out, model=model, size=(TOY_SIZE, TOY_SIZE), int8=True, calibration=toy,
+                        min_agreement=min_agreement)
 
 
 @needs_executorch
@@ -172,10 +174,15 @@ def test_executorch_int8_reports_top1(toy, tmp_path):
 
 
 @needs_nncf
-def test_openvino_int8_reports_top1(toy, tmp_path):
+def test_openvino_int8_reports_top1_and_bounds_agreement(toy, tmp_path):
     res = _int8("openvino", toy, tmp_path / "tiny_int8.xml")
     assert res.ok and res.int8 and res.path.with_suffix(".bin").is_file()
     assert res.top1_images == 20 and res.top1_float is not None and res.top1_exported is not None
+    assert 0.0 <= res.agreement <= 1.0 and res.max_abs_diff > 0.0
+    # an agreement bound that no export meets: the check fails and nothing is left behind
+    with pytest.raises(AssertionError, match="top-1 class"):
+        _int8("openvino", toy, tmp_path / "refused" / "tiny_int8.xml", min_agreement=1.01)
+    assert not (tmp_path / "refused").exists()
 
 
 def test_int8_needs_calibration_and_an_int8_format(tmp_path):

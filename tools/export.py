@@ -43,12 +43,14 @@ FORMATS = ["onnx", "coreml", "torchscript", "executorch", "openvino"]
 def export(model: str, fmt: str, out: Path, checkpoint: Path | None = None, features: bool = False,
            size: tuple[int, int] = (224, 224), precision: str = "float16", normalize: bool = True,
            coreml_shapes: list[tuple[int, int]] | tuple[int, int] | str | None = None, int8: bool = False,
-           calibration: Path | None = None, calibration_count: int = 64, eval_limit: int | None = None):
+           calibration: Path | None = None, calibration_count: int = 64, eval_limit: int | None = None,
+           min_agreement: float = 0.9):
     """Export and check; returns a `deploy.export.ExportResult`."""
     from deploy.export import export_model
     return export_model(model, fmt, out, checkpoint=checkpoint, features=features, size=size,
                         normalize=normalize, precision=precision, coreml_shapes=coreml_shapes, int8=int8,
-                        calibration=calibration, calibration_count=calibration_count, eval_limit=eval_limit)
+                        calibration=calibration, calibration_count=calibration_count, eval_limit=eval_limit,
+                        min_agreement=min_agreement)
 
 
 def _hw(text: str) -> tuple[int, int]:
@@ -69,6 +71,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="export", description=__doc__)
     parser.add_argument("--model", required=True, help="efficientformerv2_s0/s1/s2/l, or a timm model name")
@@ -84,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration-images", type=_positive, default=64, metavar="N",
                         help="calibration images drawn from DIR/train (default 64)")
     parser.add_argument("--eval-images", type=_positive, metavar="N", help="at most N images of DIR/val for the top-1")
+    parser.add_argument("--min-agreement", type=_fraction, default=0.9, metavar="F",
+                        help="--int8 classifier: least share of images where int8 and float agree on the top-1 "
+                             "(default 0.9; 0 reports without a bound, e.g. for random weights)")
     parser.add_argument("--precision", choices=["float16", "float32"], default="float16", help="CoreML precision")
     parser.add_argument("--no-normalize", action="store_true", help="no ImageNet normalisation in the graph")
     flexible = parser.add_mutually_exclusive_group()
@@ -111,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = export(args.model, args.format, args.out, args.checkpoint, args.features, size,
                         args.precision, not args.no_normalize, flexible, args.int8, args.calibration,
-                        args.calibration_images, args.eval_images)
+                        args.calibration_images, args.eval_images, args.min_agreement)
     except AssertionError as e:
         print(f"export: check FAILED (nothing written): {' '.join(str(e).split())}", file=sys.stderr)
         return 1
