@@ -63,7 +63,7 @@ def test_ablation_config_parses_on_its_variant_and_builds(config):
     base = base_variant(config)
     parsed = parse(CONFIGS / f"efficientformerv2_{base}.yaml", config)
     assert parsed.model.arch["base"] == base
-    assert parsed.checkpoint.dirpath == f"runs/cls/ablations/{config.stem}/checkpoints"  # not the variant's folder
+    assert parsed.trainer.default_root_dir == f"runs/cls/ablations/{config.stem}"  # not the variant's run folder
     model = EfficientFormerV2(parsed.model.arch, num_classes=10).eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 67, 61)).shape == (1, 10)
@@ -116,6 +116,9 @@ def test_recipes_are_one_config_away():
     assert distilled.teacher["name"] == "regnety_160" and distilled.distillation_type == "hard"
     assert distilled.distillation_alpha == 0.5
     assert parse(s1, RECIPES / "distill_regnety160.yaml", RECIPES / "no_distill.yaml").model.teacher is None
+    # a published row: variant, recipe and ablation combine
+    row = parse(s1, RECIPES / "distill_regnety160.yaml", ABLATIONS / "table7_s1_no-attention-bias.yaml").model
+    assert row.teacher["name"] == "regnety_160" and row.arch == {"base": "s1", "attention_bias": False}
     with pytest.raises(ValueError, match="checkpoint is required"):  # never a randomly initialised teacher
         ImageClassifier(model_name="efficientformerv2_s0", num_classes=10, teacher=distilled.teacher)
 

@@ -95,8 +95,10 @@ def read_config(path: str | Path) -> ArchConfig:
     if not isinstance(model, dict) or not (model.get("arch") or model.get("model_name")):
         raise UsageError(f"{path} names no architecture: expected model.arch (e.g. {{base: s1, "
                          "attention_bias: false}) or model.model_name (a variant config)")
-    arch = model.get("arch") or str(model["model_name"]).lower().removeprefix("efficientformerv2_")
-    if not isinstance(arch, (dict, str)):
+    arch = model.get("arch") or str(model["model_name"])
+    if isinstance(arch, str):  # a variant: "s1" or "efficientformerv2_s1"
+        arch = arch.lower().removeprefix("efficientformerv2_")
+    elif not isinstance(arch, dict):
         raise UsageError(f"{path}: model.arch must be a mapping, not {type(arch).__name__}")
     from backbones import resolve_arch  # after the cheap checks: imports torch
 
@@ -140,18 +142,17 @@ def measure(configs: Sequence[ArchConfig], backends: Sequence[str], threads: int
 def train_top1(config: ArchConfig, data: Path, out: Path, epochs: int, img_size: int, batch_size: int,
                train_config: Path, keep_checkpoints: bool = False) -> float:
     """Train `config`'s architecture on `data` with the classification CLI (in this process) and
-    return the last epoch's validation top-1 in [0, 1]. Logs (CSV) and, with `keep_checkpoints`,
-    last.ckpt go to `out`."""
+    return the last epoch's validation top-1 in [0, 1]. `out` is the run folder: logs (tb/, csv/)
+    and, with `keep_checkpoints`, checkpoints/last.ckpt."""
     import shutil
 
     from classification.__main__ import cli
 
     shutil.rmtree(out, ignore_errors=True)  # a fresh run, not a resume of an older one
-    logger = [{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(out), "name": "csv"}}]
     args = ["fit", "--config", str(train_config), *config.cli_args(), "--data.root", str(data),
             "--data.img_size", str(img_size), "--data.batch_size", str(batch_size),
-            "--trainer.max_epochs", str(epochs), "--trainer.logger", json.dumps(logger),
-            "--trainer.enable_model_summary", "false", "--checkpoint.dirpath", str(out / "checkpoints"),
+            "--trainer.max_epochs", str(epochs), "--trainer.default_root_dir", str(out),
+            "--trainer.enable_model_summary", "false",
             "--checkpoint.save_top_k", "0", "--checkpoint.save_last", "true" if keep_checkpoints else "false"]
     with warnings.catch_warnings():  # the tool's own argv is not the CLI's: passing `args` is intended
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
