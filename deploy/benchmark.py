@@ -36,8 +36,9 @@ __all__ = ["BACKENDS", "INT8_BACKENDS", "PAPER_TOP1", "ModelSpec", "CompiledMode
 
 BACKENDS = ("torch", "compile", "onnxruntime", "tensorrt", "executorch", "openvino")
 INT8_BACKENDS = ("executorch", "openvino")   # backends with an int8 path (XNNPACK PT2E, NNCF)
-RANDOM_CALIBRATION_NOTE = ("int8 is calibrated on random data: the latency is meaningful, the int8 "
-                           "accuracy is not (pass --calibration DIR, an ImageNet-layout folder, for that)")
+RANDOM_CALIBRATION_NOTE = ("int8 is calibrated on random data, which gives a speed figure only: the latency "
+                           "is meaningful, the int8 accuracy is not (pass --calibration DIR, an ImageNet-layout "
+                           "folder, for that)")
 
 # A model to benchmark: a name, or (label, module) for a model built elsewhere.
 ModelSpec = Union[str, tuple[str, nn.Module]]
@@ -107,7 +108,7 @@ def _compile_openvino(path: Path, x: torch.Tensor, threads: int) -> CompiledMode
     from .openvino import compile_openvino
     model = compile_openvino(path, threads=threads, precision="f32")
     info = {"ov_threads": int(model.compiled.get_property("INFERENCE_NUM_THREADS")),
-            "ov_precision": str(model.compiled.get_property("INFERENCE_PRECISION_HINT"))}
+            "ov_precision": model.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()}
     return _bound(model, x, path, info, lambda n: _compile_openvino(path, x, n))
 
 

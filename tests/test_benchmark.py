@@ -1,15 +1,26 @@
-"""Benchmark: interleaved timing, records/JSON/CSV/table/plot of two tiny runs (values, not speed)."""
+"""Benchmark: interleaved timing, records/JSON/CSV/table/plot of tiny runs (values, not speed), the
+ExecuTorch and OpenVINO backends through tools/benchmark.py, models given as (label, module), and
+the tool's answers to bad input."""
 import csv
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+from PIL import Image
 
+from backbones import create_model
 from deploy.benchmark import format_table, plot_accuracy_latency, run_benchmark, write_csv, write_json
-from deploy.latency import Timed, measure_interleaved, summarize
+from deploy.latency import LatencyStats, Timed, measure, measure_interleaved, summarize
 from deploy.mes import mobile_efficiency_score
+from deploy.profile import count_params
 
-REQUIRED = {"model", "backend", "batch_size", "threads", "latency_ms_median", "latency_ms_p90", "params",
-            "gmacs", "mes"}
+ROOT = Path(__file__).resolve().parents[1]
+REQUIRED = {"model", "backend", "precision", "batch_size", "threads", "latency_ms_median", "latency_ms_p90",
+            "params", "gmacs", "mes", "max_abs_diff"}
+S0_PARAMS_224 = 3_600_256
 
 
 def test_summarize_median_and_p90():
@@ -28,6 +39,14 @@ def test_measure_interleaved_rotates_order_and_counts_runs():
         measure_interleaved([Timed("a", lambda: None)] * 2)
 
 
+def test_measure_uses_the_clock_for_each_timed_call():
+    ticks = iter(range(100))
+    calls = []
+    stats = measure(lambda: calls.append(1), runs=4, warmup=2, clock=lambda: float(next(ticks)))
+    assert len(calls) == 6 and isinstance(stats, LatencyStats)
+    assert stats.runs == 4 and stats.median == 1000.0   # one tick per timed call, in ms
+
+
 @pytest.fixture(scope="module")
 def tiny_records():
     # two tiny runs: the project's S0 against a timm model, eager and ONNX Runtime, at 64 px
@@ -37,48 +56,188 @@ def tiny_records():
                           runs=2, warmup=1)]
 
 
+@pytest.mark.export
 def test_records_have_the_interface_fields(tiny_records):
     first, second = tiny_records
     assert [(r["model"], r["backend"]) for r in first] == [
         ("efficientformerv2_s0", "torch"), ("efficientformerv2_s0", "onnxruntime"),
         ("mobilenetv2_050", "torch"), ("mobilenetv2_050", "onnxruntime")]
     for r in first + second:
-        assert REQUIRED <= set(r)
+        assert REQUIRED <= set(r) and r["precision"] == "fp32"
         assert r["latency_ms_p90"] >= r["latency_ms_median"] > 0
         assert r["mes"] == pytest.approx(mobile_efficiency_score(r["params"], r["latency_ms_median"] / r["batch_size"]),
                                          rel=1e-3, abs=1e-3)
     s0 = first[0]
-    assert s0["params"] == 3_600_256 and s0["top1_paper"] == 75.7
+    # built for the 64 px grid (smaller attention-bias tables than at 224), as timm's graph is
+    assert abs(s0["params"] - S0_PARAMS_224) < 3_600 and s0["top1_paper"] == 75.7
     assert s0["gmacs"] == pytest.approx(0.396 * (64 / 224) ** 2, rel=0.1)
     assert first[1]["max_abs_diff"] <= 1e-4          # ONNX Runtime graph equals PyTorch
     ops = first[1]["ort_op_ms"]                      # where the time goes, per op type
     assert {"Conv", "Gelu"} <= set(ops) and all(v >= 0 for v in ops.values()) and sum(ops.values()) > 0
     assert "ort_op_ms" not in first[0]               # torch eager: no ONNX Runtime profile
     assert {r["vs_baseline"] for r in first if r["model"] == "mobilenetv2_050"} == {1.0}
-    # timm's graph at 64 px (its bias tables follow its img_size): same network size within 0.1%
-    assert second[0]["batch_size"] == 2 and abs(second[0]["params"] - 3_600_256) < 3_600
+    assert second[0]["batch_size"] == 2 and second[0]["params"] == s0["params"]
 
 
+@pytest.mark.export
 def test_json_csv_table_and_plot(tiny_records, tmp_path):
     records = tiny_records[0]
     back = json.loads(write_json(records, tmp_path / "bench.json").read_text())
     assert back == records
     rows = list(csv.DictReader(write_csv(records, tmp_path / "bench.csv").open()))
     assert [r["model"] for r in rows] == [r["model"] for r in records]
+    assert json.loads(rows[1]["ort_op_ms"]) == records[1]["ort_op_ms"]   # nested values as JSON text
     table = format_table(records)
     assert "efficientformerv2_s0" in table and "median ms" in table and "x baseline" in table
     png = plot_accuracy_latency(records, tmp_path / "plot.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_unknown_backend_and_model_are_refused():
+def test_models_given_as_label_and_module():
+    """A model built elsewhere (e.g. a switched architecture) is benchmarked under its label."""
+    module = create_model("efficientformerv2_s0", img_size=64, num_classes=10)
+    records = run_benchmark([("s0-10-classes", module), "mobilenetv2_050"], ["torch"], threads=1, resolution=64,
+                            runs=2, warmup=1, baseline="s0-10-classes")
+    assert [r["model"] for r in records] == ["s0-10-classes", "mobilenetv2_050"]
+    mine = records[0]
+    assert mine["params"] == count_params(module) and mine["top1_paper"] is None and mine["vs_baseline"] == 1.0
+    with pytest.raises(ValueError, match="unique"):
+        run_benchmark([("a", module), ("a", module)], ["torch"], runs=1, warmup=0)
+
+
+def test_unknown_backend_and_model_and_options_are_refused():
     with pytest.raises(ValueError, match="backend"):
         run_benchmark(["efficientformerv2_s0"], ["tflite"])
     with pytest.raises(ValueError, match="unknown model"):
         run_benchmark(["mobilenetv9_100"], ["torch"], runs=1, warmup=0)
+    with pytest.raises(ValueError, match="int8"):
+        run_benchmark(["mobilenetv2_050"], ["torch"], int8=True)
+    with pytest.raises(ValueError, match="int8"):
+        run_benchmark(["mobilenetv2_050"], ["torch"], calibration="data")
 
 
 def test_compile_backend_runs_and_equals_eager():
     (rec,) = run_benchmark(["efficientformerv2_s0"], ["compile"], threads=1, resolution=64, runs=2, warmup=1)
     assert rec["backend"] == "compile" and rec["latency_ms_median"] > 0
     assert rec["max_abs_diff"] <= 1e-4   # the compiled deploy form computes what eager does
+
+
+# --------------------------------------------------------------------------------------------
+# tools/benchmark.py in a subprocess (ExecuTorch's threadpool takes one thread count per process)
+# --------------------------------------------------------------------------------------------
+def _tool(*args, env_path: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = None
+    if env_path is not None:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(env_path), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, str(ROOT / "tools/benchmark.py"), *map(str, args)], capture_output=True,
+                          text=True, cwd=ROOT, timeout=timeout, env=env)
+
+
+def _toy_folder(root: Path, classes: int = 2, per_class: int = 3) -> Path:
+    for c in range(classes):
+        folder = root / "train" / f"class{c}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", (40, 48), (40 * c + 10 * i, 100, 200 - 50 * c)).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.mark.export
+@pytest.mark.slow
+def test_tool_executorch_and_openvino_json(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = _tool("--models", "mobilenetv2_050", "efficientformerv2_s0", "--backend", "executorch", "openvino",
+                 "--threads", "2", "--resolution", "64", "--runs", "3", "--warmup", "1", "--et-profile",
+                 "--thread-check", "--baseline", "mobilenetv2_050", "--json", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = json.loads(out.read_text())
+    assert [(r["model"], r["backend"]) for r in records] == [
+        (m, b) for m in ("mobilenetv2_050", "efficientformerv2_s0") for b in ("executorch", "openvino")]
+    for r in records:
+        assert REQUIRED <= set(r) and r["threads"] == 2 and r["precision"] == "fp32"
+        assert r["latency_ms_p90"] >= r["latency_ms_median"] > 0
+        assert r["max_abs_diff"] <= 1e-4, r          # the runtime computes what PyTorch does
+        if r["backend"] == "executorch":           # every operator delegated, time per XNNPACK operator
+            assert r["undelegated_ops"] == {} and r["delegate_calls"] >= 1
+            assert r["et_op_ms"]["Fully Connected (NC, F32) GEMM"] > 0
+            assert not any(op.startswith("native_call") for op in r["et_op_ms"])
+        else:
+            assert r["ov_threads"] == 2 and r["ov_precision"] == "f32"
+            assert r["speedup_vs_1_thread"] > 0 and r["latency_ms_median_1_thread"] > 0
+    assert "operators" in proc.stdout and "x 1 thread" in proc.stdout
+
+
+@pytest.mark.export
+@pytest.mark.slow
+def test_tool_int8_json(tmp_path):
+    calib = _toy_folder(tmp_path / "calib")
+    out = tmp_path / "bench.json"
+    proc = _tool("--models", "mobilenetv2_050", "--backend", "executorch", "openvino", "--threads", "1",
+                 "--resolution", "64", "--runs", "3", "--warmup", "1", "--int8", "--calibration", calib,
+                 "--calibration-count", "2", "--json", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = json.loads(out.read_text())
+    assert [(r["backend"], r["precision"]) for r in records] == [
+        ("executorch", "fp32"), ("executorch", "int8"), ("openvino", "fp32"), ("openvino", "int8")]
+    for r in records:
+        assert REQUIRED <= set(r) and r["latency_ms_median"] > 0
+        if r["precision"] == "int8":              # the quantization error, measured, not bounded
+            assert r["calibration"] == str(calib) and 0 < r["max_abs_diff"] < 10
+    assert records[1]["undelegated_ops"] == {}
+    assert "random data" not in proc.stdout       # calibrated on the given folder
+
+
+@pytest.mark.export
+def test_int8_on_random_data_says_it_is_a_speed_figure():
+    logs = []
+    records = run_benchmark(["mobilenetv2_050"], ["openvino"], threads=1, resolution=64, runs=2, warmup=0, int8=True,
+                            calibration_count=1, log=logs.append)
+    assert [(r["precision"], r.get("calibration")) for r in records] == [("fp32", None), ("int8", "random")]
+    assert any("random data" in line and "speed" in line for line in logs)
+
+
+def _fake_broken(tmp_path: Path, *packages: str) -> Path:
+    """A folder that, first on PYTHONPATH, makes importing `packages` fail as a missing runtime does."""
+    for name in packages:
+        (tmp_path / "broken" / name).mkdir(parents=True)
+        (tmp_path / "broken" / name / "__init__.py").write_text(f"raise ImportError('no module named {name}')\n")
+    return tmp_path / "broken"
+
+
+def _assert_one_line_error(proc: subprocess.CompletedProcess, *words: str) -> None:
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("benchmark: error:")]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--models", "mobilenetv9_100", "--backend", "torch"], ["unknown model", "mobilenetv9_100"]),
+    (["--models", "mobilenetv2_050", "--backend", "tflite"], ["tflite"]),
+    (["--models", "mobilenetv2_050", "--backend", "torch", "--int8"], ["--int8"]),
+    (["--models", "mobilenetv2_050", "--backend", "executorch", "--calibration", "data"], ["--int8"]),
+    (["--models", "mobilenetv2_050", "--backend", "executorch", "--int8", "--calibration", "no/such/dir"],
+     ["no such folder"]),
+])
+def test_tool_bad_input(args, words):
+    _assert_one_line_error(_tool(*args), *words)
+
+
+def test_tool_unwritable_json_and_empty_calibration(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    proc = _tool("--models", "mobilenetv2_050", "--backend", "torch", "--json", blocker / "out.json")
+    _assert_one_line_error(proc, "--json", "cannot be written")
+    (tmp_path / "empty" / "train" / "cls").mkdir(parents=True)
+    proc = _tool("--models", "mobilenetv2_050", "--backend", "openvino", "--int8", "--calibration", tmp_path / "empty")
+    _assert_one_line_error(proc, "no image files")
+
+
+@pytest.mark.parametrize("backend, package", [("executorch", "executorch"), ("openvino", "openvino")])
+def test_tool_runtime_not_installed(tmp_path, backend, package):
+    out = tmp_path / "bench.json"
+    proc = _tool("--models", "mobilenetv2_050", "--backend", backend, "--json", out,
+                 env_path=_fake_broken(tmp_path, package))
+    _assert_one_line_error(proc, backend, "not installed", "make install")
+    assert not out.exists()

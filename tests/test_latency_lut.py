@@ -1,0 +1,118 @@
+"""Latency table on the deploy runtimes (ExecuTorch + XNNPACK, OpenVINO): entries net of the
+runtime's fixed cost, predictions, the whole-network check, the single timer, and the tool's
+answers to bad input."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import deploy.latency_lut as lut
+from backbones.supernet import SearchSpace
+from deploy.latency import LatencyStats
+from deploy.latency_lut import LatencyTable, build_latency_table, evaluate_table, measure_latency, subnet_keys
+
+ROOT = Path(__file__).resolve().parents[1]
+# one width per stage, two in stage 2: 14 entries (stem, 5 downsamplings, 5 FFNs, 2 MHSAs, head)
+TINY = SearchSpace(widths=((8,), (8, 16), (16,), (16,)), depths=(1, 1, 1, 1), expansions=(2,), stem_widths=(8,))
+TINY_ENTRIES = 14
+
+
+def _assert_runtime_table(table: LatencyTable, backend: str) -> None:
+    assert table.backend == backend and len(table.entries) == TINY_ENTRIES
+    assert set(table.entries) >= set(subnet_keys(TINY.largest()))
+    # net of the runtime's per-run cost: a block cheaper than a pass-through graph counts 0
+    assert all(0 <= ms < 100 for ms in table.entries.values())
+    assert 0 < table.overhead_ms < 100     # the fixed cost, added once per prediction
+    assert table.predict(TINY.smallest()) == pytest.approx(
+        sum(table.entries[k] for k in subnet_keys(TINY.smallest())) + table.overhead_ms)
+
+
+def test_lut_times_through_the_single_timer(monkeypatch):
+    """Every LUT timing is `deploy.latency.measure` (median of its stats)."""
+    calls = []
+
+    def fake_measure(fn, runs, warmup):
+        fn()
+        calls.append((runs, warmup))
+        return LatencyStats(median=1.5, p90=2.0, mean=1.6, min=1.0, runs=runs)
+
+    monkeypatch.setattr(lut, "measure", fake_measure)
+    table = build_latency_table(TINY, img_size=32, threads=1, warmup=3, runs=7, num_classes=3)
+    assert set(table.entries.values()) == {1.5} and calls == [(7, 3)] * TINY_ENTRIES
+    with pytest.raises(ValueError, match="unknown backend"):
+        measure_latency(lut._PassThrough(), (1, 3, 8, 8), "tflite")
+
+
+@pytest.mark.export
+def test_openvino_table_round_trip_and_check(tmp_path):
+    table = build_latency_table(TINY, img_size=32, backend="openvino", threads=1, warmup=1, runs=2, num_classes=3)
+    _assert_runtime_table(table, "openvino")
+    loaded = LatencyTable.load(table.save(tmp_path / "lut_ov.json"))
+    assert loaded == table
+    report = evaluate_table(loaded, num_subnets=2, warmup=1, runs=2)
+    assert report.predicted_ms == [loaded.predict(TINY.largest()), loaded.predict(TINY.smallest())]
+    assert all(m > 0 for m in report.measured_ms) and -1 <= report.pearson_r <= 1
+
+
+def _tool(*args, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "tools/build_latency_lut.py"), *map(str, args)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=900, env=env)
+
+
+def _space_file(tmp_path: Path) -> Path:
+    path = tmp_path / "space.json"
+    path.write_text(json.dumps(TINY.to_dict()))
+    return path
+
+
+@pytest.mark.export
+@pytest.mark.slow
+def test_executorch_table_with_the_tool(tmp_path):
+    """In a subprocess: ExecuTorch's threadpool takes one thread count per process."""
+    out = tmp_path / "lut_et.json"
+    proc = _tool("--space", _space_file(tmp_path), "--img-size", 32, "--backend", "executorch", "--threads", 1,
+                 "--warmup", 1, "--runs", 2, "--check", 2, "--num-classes", 3, "--out", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = LatencyTable.load(out)
+    _assert_runtime_table(table, "executorch")
+    check = json.loads(out.with_suffix(".check.json").read_text())
+    assert check["predicted_ms"] == pytest.approx([table.predict(TINY.largest()), table.predict(TINY.smallest())])
+    assert all(m > 0 for m in check["measured_ms"]) and -1 <= check["pearson_r"] <= 1
+    assert "Pearson r" in proc.stdout and f"{TINY_ENTRIES} entries written" in proc.stdout
+
+
+def _assert_one_line_error(proc: subprocess.CompletedProcess, *words: str) -> None:
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("build_latency_lut: error:")]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def test_tool_bad_input(tmp_path):
+    space = _space_file(tmp_path)
+    out = tmp_path / "lut.json"
+    _assert_one_line_error(_tool("--space", space, "--backend", "tflite", "--out", out), "tflite")
+    _assert_one_line_error(_tool("--space", tmp_path / "missing.yaml", "--out", out), "no such file")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("widths: [[8]]\n")
+    _assert_one_line_error(_tool("--space", bad, "--out", out), "not a search space")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    _assert_one_line_error(_tool("--space", space, "--out", blocker / "lut.json"), "--out", "cannot be written")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("backend", ["executorch", "openvino"])
+def test_tool_runtime_not_installed(tmp_path, backend):
+    broken = tmp_path / "broken" / backend
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text(f"raise ImportError('no module named {backend}')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "broken"), os.environ.get("PYTHONPATH", "")])}
+    out = tmp_path / "lut.json"
+    proc = _tool("--space", _space_file(tmp_path), "--backend", backend, "--out", out, env=env)
+    _assert_one_line_error(proc, backend, "not installed", "make install")
+    assert not out.exists()
