@@ -169,7 +169,8 @@ def markdown_table(rows: Sequence[dict]) -> str:
     trained = any(r["top1"] is not None for r in rows)
     head = ["config", "params (M)", "GMACs"] + [f"{b} ms" for b in backends] + (["top-1 (%)"] if trained else []) \
         + ["paper row", "paper params (M)", "paper iPhone ms", "paper top-1 (%)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    text_columns = {"config", "paper row"}
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if h in text_columns else "---:" for h in head) + "|"]
 
     def fmt(value: float | None, spec: str) -> str:
         return "-" if value is None else format(value, spec)
