@@ -25,8 +25,9 @@ class PredictionWriter(BasePredictionWriter):
     Class names come from the DataModule's `classes` (class indices where it has none).
 
     Args:
-        output_dir: folder of the file; None: the run folder (`trainer.log_dir`, the logger's
-            version folder, so that runs do not overwrite each other's predictions).
+        output_dir: folder of the file; None: this command's log folder (`trainer.log_dir`: the
+            first logger's version folder in the run folder, or the run folder without a logger),
+            so that two predict commands do not overwrite each other's file.
         filename: name of the file; with several processes each writes its own share to
             `<stem>-rank<r><suffix>`.
     """

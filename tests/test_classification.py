@@ -18,7 +18,6 @@ from timm.data.auto_augment import RandAugment
 from timm.data.random_erasing import RandomErasing
 from torchvision import transforms as T
 
-from backbones import load_checkpoint
 from backbones.supernet import SearchSpace
 from classification.__main__ import cli
 from classification.data import (DataError, ImageFolderDataset, ImageNetDataModule, collate_skip_bad,
