@@ -1,4 +1,6 @@
 import os
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,3 +12,85 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# reference figures (shared/ENVIRONMENT.md): all parameters at 224 including the distillation
+# head, and MACs at 224 (FlopCounterMode / 2)
+REFERENCE_PARAMS = {"efficientformerv2_s0": 3_600_256, "efficientformerv2_s1": 6_185_560,
+                    "efficientformerv2_s2": 12_710_112, "efficientformerv2_l": 26_322_288}
+REFERENCE_GMACS = {"efficientformerv2_s0": 0.396, "efficientformerv2_s1": 0.652,
+                   "efficientformerv2_s2": 1.247, "efficientformerv2_l": 2.553}
+
+
+def _randomize(model: torch.nn.Module) -> torch.nn.Module:
+    """Random weights and BatchNorm statistics, so parity is not trivially true."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for k, v in model.state_dict().items():
+            if not v.dtype.is_floating_point:
+                continue
+            if k.endswith("running_var"):
+                v.copy_(torch.rand(v.shape, generator=g) + 0.5)
+            else:
+                scale = 0.1 if k.endswith(("bias", "gamma", "running_mean", "attention_biases")) else 0.05
+                v.copy_(torch.randn(v.shape, generator=g) * scale)
+    return model
+
+
+def _official_layout(timm_sd: dict) -> dict:
+    """The snap-research release's key names for a timm-layout state dict.
+
+    Written from the official code's module structure: `patch_embed` Sequential stem, `network`
+    alternating stages (even indices) and downsampling embeddings (odd), `nn.Sequential` conv-BN
+    pairs numbered 0/1 (`proj` with the activation first: 1/2), Mlp norms `norm1`/`mid_norm`/
+    `norm2`, layer scales of shape (C, 1, 1), `dist_head`, and the derived `attention_bias_idxs`.
+    """
+    out = {}
+    for k, v in timm_sd.items():
+        k2 = k
+        for a, b in [("stem.conv1.conv.", "patch_embed.0."), ("stem.conv1.bn.", "patch_embed.1."),
+                     ("stem.conv2.conv.", "patch_embed.3."), ("stem.conv2.bn.", "patch_embed.4."),
+                     ("head_dist.", "dist_head.")]:
+            if k2.startswith(a):
+                k2 = b + k2[len(a):]
+        m = re.match(r"stages\.(\d)\.blocks\.(\d+)\.(.*)", k2)
+        if m:
+            s, blk, rest = int(m.group(1)), m.group(2), m.group(3)
+            for a, b in [("mlp.fc1.conv.", "mlp.fc1."), ("mlp.fc1.bn.", "mlp.norm1."), ("mlp.mid.conv.", "mlp.mid."),
+                         ("mlp.mid.bn.", "mlp.mid_norm."), ("mlp.fc2.conv.", "mlp.fc2."), ("mlp.fc2.bn.", "mlp.norm2.")]:
+                rest = rest.replace(a, b)
+            if rest in ("ls1.gamma", "ls2.gamma"):
+                rest, v = "layer_scale_" + rest[2], v.reshape(-1, 1, 1)
+            rest = re.sub(r"token_mixer\.(q|k|v|v_local|stride_conv)\.conv\.", r"token_mixer.\1.0.", rest)
+            rest = re.sub(r"token_mixer\.(q|k|v|v_local|stride_conv)\.bn\.", r"token_mixer.\1.1.", rest)
+            rest = rest.replace("token_mixer.proj.conv.", "token_mixer.proj.1.").replace("token_mixer.proj.bn.", "token_mixer.proj.2.")
+            k2 = f"network.{2 * s}.{blk}.{rest}"
+        m = re.match(r"stages\.(\d)\.downsample\.(.*)", k2)
+        if m:
+            s, rest = int(m.group(1)), m.group(2)
+            attn = s == 3
+            rest = rest.replace("conv.conv.", "conv." if attn else "proj.").replace("conv.bn.", "bn." if attn else "norm.")
+            rest = re.sub(r"attn\.(k|v|v_local)\.conv\.", r"attn.\1.0.", rest)
+            rest = re.sub(r"attn\.(k|v|v_local)\.bn\.", r"attn.\1.1.", rest)
+            rest = rest.replace("attn.q.local.", "attn.q.local.0.").replace("attn.q.proj.conv.", "attn.q.proj.0.")
+            rest = rest.replace("attn.q.proj.bn.", "attn.q.proj.1.")
+            rest = rest.replace("attn.proj.conv.", "attn.proj.1.").replace("attn.proj.bn.", "attn.proj.2.")
+            k2 = f"network.{2 * s - 1}.{rest}"
+        out[k2] = v
+        if k2.endswith("attention_biases"):
+            out[k2.replace("attention_biases", "attention_bias_idxs")] = torch.zeros(3, 3, dtype=torch.long)
+    return out
+
+
+@pytest.fixture(scope="session")
+def randomize_():
+    """`randomize_(model)`: random weights and BatchNorm statistics in place (parity tests)."""
+    return _randomize
+
+
+@pytest.fixture(scope="session")
+def official_layout():
+    """`official_layout(timm_state_dict)`: the snap-research release's key names."""
+    return _official_layout

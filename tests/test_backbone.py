@@ -16,21 +16,6 @@ WIDTHS = {"efficientformerv2_s0": [32, 48, 96, 176], "efficientformerv2_s1": [32
 NAMES = sorted(REFERENCE_PARAMS)
 
 
-def randomize_(model: torch.nn.Module) -> torch.nn.Module:
-    """Random weights and BatchNorm statistics, so parity is not trivially true."""
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for k, v in model.state_dict().items():
-            if not v.dtype.is_floating_point:
-                continue
-            if k.endswith("running_var"):
-                v.copy_(torch.rand(v.shape, generator=g) + 0.5)
-            else:
-                scale = 0.1 if k.endswith(("bias", "gamma", "running_mean", "attention_biases")) else 0.05
-                v.copy_(torch.randn(v.shape, generator=g) * scale)
-    return model
-
-
 def test_registered_names():
     assert list_models() == NAMES
 
@@ -42,7 +27,7 @@ def test_parameter_count_equals_reference(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_logits_equal_timm(name):
+def test_logits_equal_timm(name, randomize_):
     reference = randomize_(timm.create_model(name)).eval()
     model = create_model(name).eval()
     report = load_checkpoint(model, reference.state_dict())
@@ -53,7 +38,7 @@ def test_logits_equal_timm(name):
     assert diff < 1e-5
 
 
-def test_bias_at_training_grid_is_the_fixed_table():
+def test_bias_at_training_grid_is_the_fixed_table(randomize_):
     """At the training grid the resolution-free bias equals the reference's indexed table."""
     reference = randomize_(timm.create_model("efficientformerv2_s0")).eval()
     model = create_model("efficientformerv2_s0").eval()
@@ -109,7 +94,7 @@ def test_features_channels_and_strides(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_fuse_parity(name):
+def test_fuse_parity(name, randomize_):
     model = randomize_(create_model(name)).eval()
     fused = copy.deepcopy(model).fuse()
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.stages.modules())
@@ -120,7 +105,7 @@ def test_fuse_parity(name):
             assert (fused(x) - model(x)).abs().max().item() < 1e-4
 
 
-def test_fuse_features_parity():
+def test_fuse_features_parity(randomize_):
     model = randomize_(create_model("efficientformerv2_s1", features_only=True)).eval()
     fused = copy.deepcopy(model).fuse()
     x = torch.randn(1, 3, 131, 97)
@@ -139,7 +124,7 @@ def test_every_parameter_gets_a_gradient(name):
     assert not missing
 
 
-def test_eval_averages_the_two_heads():
+def test_eval_averages_the_two_heads(randomize_):
     model = randomize_(create_model("efficientformerv2_s0", num_classes=7)).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():

@@ -18,7 +18,6 @@ from backbones import CheckpointError, efficientformerv2_s0, save_checkpoint
 from openmmlab import EfficientFormerV2
 from openmmlab.benchmark import ChildDiedError, benchmark_backbone, run_in_fresh_process
 from openmmlab.runner import ConfigError, check_data_roots, load_config, read_checkpoint
-from test_checkpoint import official_layout
 
 pytestmark = pytest.mark.mm
 
@@ -116,7 +115,7 @@ def reference():
 
 
 @pytest.mark.parametrize("fmt", ["project", "timm", "official"])
-def test_pretrained_init_from_each_format(tmp_path, reference, fmt):
+def test_pretrained_init_from_each_format(tmp_path, reference, fmt, official_layout):
     sd = reference.state_dict()
     if fmt == "project":
         model = efficientformerv2_s0()

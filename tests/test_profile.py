@@ -1,0 +1,32 @@
+"""Parameters and GMACs (deploy.profile and tools/profile.py) against the reference figures."""
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+from backbones import create_model
+from conftest import REFERENCE_GMACS, REFERENCE_PARAMS, ROOT
+
+
+def _profile_tool():
+    spec = importlib.util.spec_from_file_location("profile_tool", ROOT / "tools/profile.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_GMACS))
+def test_profile_gmacs_match_reference(name):
+    r = _profile_tool().profile(create_model(name), (224, 224))
+    assert abs(r["gmacs"] - REFERENCE_GMACS[name]) / REFERENCE_GMACS[name] < 0.01
+    assert r["params"] == REFERENCE_PARAMS[name]
+    assert r["params_deploy"] < r["params"]
+
+
+def test_profile_tool_cli():
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, str(ROOT / "tools/profile.py"), "--model", "efficientformerv2_s0"],
+                         capture_output=True, text=True, env=env, check=True)
+    assert "params 3,600,256" in out.stdout and "GMACs 0.396" in out.stdout
