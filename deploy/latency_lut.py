@@ -41,8 +41,8 @@ from torch import nn
 
 from backbones import EfficientFormerV2
 from backbones.efficientformer_v2 import Arch, ClassifierForward, EfficientFormerV2Block, StageArch
-from backbones.layers import grid_size
-from backbones.supernet import ATTENTION_STAGES, SearchSpace, SubnetConfig, as_subnet_config
+from backbones.efficientformer_v2 import stage_plans
+from backbones.supernet import SearchSpace, SubnetConfig, as_subnet_config
 
 from .latency import measure
 
@@ -58,16 +58,6 @@ BACKENDS = ("torch", "onnxruntime", "executorch", "openvino")
 # --------------------------------------------------------------------------------------------
 def _fmt(e: float) -> str:
     return f"{e:g}"
-
-
-def stage_resolutions(img_size: int) -> list[int]:
-    """Side of the feature map of each stage (strides 4, 8, 16, 32)."""
-    r = grid_size(grid_size(img_size, 2), 2)
-    out = [r]
-    for _ in range(3):
-        r = grid_size(r, 2)
-        out.append(r)
-    return out
 
 
 def subnet_keys(config: SubnetConfig) -> list[str]:
@@ -142,7 +132,8 @@ def table_entries(space: SearchSpace, img_size: int, num_classes: int = 1000, di
     """(key, part factory, input shape) of every entry of `space`'s table. Each part is cut from
     a plain `EfficientFormerV2` (so it is exactly the shipped module); `factory(fused=True)` gives
     its deploy form, `factory()` the trainable form (whose parameters sum to the plain model's)."""
-    res = stage_resolutions(img_size)
+    plans = stage_plans(img_size)  # the model's own stage layout: grids, attention stages
+    res = [p.grid for p in plans]
     w = space.widths
 
     def entry(key: str, arch: Arch, pick: Callable[[EfficientFormerV2], nn.Module], shape: tuple[int, ...]):
@@ -162,7 +153,7 @@ def table_entries(space: SearchSpace, img_size: int, num_classes: int = 1000, di
             for e in space.expansions:
                 yield entry(f"ffn{j + 1}:{c}x{_fmt(e)}", _carrier(space, widths={j: c}, expansion=(j, e)),
                             lambda m, j=j: m.stages[j].blocks[0], (1, c, res[j], res[j]))
-            if j in ATTENTION_STAGES:
+            if plans[j].attention:
                 yield entry(f"mhsa{j + 1}:{c}", _carrier(space, widths={j: c}, attention=j),
                             lambda m, j=j: _MhsaHalf(m.stages[j].blocks[0]), (1, c, res[j], res[j]))
     for c in w[3]:
