@@ -1,6 +1,5 @@
 """Checkpoint formats, safe loading, clear errors, and the convert / profile tools."""
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path

@@ -13,18 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from timm.layers import trunc_normal_
 from torch import nn
 
 from backbones import Arch, EfficientFormerV2
-from backbones.layers import LayerScale, OffsetAttentionBias
 from backbones.supernet import EfficientFormerV2Supernet, SearchSpace, StageConfig, SubnetConfig
 from classification.proxy import run_proxy_check, spread_configs
 from classification.search import (MesSpec, SearchSettings, SettingsError, SubnetEvaluator, Target, arch_dict,
                                    evaluate, fixed_expansion, frontier, greedy_search, load_settings, load_supernet,
                                    plot_trajectory, random_baseline, random_cloud, recalibrate_bn, run_search)
 from classification.toy_data import make_toy_classification
-from deploy.latency_lut import LatencyTable, build_latency_table, evaluate_table, subnet_keys, table_entries
+from deploy.latency_lut import LatencyTable, table_entries
 
 ROOT = Path(__file__).resolve().parents[1]
 SEARCH_CONFIGS = ROOT / "configs/search"
@@ -139,71 +137,6 @@ def test_recalibration_matches_data_statistics():
         expected = 100.0 * (model(torch.cat([x for x, _ in data])).argmax(-1) == 0).float().mean().item()
     assert acc == pytest.approx(expected)
     assert loss > 0
-
-
-def test_latency_table_round_trip(tmp_path):
-    space = SearchSpace(widths=((8,), (8, 16), (16,), (16,)), depths=(1, 1, 1, 1), expansions=(2,), stem_widths=(8,))
-    table = build_latency_table(space, img_size=32, threads=1, warmup=1, runs=2, num_classes=3)
-    assert table.overhead_ms == 0.0  # eager PyTorch: no per-run correction
-    assert set(table.entries) >= set(subnet_keys(space.largest()))
-    path = table.save(tmp_path / "lut.json")
-    loaded = LatencyTable.load(path)
-    assert loaded == table
-    assert loaded.predict(space.largest()) == pytest.approx(sum(table.entries[k] for k in subnet_keys(space.largest())))
-    path.write_text(json.dumps({**table.to_dict(), "entries": {"stem:8-8": -1.0}}))
-    with pytest.raises(ValueError, match="not non-negative"):
-        LatencyTable.load(path)
-    with pytest.raises(KeyError, match="rebuild"):
-        _synthetic_table(space).predict(SPACE.largest())
-
-
-def _nontrivial_init(m: nn.Module) -> None:
-    """Random BatchNorm statistics and affines, layer scales and attention biases (from the global
-    generator), so that folding them into the deploy form is really exercised."""
-    if isinstance(m, nn.Linear):
-        trunc_normal_(m.weight, std=0.02)
-    elif isinstance(m, nn.BatchNorm2d):
-        m.running_mean.normal_(0, 0.1)
-        m.running_var.uniform_(0.5, 1.5)
-        m.weight.data.uniform_(0.5, 1.5)
-        m.bias.data.normal_(0, 0.1)
-    elif isinstance(m, LayerScale):
-        m.gamma.data.uniform_(0.5, 1.0)
-    elif isinstance(m, OffsetAttentionBias):
-        m.attention_biases.data.normal_(0, 0.5)
-
-
-def test_lut_entries_are_the_fused_deploy_form(monkeypatch):
-    """Every entry is timed as shipped: no BatchNorm or layer scale left, same outputs."""
-    monkeypatch.setattr(EfficientFormerV2, "_init_weights", staticmethod(_nontrivial_init))
-    space = SearchSpace(widths=((8,), (8, 16), (16,), (16,)), depths=(1, 1, 1, 1), expansions=(2,), stem_widths=(8,))
-    for key, factory, shape in table_entries(space, 32, num_classes=3):
-        torch.manual_seed(0)
-        trainable = factory().eval()
-        torch.manual_seed(0)
-        fused = factory(fused=True)
-        assert not any(isinstance(m, (nn.BatchNorm2d, LayerScale)) for m in fused.modules()), key
-        x = torch.randn(*shape)
-        with torch.no_grad():
-            torch.testing.assert_close(fused(x), trainable(x), rtol=1e-4, atol=1e-5, msg=key)
-
-
-def test_latency_table_onnxruntime_round_trip(tmp_path):
-    space = SearchSpace(widths=((8,), (8, 16), (16,), (16,)), depths=(1, 1, 1, 1), expansions=(2,), stem_widths=(8,))
-    table = build_latency_table(space, img_size=32, backend="onnxruntime", threads=1, warmup=1, runs=2, num_classes=3)
-    assert table.backend == "onnxruntime" and len(table.entries) == 14
-    # net of the per-run cost: a block cheaper than a pass-through graph counts 0
-    assert all(0 <= ms < 100 for ms in table.entries.values()) and sum(table.entries.values()) > 0
-    loaded = LatencyTable.load(table.save(tmp_path / "lut_ort.json"))
-    assert loaded == table and loaded.predict(space.smallest()) > 0
-    # entries are net of the runtime's fixed cost per run, which a prediction adds once
-    assert 0 < table.overhead_ms < 100
-    assert loaded.predict(space.smallest()) == pytest.approx(
-        sum(table.entries[k] for k in subnet_keys(space.smallest())) + table.overhead_ms)
-    report = evaluate_table(loaded, num_subnets=2, warmup=1, runs=2)
-    assert len(report.measured_ms) == 2 and all(m > 0 for m in report.measured_ms)
-    assert report.predicted_ms == [loaded.predict(space.largest()), loaded.predict(space.smallest())]
-    assert -1 <= report.pearson_r <= 1 and report.mean_abs_error_ms >= 0
 
 
 # --------------------------------------------------------------------------------------------
