@@ -397,8 +397,9 @@ def compare_on_images(runner: Runner, module: nn.Module, samples: Iterable[tuple
             right_exported += pred_exported == label
     if not n:
         raise ValueError("no images to compare on")
-    top1 = (lambda k: 100.0 * k / labelled) if labelled else (lambda k: None)
-    return ImageComparison(n, diff, agree / n, top1(right_float), top1(right_exported))
+    if not labelled:
+        return ImageComparison(n, diff, agree / n)
+    return ImageComparison(n, diff, agree / n, 100.0 * right_float / labelled, 100.0 * right_exported / labelled)
 
 
 def _labelled_val(root: Path, size: tuple[int, int], classes: int, limit: int | None, normalise) -> list | None:
@@ -553,7 +554,7 @@ def export_model(name: str, fmt: Format, out: str | Path, checkpoint: str | Path
             diff = check_torchscript(path, net, example)
             result = ExportResult("torchscript", out, 0.0, "reloaded TorchScript vs eager PyTorch", max_abs_diff=diff)
         else:
-            result = _export_edge(fmt, net, example, path, out, features, images, g, normalise)
+            result = _export_edge(fmt, net, example, path, out, features, images if int8 else None, g, normalise)
             if calibration is not None and not features:
                 _report_top1(result, _runner(fmt, path), net, Path(calibration), size, images, eval_limit, normalise,
                              min_agreement)
@@ -618,6 +619,7 @@ def _report_top1(result: ExportResult, runner: Runner, net: nn.Module, root: Pat
     val = _labelled_val(root, size, classes, eval_limit, normalise)
     samples = val if val else [(x, None) for x in images]
     cmp = compare_on_images(runner, net, samples)
+    result.max_abs_diff = max(result.max_abs_diff or 0.0, cmp.max_abs_diff)
     result.top1_float, result.top1_exported, result.agreement = cmp.top1_float, cmp.top1_exported, cmp.agreement
     result.top1_images = cmp.images
     result.top1_split = str(root / "val") if val else f"{cmp.images} calibration images of {root}"

@@ -10,9 +10,11 @@ predictions need macOS). Last line: `demo-export: onnx max diff <value> coreml <
 """
 from __future__ import annotations
 
-import argparse
+import sys
 import time
 from pathlib import Path
+
+from _cli import ArgumentParser, run
 
 DEFAULT_CKPT = Path("artifacts/cls_toy/efficientformerv2_s0.safetensors")
 
@@ -20,13 +22,10 @@ DEFAULT_CKPT = Path("artifacts/cls_toy/efficientformerv2_s0.safetensors")
 def _toy_images(data: Path, size: int, n: int = 2):
     """Up to `n` toy validation images as a (n, 3, size, size) tensor in [0, 1], or None."""
     import torch
-    from PIL import Image
-    files = sorted((data / "toy_cls" / "val").glob("*/*"))[:n]
-    if not files:
-        return None
-    imgs = [torch.from_numpy(__import__("numpy").asarray(Image.open(f).convert("RGB").resize((size, size))).copy())
-            for f in files]
-    return torch.stack(imgs).permute(0, 3, 1, 2).float() / 255
+
+    from deploy.calibration import val_samples
+    images = [x for x, _ in val_samples(data / "toy_cls", size, limit=n)]
+    return torch.cat(images) if images else None
 
 
 def run_demo(data: Path, checkpoint: Path, out: Path) -> tuple[float, str]:
@@ -58,18 +57,19 @@ def run_demo(data: Path, checkpoint: Path, out: Path) -> tuple[float, str]:
     return diff, "ok" if cm.ok else "prediction mismatch"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(prog="demo-export", description=__doc__)
     parser.add_argument("--data", type=Path, default=Path("data"))
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CKPT)
     parser.add_argument("--out", type=Path, default=Path("artifacts/export"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     start = time.perf_counter()
     import torch
     torch.set_num_threads(2)
     diff, coreml = run_demo(args.data, args.checkpoint, args.out)
     print(f"demo-export: onnx max diff {diff:.2e} coreml {coreml} in {time.perf_counter() - start:.1f} s")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main, "demo-export"))
