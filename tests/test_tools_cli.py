@@ -1,4 +1,4 @@
-"""Bad input to tools/convert_checkpoint.py, profile.py, make_toy_data.py and demo_cls.py: one line
+"""Bad input to tools/convert_checkpoint.py, profile.py, make_toy_data.py, demo_cls.py and demo_dense.py: one line
 on stderr that names the problem (tools/_cli.py's `prog: error: ...`), exit status 2, no traceback.
 
 Every case runs the tool in its own subprocess; the subprocesses run a few at a time (each spends
@@ -33,6 +33,8 @@ CASES: dict[str, tuple[str, list[str], str]] = {
     "demo-threads": ("demo_cls", ["--threads", "0"], "--threads must be 1 or more"),
     "demo-missing-config": ("demo_cls", ["--config", "missing.yaml"], "--config missing.yaml is not a file"),
     "demo-data-is-a-file": ("demo_cls", ["--data", "notes.pth"], "--data notes.pth is a file, not a folder"),
+    "dense-unknown-task": ("demo_dense", ["pose"], "invalid choice: 'pose'"),
+    "dense-data-is-a-file": ("demo_dense", ["det", "--data", "notes.pth"], "--data notes.pth is a file"),
 }
 
 

@@ -12,13 +12,13 @@ Last line: `demo-det: bbox mAP <0..1> segm mAP <0..1> in <seconds> s` or
 """
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from mmengine.config import DictAction
+from _cli import ArgumentParser, UsageError
+from _cli import run as run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"det": ROOT / "configs/detection/mask-rcnn_efficientformerv2-s0_fpn_toy-coco.py",
@@ -30,8 +30,11 @@ def ensure_backbone_checkpoint(path: Path, data: Path) -> Path:
     """The classification checkpoint at `path`; trains it with tools/demo_cls.py when missing."""
     if not path.is_file():
         print(f"demo: {path} is missing; training it first with tools/demo_cls.py", flush=True)
-        subprocess.run([sys.executable, str(ROOT / "tools/demo_cls.py"), "--data", str(data / "toy_cls"),
-                        "--out", str(path.parent)], check=True)
+        done = subprocess.run([sys.executable, str(ROOT / "tools/demo_cls.py"), "--data", str(data / "toy_cls"),
+                               "--out", str(path.parent)])
+        if done.returncode != 0:
+            raise UsageError(f"training the backbone checkpoint with tools/demo_cls.py failed (exit status "
+                             f"{done.returncode}); see its message above")
         if not path.is_file():
             raise FileNotFoundError(f"tools/demo_cls.py did not write {path}")
     return path
@@ -58,17 +61,25 @@ def run(task: str, data: Path, backbone: Path, work_dir: Path | None, cfg_option
     return f"demo-{task}: {result} in {time.time() - start:.0f} s"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    from mmengine.config import DictAction
+
+    parser = ArgumentParser(prog="demo_dense", description=__doc__)
     parser.add_argument("task", choices=sorted(CONFIGS))
     parser.add_argument("--data", type=Path, default=Path("data"), help="folder holding the toy data sets")
     parser.add_argument("--backbone", type=Path, default=Path("artifacts/cls_toy/efficientformerv2_s0.safetensors"),
                         help="S0 classification checkpoint the backbone starts from")
     parser.add_argument("--work-dir", type=Path, default=None)
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, default={})
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.data.exists() and not args.data.is_dir():
+        raise UsageError(f"--data {args.data} is a file; give the folder that holds (or will hold) the toy data sets")
+    if args.backbone.exists() and not args.backbone.is_file():
+        raise UsageError(f"--backbone {args.backbone} is not a file; give the S0 classification checkpoint "
+                         "(or a path where make demo's checkpoint should be written)")
     print(run(args.task, args.data, args.backbone, args.work_dir, args.cfg_options), flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, "demo_dense"))
