@@ -83,6 +83,24 @@ def test_executorch_s0_fully_delegated(s0_pte):
 
 
 @needs_executorch
+def test_executorch_threads_once_per_process(s0_pte):
+    code = f"""
+import torch
+from deploy.executorch import ExecuTorchProgram, set_threads
+set_threads(1)
+set_threads(1)  # the same count again: nothing to do
+print(tuple(ExecuTorchProgram({str(s0_pte.path)!r})(torch.rand(1, 3, 224, 224))[0].shape))
+try:
+    set_threads(2)
+except RuntimeError as e:
+    print("refused:", e)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "(1, 10)" in proc.stdout and "refused: the ExecuTorch threadpool of this process already has 1" in proc.stdout
+
+
+@needs_executorch
 def test_executorch_features_fixed_nonsquare_size(s0_features, tmp_path):
     from deploy.executorch import ExecuTorchProgram
     res = export_model(S0, "executorch", tmp_path / "s0_feat.pte", model=s0_features, features=True,
