@@ -1,8 +1,8 @@
 """Search: frontier legality, greedy search reaching its target, random baseline at the same budget,
-MES, BatchNorm recalibration, latency tables (fused entries, torch and onnxruntime, JSON round
-trip), load_supernet and run_search on a saved checkpoint, the proxy check end to end; the
-package's public names, the strictly typed search settings, the depth-and-width search (Table 9),
-and the search tools' answers to bad input."""
+MES, BatchNorm recalibration, load_supernet and run_search on a saved checkpoint, the proxy check
+end to end; the package's public names, the strictly typed search settings, the depth-and-width
+search (Table 9), and the search tools' answers to bad input. (Latency tables:
+test_latency_lut.py.)"""
 import json
 import random
 import subprocess
