@@ -181,7 +181,8 @@ class Attention2d(nn.Module):
         attn = attn.softmax(dim=-1)
         if self.talking_head2 is not None:
             attn = self.talking_head2(attn)
-        x = torch.bmm(v, attn.flatten(0, 1).transpose(1, 2)).unflatten(0, (b, -1)).flatten(1, 2).unflatten(-1, (h, w))
+        # a reshape, not unflatten: coremltools converts it with symbolic sizes
+        x = torch.bmm(v, attn.flatten(0, 1).transpose(1, 2)).reshape(b, -1, h, w)
         if v_local is not None:
             x = x + v_local
         if self.stride_conv is not None:
@@ -300,7 +301,8 @@ class Attention2dDownsample(nn.Module):
         if self.pos_bias is not None:
             attn = (attn.unflatten(0, (-1, self.num_heads)) + self.pos_bias((hq, wq), (h, w))).flatten(0, 1)
         x = torch.bmm(v, attn.softmax(dim=-1).transpose(1, 2))
-        x = x.unflatten(0, (-1, self.num_heads)).flatten(1, 2).unflatten(-1, (hq, wq))
+        x = x.unflatten(0, (-1, self.num_heads)).flatten(1, 2)
+        x = x.reshape(x.shape[0], -1, hq, wq)  # a reshape: coremltools converts it with symbolic sizes
         if v_local is not None:
             x = x + v_local
         return self.proj(self.act(x))
