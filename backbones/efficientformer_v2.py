@@ -131,7 +131,8 @@ class Attention2d(nn.Module):
         for m in (self.stride_conv, self.q, self.k, self.v, self.v_local, self.proj):
             if m is not None:
                 m.fuse()
-        self.q.scale_output(torch.full((self.q.conv.out_channels,), self.scale))
+        w = self.q.conv.weight
+        self.q.scale_output(torch.full((w.shape[0],), self.scale, device=w.device, dtype=w.dtype))
         if self.pos_bias is not None:
             self.pos_bias.fuse()
         self.logit_bias = self._logit_bias((self.attn_grid, self.attn_grid))
@@ -276,7 +277,8 @@ class Attention2dDownsample(nn.Module):
         for m in (self.k, self.v, self.v_local, self.proj):
             if m is not None:
                 m.fuse()
-        self.q.proj.scale_output(torch.full((self.q.proj.conv.out_channels,), self.scale))
+        w = self.q.proj.conv.weight
+        self.q.proj.scale_output(torch.full((w.shape[0],), self.scale, device=w.device, dtype=w.dtype))
         if self.pos_bias is not None:
             self.pos_bias.fuse()
         self.fused = True
