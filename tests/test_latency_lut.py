@@ -49,7 +49,13 @@ def test_lut_times_through_the_single_timer(monkeypatch):
     table = build_latency_table(TINY, img_size=32, threads=1, warmup=3, runs=7, num_classes=3)
     assert set(table.entries.values()) == {1.5} and calls == [(7, 3)] * TINY_ENTRIES
     with pytest.raises(ValueError, match="unknown backend"):
-        measure_latency(lut._PassThrough(), (1, 3, 8, 8), "tflite")
+        measure_latency(lut._PassThrough(3), (1, 3, 8, 8), "tflite")
+
+
+def test_pass_through_is_the_identity_in_the_convolution_layout():
+    x = torch.randn(1, 5, 7, 9)
+    with torch.no_grad():
+        assert torch.equal(lut._PassThrough(5)(x), x)
 
 
 @pytest.mark.export
