@@ -5,6 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from backbones import create_model
+
 # Two cores: keep intra-op threads low so tests and their subprocesses do not oversubscribe.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -94,3 +96,29 @@ def randomize_():
 def official_layout():
     """`official_layout(timm_state_dict)`: the snap-research release's key names."""
     return _official_layout
+
+
+@pytest.fixture(scope="module")
+def s0():
+    """S0 with 10 classes and random BatchNorm statistics, attention biases and layer scales, so
+    export parity is not vacuous (one per test module)."""
+    torch.manual_seed(0)
+    model = create_model("efficientformerv2_s0", num_classes=10).eval()
+    with torch.no_grad():
+        for name, buf in model.named_buffers():
+            if name.endswith("running_var"):
+                buf.uniform_(0.5, 1.5)
+            elif name.endswith("running_mean"):
+                buf.normal_(0, 0.1)
+        for name, p in model.named_parameters():
+            if name.endswith(("attention_biases", "gamma")):
+                p.normal_(0, 0.2)
+    return model
+
+
+@pytest.fixture(scope="module")
+def s0_features(s0):
+    """The feature extractor of `s0` with its weights."""
+    model = create_model("efficientformerv2_s0", features_only=True).eval()
+    model.load_state_dict({k: v for k, v in s0.state_dict().items() if not k.startswith(("head", "norm"))})
+    return model

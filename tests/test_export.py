@@ -15,29 +15,6 @@ FEAT_SIZE = (160, 224)  # non-square, not the training grid
 FEAT_SHAPES = [(32, 40, 56), (48, 20, 28), (96, 10, 14), (176, 5, 7)]  # S0 strides 4/8/16/32 at 160x224
 
 
-@pytest.fixture(scope="module")
-def s0():
-    torch.manual_seed(0)
-    model = create_model(S0, num_classes=10).eval()
-    with torch.no_grad():  # non-trivial BN statistics and biases, so parity is not vacuous
-        for name, buf in model.named_buffers():
-            if name.endswith("running_var"):
-                buf.uniform_(0.5, 1.5)
-            elif name.endswith("running_mean"):
-                buf.normal_(0, 0.1)
-        for name, p in model.named_parameters():
-            if name.endswith(("attention_biases", "gamma")):
-                p.normal_(0, 0.2)
-    return model
-
-
-@pytest.fixture(scope="module")
-def s0_features(s0):
-    model = create_model(S0, features_only=True).eval()
-    model.load_state_dict({k: v for k, v in s0.state_dict().items() if not k.startswith(("head", "norm"))})
-    return model
-
-
 def test_onnx_classifier_224(s0, tmp_path):
     res = export_model(S0, "onnx", tmp_path / "s0.onnx", model=s0)
     assert res.ok and res.path.is_file()

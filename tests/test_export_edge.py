@@ -9,14 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from backbones import create_model
+from conftest import ROOT
 from deploy.calibration import CalibrationError, calibration_images, top1_accuracy
 from deploy.export import EDGE_ATOL, export_model, staged_output
 from deploy.models import FeatureTuple, ImageInput, build_model, deploy_form
 
 pytestmark = pytest.mark.export
 
-ROOT = Path(__file__).resolve().parents[1]
 S0 = "efficientformerv2_s0"
 FEAT_SIZE = (96, 128)  # non-square and small
 FEAT_SHAPES = [(32, 24, 32), (48, 12, 16), (96, 6, 8), (176, 3, 4)]  # S0 strides 4/8/16/32 at 96x128
@@ -27,29 +26,6 @@ needs_executorch = pytest.mark.skipif(importlib.util.find_spec("executorch") is 
                                       reason="executorch not installed")
 needs_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino not installed")
 needs_nncf = pytest.mark.skipif(importlib.util.find_spec("nncf") is None, reason="nncf not installed")
-
-
-@pytest.fixture(scope="module")
-def s0():
-    torch.manual_seed(0)
-    model = create_model(S0, num_classes=10).eval()
-    with torch.no_grad():  # non-trivial BN statistics and biases, so parity is not vacuous
-        for name, buf in model.named_buffers():
-            if name.endswith("running_var"):
-                buf.uniform_(0.5, 1.5)
-            elif name.endswith("running_mean"):
-                buf.normal_(0, 0.1)
-        for name, p in model.named_parameters():
-            if name.endswith(("attention_biases", "gamma")):
-                p.normal_(0, 0.2)
-    return model
-
-
-@pytest.fixture(scope="module")
-def s0_features(s0):
-    model = create_model(S0, features_only=True).eval()
-    model.load_state_dict({k: v for k, v in s0.state_dict().items() if not k.startswith(("head", "norm"))})
-    return model
 
 
 @pytest.fixture(scope="module")
