@@ -264,7 +264,7 @@ def run_benchmark(models: Sequence[ModelSpec], backends: Sequence[str] = ("onnxr
                   threads: int = 2, resolution: int = 224, runs: int = 50, warmup: int = 10,
                   baseline: str | None = None, ort_profile: bool = False, int8: bool = False,
                   calibration: str | Path | None = None, calibration_count: int = 32,
-                  et_profile: bool = False, thread_check: bool = False,
+                  et_profile: bool = False, ov_profile: bool = False, thread_check: bool = False,
                   log: Callable[[str], None] = lambda s: None) -> list[dict]:
     """Measure every (model, backend, precision) triple interleaved and return one record each.
 
@@ -286,6 +286,8 @@ def run_benchmark(models: Sequence[ModelSpec], backends: Sequence[str] = ("onnxr
             ImageNet-layout folder) or, when None, on random data (`RANDOM_CALIBRATION_NOTE`).
         et_profile: ExecuTorch records also carry `et_op_ms` (time per operator type, delegate
             kernels included, ms per run, from ExecuTorch's ETDump; `deploy.profile.executorch_op_profile`).
+        ov_profile: OpenVINO records also carry `ov_op_ms` (time per node type of the compiled
+            model, fused activations named, ms per run; `deploy.openvino.op_time_profile`).
         thread_check: with `threads` > 1, ONNX Runtime and OpenVINO records also carry
             `latency_ms_median_1_thread` and `speedup_vs_1_thread` (the same export with 1
             thread, timed interleaved with it after the table): whether the model uses its threads.
@@ -362,6 +364,11 @@ def run_benchmark(models: Sequence[ModelSpec], backends: Sequence[str] = ("onnxr
                 log(f"profiling {e.label} on executorch ({e.precision})")
                 extra[e.key]["et_op_ms"] = {k: round(v, 4) for k, v in
                                             executorch_op_profile(e.compiled.path, x, runs, warmup).items()}
+            if ov_profile and e.backend == "openvino":
+                from .openvino import op_time_profile as ov_op_time_profile
+                log(f"profiling {e.label} on openvino ({e.precision})")
+                extra[e.key]["ov_op_ms"] = {k: round(v, 4) for k, v in
+                                            ov_op_time_profile(e.compiled.path, x, threads, runs, warmup).items()}
     records = []
     for e in entries:
         s = stats[e.key]

@@ -15,12 +15,16 @@ in fp32 (`compress_to_fp16=False`), so the IR is exact. The CPU plugin's default
 CPUs with AVX-512 BF16 is bf16, which is not exact: `compile_openvino` asks for f32 unless told
 otherwise.
 
+`op_time_profile` reads the CPU plugin's per-node performance counters: where the time goes.
+
 int8 (`calibration` given): `nncf.quantize` on the converted model (one sample per calibration
 image), with bias correction off: NNCF's fast bias correction fails on the deploy form of
 EfficientFormerV2 (a reshape of the attention-logit bias).
 """
 from __future__ import annotations
 
+import collections
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -30,7 +34,7 @@ from torch import nn
 
 from .stacks import require_stack
 
-__all__ = ["OpenVINOModel", "compile_openvino", "export_openvino", "quantize_nncf"]
+__all__ = ["OpenVINOModel", "compile_openvino", "export_openvino", "op_time_profile", "quantize_nncf"]
 
 Precision = Literal["f32", "bf16", "f16"]
 
@@ -98,12 +102,14 @@ class OpenVINOModel:
         return tuple(torch.from_numpy(results[o].copy()) for o in self.compiled.outputs)
 
 
-def compile_openvino(path: str | Path, threads: int | None = None, precision: Precision = "f32") -> OpenVINOModel:
+def compile_openvino(path: str | Path, threads: int | None = None, precision: Precision = "f32",
+                     perf_count: bool = False) -> OpenVINOModel:
     """Compile an IR (`.xml`) for the CPU plugin with the latency hint.
 
     Args:
         threads: `INFERENCE_NUM_THREADS` (None: the plugin's default).
         precision: `INFERENCE_PRECISION_HINT`; f32 is exact, the plugin's own default here is bf16.
+        perf_count: collect per-node performance counters (`op_time_profile`); off for timing.
     """
     require_stack("openvino")
     import openvino as ov
@@ -111,8 +117,48 @@ def compile_openvino(path: str | Path, threads: int | None = None, precision: Pr
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no OpenVINO IR at {path}")
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision}
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision, "PERF_COUNT": perf_count}
     if threads is not None:
         config["INFERENCE_NUM_THREADS"] = int(threads)
     core = ov.Core()
     return OpenVINOModel(core.compile_model(core.read_model(str(path)), "CPU", config))
+
+
+# element-wise activations the CPU plugin runs inside the kernel of the node before them
+_ACTIVATIONS = frozenset({"Gelu", "Clamp", "Relu", "Swish", "HSwish", "HSigmoid", "Sigmoid", "Tanh", "Erf",
+                          "Elu", "Mish", "SoftPlus", "PRelu", "Exp"})
+
+
+def _fused_activations(runtime_op) -> list[str]:
+    """Activation op types folded into a compiled node (from its `originalLayersNames`), in order."""
+    names = runtime_op.get_rt_info()["originalLayersNames"].astype(str).split(",")
+    found = []
+    for name in names:
+        op_type = re.sub(r"_\d+$", "", name.rsplit("/", 1)[-1])
+        if op_type in _ACTIVATIONS and op_type not in found:
+            found.append(op_type)
+    return found
+
+
+def op_time_profile(path: str | Path, x: torch.Tensor, threads: int | None = None, runs: int = 50,
+                    warmup: int = 5, precision: Precision = "f32") -> dict[str, float]:
+    """Where the time of an OpenVINO IR goes on the CPU plugin: its per-node performance counters
+    (`PERF_COUNT`) over `runs` runs on `x` after `warmup` untimed ones; ms per run by node type,
+    largest first. The plugin runs an activation inside the kernel of the node before it, so a
+    node with fused activations is named with them (`Convolution+Gelu`, `GroupConvolution+Clamp`):
+    that is where an activation's cost shows. Compiled as `compile_openvino(path, threads,
+    precision)`; `x` must have the IR's input shape."""
+    model = compile_openvino(path, threads=threads, precision=precision, perf_count=True)
+    kinds = {op.get_friendly_name(): _fused_activations(op) for op in model.compiled.get_runtime_model().get_ordered_ops()}
+    request = model.compiled.create_infer_request()
+    feed = {0: x.contiguous().numpy()}
+    for _ in range(warmup):
+        request.infer(feed)
+    per_op: collections.Counter = collections.Counter()
+    for _ in range(runs):
+        request.infer(feed)
+        for node in request.profiling_info:
+            seconds = node.real_time.total_seconds()
+            if seconds > 0:
+                per_op["+".join([node.node_type, *kinds.get(node.node_name, [])])] += seconds
+    return {op: s * 1e3 / runs for op, s in per_op.most_common()}

@@ -148,7 +148,7 @@ def test_tool_executorch_and_openvino_json(tmp_path):
     out = tmp_path / "bench.json"
     proc = _tool("--models", "mobilenetv2_050", "efficientformerv2_s0", "--backend", "executorch", "openvino",
                  "--threads", "2", "--resolution", "64", "--runs", "3", "--warmup", "1", "--et-profile",
-                 "--thread-check", "--baseline", "mobilenetv2_050", "--json", out)
+                 "--ov-profile", "--thread-check", "--baseline", "mobilenetv2_050", "--json", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = json.loads(out.read_text())
     assert [(r["model"], r["backend"]) for r in records] == [
@@ -164,7 +164,13 @@ def test_tool_executorch_and_openvino_json(tmp_path):
         else:
             assert r["ov_threads"] == 2 and r["ov_precision"] == "f32"
             assert r["speedup_vs_1_thread"] > 0 and r["latency_ms_median_1_thread"] > 0
-    assert "operators" in proc.stdout and "x 1 thread" in proc.stdout
+            # time per node, the activation named where the plugin fuses it into a convolution
+            ops = r["ov_op_ms"]
+            if r["model"] == "mobilenetv2_050":      # ReLU6 runs as a clamp inside the convolutions
+                assert ops["Convolution+Clamp"] > 0 and not any("Gelu" in op for op in ops), ops
+            else:
+                assert ops["Convolution+Gelu"] > 0 and ops["MatMul"] > 0, ops
+    assert "operators" in proc.stdout and "nodes" in proc.stdout and "x 1 thread" in proc.stdout
 
 
 @pytest.mark.export

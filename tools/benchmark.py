@@ -49,13 +49,14 @@ def check_writable(path: Path, option: str) -> None:
 def benchmark(models: list[str], backends: list[str], threads: int = 2, batch_size: int = 1,
               resolution: int = 224, runs: int = 50, warmup: int = 10, baseline: str | None = None,
               ort_profile: bool = False, int8: bool = False, calibration: Path | None = None,
-              calibration_count: int = 32, et_profile: bool = False, thread_check: bool = False) -> list[dict]:
+              calibration_count: int = 32, et_profile: bool = False, thread_check: bool = False,
+              ov_profile: bool = False) -> list[dict]:
     """Run the interleaved benchmark; returns one record per (model, backend, precision)."""
     from deploy.benchmark import run_benchmark
     return run_benchmark(models, backends, batch_size=batch_size, threads=threads, resolution=resolution,
                          runs=runs, warmup=warmup, baseline=baseline, ort_profile=ort_profile, int8=int8,
                          calibration=calibration, calibration_count=calibration_count, et_profile=et_profile,
-                         thread_check=thread_check,
+                         ov_profile=ov_profile, thread_check=thread_check,
                          log=lambda s: print(f"benchmark: {s}", file=sys.stderr, flush=True))
 
 
@@ -87,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="print each ONNX Runtime graph's kernel time per op type")
     parser.add_argument("--et-profile", action="store_true",
                         help="print each ExecuTorch program's time per operator (ETDump)")
+    parser.add_argument("--ov-profile", action="store_true",
+                        help="print each OpenVINO model's time per node type (fused activations named)")
     parser.add_argument("--thread-check", action="store_true",
                         help="ONNX Runtime and OpenVINO: also time 1 thread, report the speed-up of --threads")
     args = parser.parse_args(argv)
@@ -109,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     from deploy.benchmark import format_table, plot_accuracy_latency, write_csv, write_json
     records = benchmark(args.models, args.backend, args.threads, args.batch_size, args.resolution, args.runs,
                         args.warmup, args.baseline, args.ort_profile, args.int8, args.calibration,
-                        args.calibration_count, args.et_profile, args.thread_check)
+                        args.calibration_count, args.et_profile, args.thread_check, args.ov_profile)
     print(format_table(records))
     for r in records:
         if r.get("undelegated_ops"):
@@ -122,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             print(_profile_line(r, "ort_op_ms", "kernels"))
         if "et_op_ms" in r:
             print(_profile_line(r, "et_op_ms", "operators"))
+        if "ov_op_ms" in r:
+            print(_profile_line(r, "ov_op_ms", "nodes"))
     if args.int8 and args.calibration is None:
         from deploy.benchmark import RANDOM_CALIBRATION_NOTE
         print(f"note: {RANDOM_CALIBRATION_NOTE}")
