@@ -10,6 +10,7 @@ a `(label, module)` pair for a model built elsewhere (a searched or switched arc
 """
 from __future__ import annotations
 
+import copy
 import csv
 import importlib
 import json
@@ -26,7 +27,7 @@ from backbones import create_model
 
 from .latency import Timed, measure_interleaved
 from .mes import mobile_efficiency_score
-from .models import IMAGENET_MEAN, IMAGENET_STD, build_model, deploy_form, is_project_model
+from .models import IMAGENET_MEAN, IMAGENET_STD, build_model, deploy_form, is_project_model, replace_activations
 from .profile import count_gmacs, count_params
 from .stacks import STACKS, ExportStackError, require_stack
 
@@ -35,7 +36,9 @@ __all__ = ["BACKENDS", "INT8_BACKENDS", "PAPER_TOP1", "ModelSpec", "CompiledMode
            "available_backends", "RANDOM_CALIBRATION_NOTE"]
 
 BACKENDS = ("torch", "compile", "onnxruntime", "tensorrt", "executorch", "openvino")
-INT8_BACKENDS = ("executorch", "openvino")   # backends with an int8 path (XNNPACK PT2E, NNCF)
+INT8_BACKENDS = ("executorch", "openvino")
+# latency protocols: every activation replaced by this module (the paper's Pixel 6 figures: ReLU)
+ACTIVATION_PROTOCOLS = {"relu": nn.ReLU}   # backends with an int8 path (XNNPACK PT2E, NNCF)
 RANDOM_CALIBRATION_NOTE = ("int8 is calibrated on random data, which gives a speed figure only: the latency "
                            "is meaningful, the int8 accuracy is not (pass --calibration DIR, an ImageNet-layout "
                            "folder, for that)")
@@ -265,7 +268,7 @@ def run_benchmark(models: Sequence[ModelSpec], backends: Sequence[str] = ("onnxr
                   baseline: str | None = None, ort_profile: bool = False, int8: bool = False,
                   calibration: str | Path | None = None, calibration_count: int = 32,
                   et_profile: bool = False, ov_profile: bool = False, thread_check: bool = False,
-                  log: Callable[[str], None] = lambda s: None) -> list[dict]:
+                  activation: str | None = None, log: Callable[[str], None] = lambda s: None) -> list[dict]:
     """Measure every (model, backend, precision) triple interleaved and return one record each.
 
     Args:
@@ -288,6 +291,9 @@ def run_benchmark(models: Sequence[ModelSpec], backends: Sequence[str] = ("onnxr
             kernels included, ms per run, from ExecuTorch's ETDump; `deploy.profile.executorch_op_profile`).
         ov_profile: OpenVINO records also carry `ov_op_ms` (time per node type of the compiled
             model, fused activations named, ms per run; `deploy.openvino.op_time_profile`).
+        activation: "relu": every model's activations replaced by ReLU before it is measured
+            (`deploy.models.replace_activations`), the protocol of the paper's Pixel 6 latencies
+            (Sec. 5.1); a latency figure only. None: the models as built.
         thread_check: with `threads` > 1, ONNX Runtime and OpenVINO records also carry
             `latency_ms_median_1_thread` and `speedup_vs_1_thread` (the same export with 1
             thread, timed interleaved with it after the table): whether the model uses its threads.
@@ -299,7 +305,8 @@ def run_benchmark(models: Sequence[ModelSpec], backends: Sequence[str] = ("onnxr
     quantization error, not a parity bound), vs_baseline (with `baseline`); ExecuTorch records
     `undelegated_ops` (operator -> count outside the XNNPACK delegate) and `delegate_calls`;
     OpenVINO records `ov_threads` and `ov_precision` (the compiled model's properties); int8
-    records `calibration` (the folder, or "random").
+    records `calibration` (the folder, or "random"); with `activation`, records carry
+    `activation` and `activations_replaced` (how many modules were swapped).
     """
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
@@ -310,6 +317,9 @@ def run_benchmark(models: Sequence[ModelSpec], backends: Sequence[str] = ("onnxr
         raise ValueError(f"model labels must be unique, got {labels}")
     if baseline is not None and baseline not in labels:
         raise ValueError(f"baseline {baseline!r} is not among the models {labels}")
+    if activation not in ACTIVATION_PROTOCOLS:
+        raise ValueError(f"activation must be None (models as built) or one of {sorted(ACTIVATION_PROTOCOLS)}, "
+                         f"got {activation!r}")
     if int8 and not set(backends) & set(INT8_BACKENDS):
         raise ValueError(f"int8 needs a backend with an int8 path: {', '.join(INT8_BACKENDS)}")
     if calibration is not None and not int8:
@@ -334,6 +344,9 @@ def run_benchmark(models: Sequence[ModelSpec], backends: Sequence[str] = ("onnxr
             model = _build(label, resolution) if module is None else module.eval()
             top1[label] = PAPER_TOP1.get(_resolve(label)[0]) if module is None else None
             info[label] = {"params": count_params(model), "gmacs": count_gmacs(model, resolution)}
+            if activation is not None:
+                model = copy.deepcopy(model)  # a module given by the caller is left as it was
+                info[label]["activations_replaced"] = replace_activations(model, ACTIVATION_PROTOCOLS[activation])
             net = deploy_form(model)
             with torch.inference_mode():
                 reference = _as_tuple(net(x))
@@ -380,6 +393,9 @@ def run_benchmark(models: Sequence[ModelSpec], backends: Sequence[str] = ("onnxr
                "mes": round(mobile_efficiency_score(info[e.label]["params"], s.median / batch_size), 4),
                "top1_paper": top1[e.label], "max_abs_diff": e.max_abs_diff}
         rec.update(e.compiled.info)
+        if activation is not None:
+            rec["activation"] = activation
+            rec["activations_replaced"] = info[e.label]["activations_replaced"]
         if e.precision == "int8":
             rec["calibration"] = str(calibration) if calibration is not None else "random"
         rec.update(extra[e.key])
@@ -395,12 +411,14 @@ def format_table(records: Sequence[dict]) -> str:
     """A fixed-width text table of benchmark records."""
     has_base = any("vs_baseline" in r for r in records)
     has_check = any("speedup_vs_1_thread" in r for r in records)
-    head = (["model", "backend", "prec", "batch", "threads", "params(M)", "GMACs", "median ms", "p90 ms", "MES",
+    has_act = any("activation" in r for r in records)
+    head = (["model"] + (["activation"] if has_act else []) + ["backend", "prec", "batch", "threads", "params(M)", "GMACs", "median ms", "p90 ms", "MES",
              "top-1 paper"] + (["x baseline"] if has_base else []) + (["x 1 thread"] if has_check else [])
             + ["max diff"])
     rows = []
     for r in records:
-        row = [r["model"], r["backend"], r.get("precision", "fp32"), str(r["batch_size"]), str(r["threads"]),
+        row = [r["model"]] + ([r.get("activation", "as built")] if has_act else []) + [
+               r["backend"], r.get("precision", "fp32"), str(r["batch_size"]), str(r["threads"]),
                f"{r['params'] / 1e6:.2f}", f"{r['gmacs']:.3f}", f"{r['latency_ms_median']:.2f}",
                f"{r['latency_ms_p90']:.2f}", f"{r['mes']:.1f}",
                "-" if r.get("top1_paper") is None else f"{r['top1_paper']:.1f}"]

@@ -9,12 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import timm
 from PIL import Image
+from torch import nn
 
 from backbones import create_model
 from deploy.benchmark import format_table, plot_accuracy_latency, run_benchmark, write_csv, write_json
 from deploy.latency import LatencyStats, Timed, measure, measure_interleaved, summarize
 from deploy.mes import mobile_efficiency_score
+from deploy.models import replace_activations
 from deploy.profile import count_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -247,3 +250,29 @@ def test_tool_runtime_not_installed(tmp_path, backend, package):
                  env_path=_fake_broken(tmp_path, package))
     _assert_one_line_error(proc, backend, "not installed", "make install")
     assert not out.exists()
+
+
+def test_replace_activations_gives_the_papers_relu_protocol():
+    s0 = create_model("efficientformerv2_s0", num_classes=10).eval()
+    gelus = sum(isinstance(m, nn.GELU) for m in s0.modules())
+    assert gelus > 0 and replace_activations(s0) == gelus
+    assert not any(isinstance(m, nn.GELU) for m in s0.modules())
+    mnv2 = timm.create_model("mobilenetv2_050")
+    relu6 = sum(isinstance(m, nn.ReLU6) for m in mnv2.modules())
+    assert relu6 > 0 and replace_activations(mnv2) == relu6
+    effnet = timm.create_model("efficientnet_b0")  # SiLU replaced, the squeeze-excitation gates kept
+    sigmoids = sum(isinstance(m, nn.Sigmoid) for m in effnet.modules())
+    assert replace_activations(effnet) > 0 and not any(isinstance(m, nn.SiLU) for m in effnet.modules())
+    assert sum(isinstance(m, nn.Sigmoid) for m in effnet.modules()) == sigmoids
+
+
+def test_benchmark_with_relu_protocol_leaves_the_callers_module():
+    given = create_model("efficientformerv2_s0", num_classes=10).eval()
+    records = run_benchmark([("s0-10", given), "mobilenetv2_050"], ["torch"], threads=1, resolution=64,
+                            runs=2, warmup=1, activation="relu")
+    assert [r["activation"] for r in records] == ["relu", "relu"]
+    assert records[0]["activations_replaced"] == sum(isinstance(m, nn.GELU) for m in given.modules()) > 0
+    assert records[1]["activations_replaced"] > 0    # MobileNetV2's ReLU6
+    assert "activation" in format_table(records)
+    with pytest.raises(ValueError, match="activation"):
+        run_benchmark(["mobilenetv2_050"], ["torch"], activation="hardswish")

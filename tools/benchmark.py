@@ -5,7 +5,8 @@
                               [--threads 2] [--batch-size 1] [--resolution 224] [--runs 50] [--warmup 10]
                               [--int8 [--calibration DIR] [--calibration-count 32]]
                               [--baseline mobilenetv2_100] [--json OUT] [--csv OUT] [--plot OUT.png]
-                              [--ort-profile] [--et-profile] [--thread-check]
+                              [--ort-profile] [--et-profile] [--ov-profile] [--thread-check]
+                              [--activation relu]
 
 All (model, backend, precision) triples are measured interleaved in one run (compare latencies
 only inside a run). Project models run in their deploy form; `timm:NAME` is timm's
@@ -17,9 +18,12 @@ count as its own command), OpenVINO's CPU plugin in f32 with the latency hint (`
 
 `--int8` adds int8 programs for executorch (XNNPACK quantizer, PT2E) and openvino (NNCF),
 calibrated on `--calibration DIR` (an ImageNet-layout folder) or, without it, on random data,
-which gives a speed figure only. `--ort-profile` / `--et-profile` then profile each ONNX Runtime /
-ExecuTorch program and print where its time goes (per op type, ms per run; in the JSON as
-`ort_op_ms` / `et_op_ms`). `--thread-check` times ONNX Runtime and OpenVINO exports again with
+which gives a speed figure only. `--ort-profile` / `--et-profile` / `--ov-profile` then profile
+each ONNX Runtime / ExecuTorch / OpenVINO program and print where its time goes (per op type, ms
+per run; in the JSON as `ort_op_ms` / `et_op_ms` / `ov_op_ms`; OpenVINO names the activations it
+runs inside a node, `Convolution+Gelu`). `--activation relu` replaces every model's activations
+by ReLU before measuring: the protocol of the paper's Pixel 6 latencies (Sec. 5.1), a latency
+figure only (the weights' accuracy does not carry over). `--thread-check` times ONNX Runtime and OpenVINO exports again with
 one thread, interleaved with --threads, and reports the speed-up (whether a model uses its
 threads). The plot draws the paper's Table 2 top-1 against the measured latency.
 """
@@ -50,13 +54,13 @@ def benchmark(models: list[str], backends: list[str], threads: int = 2, batch_si
               resolution: int = 224, runs: int = 50, warmup: int = 10, baseline: str | None = None,
               ort_profile: bool = False, int8: bool = False, calibration: Path | None = None,
               calibration_count: int = 32, et_profile: bool = False, thread_check: bool = False,
-              ov_profile: bool = False) -> list[dict]:
+              ov_profile: bool = False, activation: str | None = None) -> list[dict]:
     """Run the interleaved benchmark; returns one record per (model, backend, precision)."""
     from deploy.benchmark import run_benchmark
     return run_benchmark(models, backends, batch_size=batch_size, threads=threads, resolution=resolution,
                          runs=runs, warmup=warmup, baseline=baseline, ort_profile=ort_profile, int8=int8,
                          calibration=calibration, calibration_count=calibration_count, et_profile=et_profile,
-                         ov_profile=ov_profile, thread_check=thread_check,
+                         ov_profile=ov_profile, thread_check=thread_check, activation=activation,
                          log=lambda s: print(f"benchmark: {s}", file=sys.stderr, flush=True))
 
 
@@ -88,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="print each ONNX Runtime graph's kernel time per op type")
     parser.add_argument("--et-profile", action="store_true",
                         help="print each ExecuTorch program's time per operator (ETDump)")
+    parser.add_argument("--activation", choices=["relu"],
+                        help="replace every model's activations (GELU, ReLU6, SiLU, ...) by this one before "
+                             "measuring: the paper's Pixel 6 protocol (Sec. 5.1, relu); latency only")
     parser.add_argument("--ov-profile", action="store_true",
                         help="print each OpenVINO model's time per node type (fused activations named)")
     parser.add_argument("--thread-check", action="store_true",
@@ -112,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     from deploy.benchmark import format_table, plot_accuracy_latency, write_csv, write_json
     records = benchmark(args.models, args.backend, args.threads, args.batch_size, args.resolution, args.runs,
                         args.warmup, args.baseline, args.ort_profile, args.int8, args.calibration,
-                        args.calibration_count, args.et_profile, args.thread_check, args.ov_profile)
+                        args.calibration_count, args.et_profile, args.thread_check, args.ov_profile,
+                        args.activation)
     print(format_table(records))
     for r in records:
         if r.get("undelegated_ops"):
