@@ -317,7 +317,7 @@ def run_benchmark(models: Sequence[ModelSpec], backends: Sequence[str] = ("onnxr
         raise ValueError(f"model labels must be unique, got {labels}")
     if baseline is not None and baseline not in labels:
         raise ValueError(f"baseline {baseline!r} is not among the models {labels}")
-    if activation not in ACTIVATION_PROTOCOLS:
+    if activation is not None and activation not in ACTIVATION_PROTOCOLS:
         raise ValueError(f"activation must be None (models as built) or one of {sorted(ACTIVATION_PROTOCOLS)}, "
                          f"got {activation!r}")
     if int8 and not set(backends) & set(INT8_BACKENDS):
