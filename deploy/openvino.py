@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import re
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -143,8 +144,8 @@ def _fused_activations(runtime_op) -> list[str]:
 def op_time_profile(path: str | Path, x: torch.Tensor, threads: int | None = None, runs: int = 50,
                     warmup: int = 5, precision: Precision = "f32") -> dict[str, float]:
     """Where the time of an OpenVINO IR goes on the CPU plugin: its per-node performance counters
-    (`PERF_COUNT`) over `runs` runs on `x` after `warmup` untimed ones; ms per run by node type,
-    largest first. The plugin runs an activation inside the kernel of the node before it, so a
+    (`PERF_COUNT`) over `runs` runs on `x` after `warmup` untimed ones; each node's median time,
+    summed by node type, in ms, largest first. The plugin runs an activation inside the kernel of the node before it, so a
     node with fused activations is named with them (`Convolution+Gelu`, `GroupConvolution+Clamp`):
     that is where an activation's cost shows. Compiled as `compile_openvino(path, threads,
     precision)`; `x` must have the IR's input shape."""
@@ -154,11 +155,15 @@ def op_time_profile(path: str | Path, x: torch.Tensor, threads: int | None = Non
     feed = {0: x.contiguous().numpy()}
     for _ in range(warmup):
         request.infer(feed)
-    per_op: collections.Counter = collections.Counter()
+    per_node: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
     for _ in range(runs):
         request.infer(feed)
         for node in request.profiling_info:
-            seconds = node.real_time.total_seconds()
-            if seconds > 0:
-                per_op["+".join([node.node_type, *kinds.get(node.node_name, [])])] += seconds
-    return {op: s * 1e3 / runs for op, s in per_op.most_common()}
+            per_node[node.node_name, node.node_type].append(node.real_time.total_seconds())
+    # each node's median over the runs: a run preempted by another process does not skew it
+    per_op: collections.Counter = collections.Counter()
+    for (name, node_type), seconds in per_node.items():
+        median = statistics.median(seconds)
+        if median > 0:
+            per_op["+".join([node_type, *kinds.get(name, [])])] += median * 1e3
+    return dict(per_op.most_common())

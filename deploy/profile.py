@@ -41,7 +41,8 @@ def count_gmacs(model: nn.Module, resolution: int | tuple[int, int] = 224, batch
 def executorch_op_profile(path: str | Path, x: torch.Tensor, runs: int = 50, warmup: int = 5) -> dict[str, float]:
     """Where the time of an ExecuTorch program goes: ExecuTorch's event tracer (ETDump) over
     `runs` runs after `warmup` untimed ones on `x`, read with `executorch.devtools.Inspector`;
-    time per operator type in ms per run, largest first. Operators inside the XNNPACK delegate
+    each event's median over the runs (a run preempted by another process does not skew it),
+    summed by operator type, in ms, largest first. Operators inside the XNNPACK delegate
     appear under XNNPACK's names (`Fully Connected (NC, F32) GEMM`, `Transpose (ND, X32)`, ...),
     operators outside it under ExecuTorch's (`native_call_mm.out`, ...); the containers
     (`Method::execute`, `DELEGATE_CALL`, `OPERATOR_CALL`) and the loading events are left out, so
@@ -75,5 +76,5 @@ def executorch_op_profile(path: str | Path, x: torch.Tensor, runs: int = 50, war
             if event.name in containers or event.perf_data is None:
                 continue
             timed = event.perf_data.raw[-runs:]
-            per_op[re.sub(r" #\d+$", "", event.name)] += statistics.fmean(timed) if timed else 0.0
+            per_op[re.sub(r" #\d+$", "", event.name)] += statistics.median(timed) if timed else 0.0
     return dict(per_op.most_common())
