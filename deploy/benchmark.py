@@ -36,9 +36,9 @@ __all__ = ["BACKENDS", "INT8_BACKENDS", "PAPER_TOP1", "ModelSpec", "CompiledMode
            "available_backends", "RANDOM_CALIBRATION_NOTE"]
 
 BACKENDS = ("torch", "compile", "onnxruntime", "tensorrt", "executorch", "openvino")
-INT8_BACKENDS = ("executorch", "openvino")
+INT8_BACKENDS = ("executorch", "openvino")   # backends with an int8 path (XNNPACK PT2E, NNCF)
 # latency protocols: every activation replaced by this module (the paper's Pixel 6 figures: ReLU)
-ACTIVATION_PROTOCOLS = {"relu": nn.ReLU}   # backends with an int8 path (XNNPACK PT2E, NNCF)
+ACTIVATION_PROTOCOLS = {"relu": nn.ReLU}
 RANDOM_CALIBRATION_NOTE = ("int8 is calibrated on random data, which gives a speed figure only: the latency "
                            "is meaningful, the int8 accuracy is not (pass --calibration DIR, an ImageNet-layout "
                            "folder, for that)")
@@ -288,9 +288,11 @@ def run_benchmark(models: Sequence[ModelSpec], backends: Sequence[str] = ("onnxr
             NNCF), calibrated on `calibration_count` batches from `calibration` (an
             ImageNet-layout folder) or, when None, on random data (`RANDOM_CALIBRATION_NOTE`).
         et_profile: ExecuTorch records also carry `et_op_ms` (time per operator type, delegate
-            kernels included, ms per run, from ExecuTorch's ETDump; `deploy.profile.executorch_op_profile`).
+            kernels included, ms of one run from the median per event, from ExecuTorch's ETDump;
+            `deploy.profile.executorch_op_profile`).
         ov_profile: OpenVINO records also carry `ov_op_ms` (time per node type of the compiled
-            model, fused activations named, ms per run; `deploy.openvino.op_time_profile`).
+            model, fused activations named, ms of one run from the median per node;
+            `deploy.openvino.op_time_profile`).
         activation: "relu": every model's activations replaced by ReLU before it is measured
             (`deploy.models.replace_activations`), the protocol of the paper's Pixel 6 latencies
             (Sec. 5.1); a latency figure only. None: the models as built.
@@ -412,9 +414,9 @@ def format_table(records: Sequence[dict]) -> str:
     has_base = any("vs_baseline" in r for r in records)
     has_check = any("speedup_vs_1_thread" in r for r in records)
     has_act = any("activation" in r for r in records)
-    head = (["model"] + (["activation"] if has_act else []) + ["backend", "prec", "batch", "threads", "params(M)", "GMACs", "median ms", "p90 ms", "MES",
-             "top-1 paper"] + (["x baseline"] if has_base else []) + (["x 1 thread"] if has_check else [])
-            + ["max diff"])
+    head = (["model"] + (["activation"] if has_act else [])
+            + ["backend", "prec", "batch", "threads", "params(M)", "GMACs", "median ms", "p90 ms", "MES", "top-1 paper"]
+            + (["x baseline"] if has_base else []) + (["x 1 thread"] if has_check else []) + ["max diff"])
     rows = []
     for r in records:
         row = [r["model"]] + ([r.get("activation", "as built")] if has_act else []) + [

@@ -145,12 +145,13 @@ def op_time_profile(path: str | Path, x: torch.Tensor, threads: int | None = Non
                     warmup: int = 5, precision: Precision = "f32") -> dict[str, float]:
     """Where the time of an OpenVINO IR goes on the CPU plugin: its per-node performance counters
     (`PERF_COUNT`) over `runs` runs on `x` after `warmup` untimed ones; each node's median time,
-    summed by node type, in ms, largest first. The plugin runs an activation inside the kernel of the node before it, so a
-    node with fused activations is named with them (`Convolution+Gelu`, `GroupConvolution+Clamp`):
-    that is where an activation's cost shows. Compiled as `compile_openvino(path, threads,
-    precision)`; `x` must have the IR's input shape."""
+    summed by node type, in ms, largest first. The plugin runs an activation inside the kernel
+    of the node before it, so a node with fused activations is named with them
+    (`Convolution+Gelu`, `GroupConvolution+Clamp`): that is where an activation's cost shows.
+    Compiled as `compile_openvino(path, threads, precision)`; `x` must have the IR's input shape."""
     model = compile_openvino(path, threads=threads, precision=precision, perf_count=True)
-    kinds = {op.get_friendly_name(): _fused_activations(op) for op in model.compiled.get_runtime_model().get_ordered_ops()}
+    runtime_ops = model.compiled.get_runtime_model().get_ordered_ops()
+    kinds = {op.get_friendly_name(): _fused_activations(op) for op in runtime_ops}
     request = model.compiled.create_infer_request()
     feed = {0: x.contiguous().numpy()}
     for _ in range(warmup):
