@@ -10,7 +10,6 @@ a `(label, module)` pair for a model built elsewhere (a searched or switched arc
 """
 from __future__ import annotations
 
-import copy
 import csv
 import importlib
 import json
@@ -346,10 +345,9 @@ def run_benchmark(models: Sequence[ModelSpec], backends: Sequence[str] = ("onnxr
             model = _build(label, resolution) if module is None else module.eval()
             top1[label] = PAPER_TOP1.get(_resolve(label)[0]) if module is None else None
             info[label] = {"params": count_params(model), "gmacs": count_gmacs(model, resolution)}
+            net = deploy_form(model)  # a copy: a module given by the caller is left as it was
             if activation is not None:
-                model = copy.deepcopy(model)  # a module given by the caller is left as it was
-                info[label]["activations_replaced"] = replace_activations(model, ACTIVATION_PROTOCOLS[activation])
-            net = deploy_form(model)
+                info[label]["activations_replaced"] = replace_activations(net, ACTIVATION_PROTOCOLS[activation])
             with torch.inference_mode():
                 reference = _as_tuple(net(x))
             stem = label.replace(":", "_").replace("/", "_")

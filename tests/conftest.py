@@ -100,20 +100,9 @@ def official_layout():
 
 @pytest.fixture(scope="module")
 def s0():
-    """S0 with 10 classes and random BatchNorm statistics, attention biases and layer scales, so
-    export parity is not vacuous (one per test module)."""
-    torch.manual_seed(0)
-    model = create_model("efficientformerv2_s0", num_classes=10).eval()
-    with torch.no_grad():
-        for name, buf in model.named_buffers():
-            if name.endswith("running_var"):
-                buf.uniform_(0.5, 1.5)
-            elif name.endswith("running_mean"):
-                buf.normal_(0, 0.1)
-        for name, p in model.named_parameters():
-            if name.endswith(("attention_biases", "gamma")):
-                p.normal_(0, 0.2)
-    return model
+    """S0 with 10 classes, random weights and BatchNorm statistics (`_randomize`), so export parity
+    is not vacuous (one per test module)."""
+    return _randomize(create_model("efficientformerv2_s0", num_classes=10).eval())
 
 
 @pytest.fixture(scope="module")
