@@ -19,6 +19,7 @@ from classification.data import ImageNetDataModule
 from classification.module import ImageClassifier
 from classification.toy_data import make_toy_classification
 from deploy.profile import count_params
+from tool_runner import run_tool
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "classification"
@@ -161,8 +162,7 @@ def test_ablate_with_data_reports_top1(tmp_path):
 
 
 def _run_tool(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(TOOL), *args, "--runs", "1", "--warmup", "0"], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+    return run_tool(TOOL.stem, *args, "--runs", "1", "--warmup", "0", cwd=cwd)
 
 
 def _assert_bad_input(proc: subprocess.CompletedProcess, *words: str) -> None:

@@ -3,7 +3,6 @@ ExecuTorch and OpenVINO backends through tools/benchmark.py, models given as (la
 the tool's answers to bad input."""
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from deploy.latency import LatencyStats, Timed, measure, measure_interleaved, su
 from deploy.mes import mobile_efficiency_score
 from deploy.models import replace_activations
 from deploy.profile import count_params
+from tool_runner import run_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = {"model", "backend", "precision", "batch_size", "threads", "latency_ms_median", "latency_ms_p90",
@@ -128,12 +128,9 @@ def test_compile_backend_runs_and_equals_eager():
 # --------------------------------------------------------------------------------------------
 # tools/benchmark.py in a subprocess (ExecuTorch's threadpool takes one thread count per process)
 # --------------------------------------------------------------------------------------------
-def _tool(*args, env_path: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = None
-    if env_path is not None:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(env_path), os.environ.get("PYTHONPATH", "")])}
+def _tool(*args, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "tools/benchmark.py"), *map(str, args)], capture_output=True,
-                          text=True, cwd=ROOT, timeout=timeout, env=env)
+                          text=True, cwd=ROOT, timeout=timeout)
 
 
 def _toy_folder(root: Path, classes: int = 2, per_class: int = 3) -> Path:
@@ -205,14 +202,6 @@ def test_int8_on_random_data_says_it_is_a_speed_figure():
     assert any("random data" in line and "speed" in line for line in logs)
 
 
-def _fake_broken(tmp_path: Path, *packages: str) -> Path:
-    """A folder that, first on PYTHONPATH, makes importing `packages` fail as a missing runtime does."""
-    for name in packages:
-        (tmp_path / "broken" / name).mkdir(parents=True)
-        (tmp_path / "broken" / name / "__init__.py").write_text(f"raise ImportError('no module named {name}')\n")
-    return tmp_path / "broken"
-
-
 def _assert_one_line_error(proc: subprocess.CompletedProcess, *words: str) -> None:
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [line for line in proc.stderr.splitlines() if line.startswith("benchmark: error:")]
@@ -230,24 +219,24 @@ def _assert_one_line_error(proc: subprocess.CompletedProcess, *words: str) -> No
      ["no such folder"]),
 ])
 def test_tool_bad_input(args, words):
-    _assert_one_line_error(_tool(*args), *words)
+    _assert_one_line_error(run_tool("benchmark", *args), *words)
 
 
 def test_tool_unwritable_json_and_empty_calibration(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    proc = _tool("--models", "mobilenetv2_050", "--backend", "torch", "--json", blocker / "out.json")
+    proc = run_tool("benchmark", "--models", "mobilenetv2_050", "--backend", "torch", "--json", blocker / "out.json")
     _assert_one_line_error(proc, "--json", "cannot be written")
     (tmp_path / "empty" / "train" / "cls").mkdir(parents=True)
-    proc = _tool("--models", "mobilenetv2_050", "--backend", "openvino", "--int8", "--calibration", tmp_path / "empty")
+    proc = run_tool("benchmark", "--models", "mobilenetv2_050", "--backend", "openvino", "--int8", "--calibration",
+                    tmp_path / "empty")
     _assert_one_line_error(proc, "no image files")
 
 
 @pytest.mark.parametrize("backend, package", [("executorch", "executorch"), ("openvino", "openvino")])
 def test_tool_runtime_not_installed(tmp_path, backend, package):
     out = tmp_path / "bench.json"
-    proc = _tool("--models", "mobilenetv2_050", "--backend", backend, "--json", out,
-                 env_path=_fake_broken(tmp_path, package))
+    proc = run_tool("benchmark", "--models", "mobilenetv2_050", "--backend", backend, "--json", out, hide=(package,))
     _assert_one_line_error(proc, backend, "not installed", "make install")
     assert not out.exists()
 

@@ -13,6 +13,7 @@ from conftest import ROOT
 from deploy.calibration import CalibrationError, calibration_images, top1_accuracy
 from deploy.export import EDGE_ATOL, export_model, staged_output
 from deploy.models import FeatureTuple, ImageInput, build_model, deploy_form
+from tool_runner import run_tool
 
 pytestmark = pytest.mark.export
 
@@ -203,24 +204,8 @@ def test_staged_output_leaves_nothing_on_failure(tmp_path):
 # --------------------------------------------------------------------------------------------
 # Bad input through the command line: one line, exit status 2, nothing written
 # --------------------------------------------------------------------------------------------
-_HIDE_STACK = """
-import importlib.util, runpy, sys
-real = importlib.util.find_spec
-importlib.util.find_spec = lambda name, *a: None if name.split('.')[0] == {hidden!r} else real(name, *a)
-sys.path.insert(0, {tools!r})
-sys.argv = ['export.py', *sys.argv[1:]]
-runpy.run_path({script!r}, run_name='__main__')
-"""
-
-
 def _export_cli(*args: str, hide: str | None = None) -> subprocess.CompletedProcess:
-    script = str(ROOT / "tools" / "export.py")
-    if hide is None:
-        cmd = [sys.executable, script, *args]
-    else:
-        code = _HIDE_STACK.format(hidden=hide, tools=str(ROOT / "tools"), script=script)
-        cmd = [sys.executable, "-c", code, *args]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    return run_tool("export", *args, cwd=ROOT, hide=(hide,) if hide else ())
 
 
 def _assert_one_line_error(proc: subprocess.CompletedProcess, *words: str) -> None:

@@ -19,6 +19,7 @@ from backbones.supernet import SearchSpace
 from deploy.latency import LatencyStats
 from deploy.latency_lut import (LatencyTable, build_latency_table, evaluate_table, measure_latency, subnet_keys,
                                 table_entries)
+from tool_runner import run_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 # one width per stage, two in stage 2: 14 entries (stem, 5 downsamplings, 5 FFNs, 2 MHSAs, head)
@@ -107,7 +108,8 @@ def _assert_one_line_error(proc: subprocess.CompletedProcess, *words: str) -> No
 def test_tool_bad_input(tmp_path):
     space = _space_file(tmp_path)
     out = tmp_path / "lut.json"
-    _assert_one_line_error(_tool("--space", space, "--backend", "tflite", "--out", out), "tflite")
+    _assert_one_line_error(run_tool("build_latency_lut", "--space", space, "--backend", "tflite", "--out", out),
+                           "tflite")
     _assert_one_line_error(_tool("--space", tmp_path / "missing.yaml", "--out", out), "no such file")
     bad = tmp_path / "bad.yaml"
     bad.write_text("widths: [[8]]\n")

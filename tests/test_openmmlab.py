@@ -18,6 +18,7 @@ from backbones import CheckpointError, efficientformerv2_s0, save_checkpoint
 from openmmlab import EfficientFormerV2
 from openmmlab.benchmark import ChildDiedError, benchmark_backbone, run_in_fresh_process
 from openmmlab.runner import ConfigError, check_data_roots, load_config, read_checkpoint
+from tool_runner import run_tool
 
 pytestmark = pytest.mark.mm
 
@@ -209,8 +210,7 @@ def test_data_roots_are_checked_for_the_loaders_of_the_run(tmp_path):
 # --- command-line tools: one line on stderr, exit status 2, no traceback ------------------------
 
 def _tool(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "tools" / name), *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
+    return run_tool(name.removesuffix(".py"), *args, cwd=cwd)
 
 
 def _assert_one_line_error(out: subprocess.CompletedProcess, prog: str, *fragments: str) -> None:
@@ -327,8 +327,10 @@ def test_benchmark_child_that_dies_is_an_error_with_its_exit_code():
 
 
 def test_mm_benchmark_backbone_tool_measures_a_small_input(tmp_path):
-    out = _tool("mm_benchmark_backbone.py", "--variants", "s0", "--height", "64", "--width", "96",
-                "--repeats", "2", "--threads", "1", cwd=tmp_path)
+    # a new process: the tool measures in spawned children, which import their function by module
+    out = subprocess.run([sys.executable, str(ROOT / "tools/mm_benchmark_backbone.py"), "--variants", "s0", "--height",
+                          "64", "--width", "96", "--repeats", "2", "--threads", "1"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     row = out.stdout.strip().splitlines()[-1]
     assert row.startswith("| EfficientFormerV2-S0 | 96x64 | 3.25 M | ") and row.endswith(" MiB |")

@@ -6,7 +6,6 @@ test_latency_lut.py.)"""
 import json
 import random
 import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from classification.search import (MesSpec, SearchSettings, SettingsError, Subne
                                    plot_trajectory, random_baseline, random_cloud, recalibrate_bn, run_search)
 from classification.toy_data import make_toy_classification
 from deploy.latency_lut import LatencyTable, table_entries
+from tool_runner import run_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 SEARCH_CONFIGS = ROOT / "configs/search"
@@ -456,8 +456,7 @@ def test_run_search_with_fixed_expansions(supernet_ckpt, toy_root, tmp_path):
 # The search tools answer bad input with one line and exit status 2
 # --------------------------------------------------------------------------------------------
 def _tool(name: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "tools" / name), *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+    return run_tool(name.removesuffix(".py"), *args, cwd=ROOT)
 
 
 def _assert_one_line_error(run: subprocess.CompletedProcess, prog: str, *needles: str) -> None:

@@ -1,19 +1,19 @@
 """Bad input to tools/convert_checkpoint.py, profile.py, make_toy_data.py, demo_cls.py and demo_dense.py: one line
 on stderr that names the problem (tools/_cli.py's `prog: error: ...`), exit status 2, no traceback.
 
-Every case runs the tool in its own subprocess; the subprocesses run a few at a time (each spends
-most of its time importing torch), and each test checks its own."""
+Every case runs the tool's `__main__` in this process (`tool_runner.run_tool`); one case also runs
+it as a new Python process, the way a user does."""
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
+from tool_runner import run_tool
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,32 +38,34 @@ CASES: dict[str, tuple[str, list[str], str]] = {
 }
 
 
-def _run(tool: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-               OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, str(REPO / "tools" / f"{tool}.py"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
 @pytest.fixture(scope="module")
-def results(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
-    """All cases, run from a folder holding the bad inputs."""
+def bad_inputs(tmp_path_factory) -> Path:
+    """A folder holding the bad inputs, the cases' working folder."""
     cwd = tmp_path_factory.mktemp("tools_cli")
     (cwd / "empty.pth").write_bytes(b"")
     (cwd / "notes.pth").write_text("these are notes, not weights\n")
     torch.save(nn.Linear(2, 2), cwd / "module.pth")             # a pickled module: code on load
     torch.save({"w": torch.zeros(2)}, cwd / "weights.pth")
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        futures = {case: pool.submit(_run, tool, args, cwd) for case, (tool, args, _) in CASES.items()}
-        return {case: f.result() for case, f in futures.items()}
+    return cwd
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_input_is_one_line_and_status_2(results, case):
-    tool, _, fragment = CASES[case]
-    r = results[case]
+def _assert_one_line_error(r: subprocess.CompletedProcess, tool: str, fragment: str) -> None:
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
     assert "Traceback" not in r.stderr
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, r.stderr
     assert lines[0].startswith(f"{tool}: error: ") and fragment in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_is_one_line_and_status_2(bad_inputs, case):
+    tool, args, fragment = CASES[case]
+    _assert_one_line_error(run_tool(tool, *args, cwd=bad_inputs), tool, fragment)
+
+
+def test_bad_input_from_a_new_python_process(bad_inputs):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+               OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, str(REPO / "tools/convert_checkpoint.py"), "notes.pth", "out.safetensors"],
+                       cwd=bad_inputs, env=env, capture_output=True, text=True, timeout=300)
+    _assert_one_line_error(r, "convert_checkpoint", "not a checkpoint: the file is a text file")

@@ -1,0 +1,67 @@
+"""Run a script of tools/ in this test process, as `python tools/NAME.py ARGS` would run it.
+
+A new Python process spends about 9 s importing torch, timm and the runtimes on this machine;
+the bad-input tests of every tool only need the tool's own `__main__` path, its one-line error
+and its exit status. `run_tool` executes the script with `runpy` under `__main__` (so
+`sys.exit(run(main, prog))` is what runs), with `sys.argv`, the working folder and stdout/stderr
+swapped for the call, and returns what `subprocess.run(..., capture_output=True, text=True)`
+would. A missing runtime is simulated with `hide=("openvino",)` (an import of it fails as when
+the package is not installed).
+
+Tests that time a runtime (ExecuTorch's threadpool takes one thread count per process) or that
+check the interpreter's start still run the tool in a subprocess.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import runpy
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOLS = ROOT / "tools"
+
+
+def run_tool(name: str, *args, cwd: str | Path | None = None,
+             hide: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """Run `tools/<name>.py *args` in this process; returns its exit status, stdout and stderr."""
+    script = TOOLS / f"{name}.py"
+    argv = [str(script), *map(str, args)]
+    out, err = io.StringIO(), io.StringIO()
+    saved = sys.argv, sys.path[:], os.getcwd(), torch.get_num_threads()
+    hidden = {m: sys.modules[m] for m in list(sys.modules) if m.split(".")[0] in hide}
+    code = 0
+    try:
+        sys.argv = argv
+        sys.path.insert(0, str(TOOLS))
+        for module in hidden:
+            sys.modules[module] = None  # `import module` raises ImportError, find_spec finds nothing
+        for module in hide:
+            sys.modules[module] = None
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                runpy.run_path(str(script), run_name="__main__")
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+                if isinstance(exc.code, str):
+                    print(exc.code, file=sys.stderr)
+            except BaseException:  # what the interpreter would print for an uncaught exception
+                traceback.print_exc()
+                code = 1
+    finally:
+        sys.argv = saved[0]
+        sys.path[:] = saved[1]
+        os.chdir(saved[2])
+        torch.set_num_threads(saved[3])
+        for module in set(hide) | set(hidden):
+            sys.modules.pop(module, None)
+        sys.modules.update(hidden)
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
