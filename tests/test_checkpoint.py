@@ -1,7 +1,5 @@
 """Checkpoint formats, safe loading, clear errors, and the convert / profile tools."""
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +7,7 @@ import timm
 import torch
 
 from backbones import CheckpointError, create_model, load_checkpoint, read_state_dict, save_checkpoint
+from tool_runner import run_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -136,13 +135,11 @@ def test_convert_tool(tmp_path, reference, official_layout):
     src = tmp_path / "official.pth"
     torch.save({"model": official_layout(reference.state_dict())}, src)
     dst = tmp_path / "s0.safetensors"
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    out = subprocess.run([sys.executable, str(ROOT / "tools/convert_checkpoint.py"), str(src), str(dst),
-                          "--model", "efficientformerv2_s0"], capture_output=True, text=True, env=env, check=True)
+    out = run_tool("convert_checkpoint", src, dst, "--model", "efficientformerv2_s0")
+    assert out.returncode == 0, out.stderr
     assert "official" in out.stdout and "efficientformerv2_s0" in out.stdout
     assert set(read_state_dict(dst)) == set(create_model("efficientformerv2_s0").state_dict())
-    bad = subprocess.run([sys.executable, str(ROOT / "tools/convert_checkpoint.py"), str(src), str(dst),
-                          "--model", "efficientformerv2_l"], capture_output=True, text=True, env=env)
+    bad = run_tool("convert_checkpoint", src, dst, "--model", "efficientformerv2_l")
     assert bad.returncode != 0 and "checkpoint is efficientformerv2_s0" in bad.stderr
 
 

@@ -1,13 +1,11 @@
 """Parameters and GMACs (deploy.profile and tools/profile.py) against the reference figures."""
 import importlib.util
-import os
-import subprocess
-import sys
 
 import pytest
 
 from backbones import create_model
 from conftest import REFERENCE_GMACS, REFERENCE_PARAMS, ROOT
+from tool_runner import run_tool
 
 
 def _profile_tool():
@@ -26,7 +24,6 @@ def test_profile_gmacs_match_reference(name):
 
 
 def test_profile_tool_cli():
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    out = subprocess.run([sys.executable, str(ROOT / "tools/profile.py"), "--model", "efficientformerv2_s0"],
-                         capture_output=True, text=True, env=env, check=True)
+    out = run_tool("profile", "--model", "efficientformerv2_s0")
+    assert out.returncode == 0, out.stderr
     assert "params 3,600,256" in out.stdout and "GMACs 0.396" in out.stdout
