@@ -126,7 +126,8 @@ def test_compile_backend_runs_and_equals_eager():
 
 
 # --------------------------------------------------------------------------------------------
-# tools/benchmark.py in a subprocess (ExecuTorch's threadpool takes one thread count per process)
+# tools/benchmark.py: runs that time a runtime in a subprocess (ExecuTorch's threadpool takes one
+# thread count per process); bad input in this process (tool_runner)
 # --------------------------------------------------------------------------------------------
 def _tool(*args, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "tools/benchmark.py"), *map(str, args)], capture_output=True,

@@ -107,17 +107,16 @@ def _assert_one_line_error(proc: subprocess.CompletedProcess, *words: str) -> No
 def test_tool_bad_input(tmp_path):
     space = _space_file(tmp_path)
     out = tmp_path / "lut.json"
-    def tool(*args):
-        return run_tool("build_latency_lut", *args)
-
-    _assert_one_line_error(tool("--space", space, "--backend", "tflite", "--out", out), "tflite")
-    _assert_one_line_error(tool("--space", tmp_path / "missing.yaml", "--out", out), "no such file")
+    tool = "build_latency_lut"
+    _assert_one_line_error(run_tool(tool, "--space", space, "--backend", "tflite", "--out", out), "tflite")
+    _assert_one_line_error(run_tool(tool, "--space", tmp_path / "missing.yaml", "--out", out), "no such file")
     bad = tmp_path / "bad.yaml"
     bad.write_text("widths: [[8]]\n")
-    _assert_one_line_error(tool("--space", bad, "--out", out), "not a search space")
+    _assert_one_line_error(run_tool(tool, "--space", bad, "--out", out), "not a search space")
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    _assert_one_line_error(tool("--space", space, "--out", blocker / "lut.json"), "--out", "cannot be written")
+    _assert_one_line_error(run_tool(tool, "--space", space, "--out", blocker / "lut.json"), "--out",
+                           "cannot be written")
     assert not out.exists()
 
 

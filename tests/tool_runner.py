@@ -34,16 +34,15 @@ def run_tool(name: str, *args, cwd: str | Path | None = None,
     script = TOOLS / f"{name}.py"
     argv = [str(script), *map(str, args)]
     out, err = io.StringIO(), io.StringIO()
-    saved = sys.argv, sys.path[:], os.getcwd(), torch.get_num_threads()
+    saved_argv, saved_path, saved_cwd, saved_threads = sys.argv, sys.path[:], os.getcwd(), torch.get_num_threads()
+    # the hidden packages and their loaded submodules, restored afterwards
     hidden = {m: sys.modules[m] for m in list(sys.modules) if m.split(".")[0] in hide}
     code = 0
     try:
         sys.argv = argv
         sys.path.insert(0, str(TOOLS))
-        for module in hidden:
+        for module in {*hidden, *hide}:
             sys.modules[module] = None  # `import module` raises ImportError, find_spec finds nothing
-        for module in hide:
-            sys.modules[module] = None
         if cwd is not None:
             os.chdir(cwd)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -57,11 +56,10 @@ def run_tool(name: str, *args, cwd: str | Path | None = None,
                 traceback.print_exc()
                 code = 1
     finally:
-        sys.argv = saved[0]
-        sys.path[:] = saved[1]
-        os.chdir(saved[2])
-        torch.set_num_threads(saved[3])
-        for module in set(hide) | set(hidden):
+        sys.argv, sys.path[:] = saved_argv, saved_path
+        os.chdir(saved_cwd)
+        torch.set_num_threads(saved_threads)
+        for module in {*hidden, *hide}:
             sys.modules.pop(module, None)
         sys.modules.update(hidden)
     return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
