@@ -51,12 +51,17 @@ def base_variant(config: Path) -> str:
     return yaml.safe_load(config.read_text())["model"]["arch"]["base"]
 
 
+S0_PROBES = ("s0_conv-downsampling", "s0_stage4-mhsa-only", "s0_no-mhsa")  # where S0's time goes, no paper rows
+
+
 def test_the_expected_rows_exist():
     names = {c.stem for c in ABLATION_CONFIGS}
     assert {f"table1_{i}" for i in range(6)} <= {n[:8] for n in names}
     assert {"table7_s1_attention-bias", "table7_s1_no-attention-bias", "table8_expansion-4", "table8_expansion-2",
             "table8_expansion-1"} <= names
-    assert names <= set(ablate.PAPER)  # every row has the paper's figures in the tool's table
+    paper_rows = {n for n in names if n.startswith("table")}
+    assert paper_rows <= set(ablate.PAPER)  # every paper row has the paper's figures in the tool's table
+    assert names - paper_rows == set(S0_PROBES)
 
 
 @pytest.mark.parametrize("config", ABLATION_CONFIGS, ids=lambda p: p.stem)
@@ -103,6 +108,32 @@ def test_table8_rows_have_the_same_size_and_uniform_expansions():
     assert max(params.values()) / min(params.values()) - 1 < 0.01, params
 
 
+def test_s0_probes_remove_exactly_the_attention():
+    """Each probe is S0 less some attention: the parameters it loses are exactly those of the
+    removed attention modules (with their layer scales), the FFNs and the rest stay."""
+    s0 = EfficientFormerV2("s0")
+
+    def attention_params(stage_blocks: dict[int, range], downsample: bool) -> int:
+        total = 0
+        for stage, blocks in stage_blocks.items():
+            for i in blocks:
+                block = s0.stages[stage].blocks[i]
+                total += count_params(block.token_mixer) + block.ls1.gamma.numel()
+        if downsample:
+            total += count_params(s0.stages[3].downsample.attn)
+        return total
+
+    removed = {"s0_conv-downsampling": attention_params({}, True),
+               "s0_stage4-mhsa-only": attention_params({2: range(4, 6)}, True),
+               "s0_no-mhsa": attention_params({2: range(4, 6), 3: range(2, 4)}, True)}
+    for name, params in removed.items():
+        probe = EfficientFormerV2(ablate.read_config(ABLATIONS / f"{name}.yaml").arch)
+        assert count_params(s0) - count_params(probe) == params > 0, name
+    plain = EfficientFormerV2(ablate.read_config(ABLATIONS / "s0_no-mhsa.yaml").arch)
+    assert all(b.token_mixer is None for stage in plain.stages for b in stage.blocks)
+    assert plain.arch.widths == s0.arch.widths and plain.arch.depths == s0.arch.depths
+
+
 def test_image_classifier_takes_an_ablation_arch():
     arch = ablate.read_config(ABLATIONS / "table7_s1_no-attention-bias.yaml").arch
     module = ImageClassifier(arch=arch, num_classes=10, img_size=64)
@@ -141,6 +172,21 @@ def test_ablate_without_data(tmp_path):
     assert "| table7_s1_no-attention-bias | 6.182 |" in markdown
     assert markdown.strip() == result["markdown"]
     assert (tmp_path / "ablate.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_ablate_with_a_baseline_model(tmp_path):
+    result = ablate.ablate([ABLATIONS / "s0_no-mhsa.yaml"], tmp_path, backends=("torch",), threads=1, runs=2,
+                           warmup=1, baseline="mobilenetv2_100")
+    rows = json.loads((tmp_path / "ablate.json").read_text())["rows"]
+    assert [r["label"] for r in rows] == ["s0_no-mhsa", "mobilenetv2_100"]
+    probe, base = rows
+    assert base["baseline"] and base["params"] == 3_504_872 and base["gmacs"] == pytest.approx(0.3008, abs=1e-4)
+    assert base["vs_baseline"] == {"torch": 1.0}
+    assert probe["vs_baseline"]["torch"] == pytest.approx(probe["latency_ms"]["torch"] / base["latency_ms"]["torch"],
+                                                          abs=1e-3)
+    assert result["settings"]["baseline"] == "mobilenetv2_100"
+    assert result["markdown"].startswith("| config | params (M) | GMACs | torch ms | torch / mobilenetv2_100 |")
+    assert "| mobilenetv2_100 | 3.505 | 0.301 |" in result["markdown"]
 
 
 @pytest.mark.slow
@@ -187,6 +233,14 @@ def test_missing_config_and_config_without_arch(tmp_path):
     _assert_bad_input(_run_tool(str(tmp_path / "missing.yaml"), cwd=tmp_path), "missing.yaml")
     (tmp_path / "recipe.yaml").write_text("model:\n  teacher: null\n")
     _assert_bad_input(_run_tool(str(tmp_path / "recipe.yaml"), cwd=tmp_path), "names no architecture")
+
+
+def test_bad_baseline(tmp_path):
+    config = str(ABLATIONS / "s0_no-mhsa.yaml")
+    _assert_bad_input(_run_tool(config, "--baseline", "mobilenetv2_10O", cwd=tmp_path),
+                      "--baseline", "mobilenetv2_10O", "mobilenetv2_100")  # with what the user may have meant
+    _assert_bad_input(_run_tool(config, "--baseline", "s0_no-mhsa", cwd=tmp_path), "s0_no-mhsa", "rename")
+    assert not (tmp_path / "runs").exists()
 
 
 def test_missing_data_folder(tmp_path):

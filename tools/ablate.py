@@ -5,7 +5,7 @@ of architecture configs side by side.
                            [--threads 2] [--runs 20] [--warmup 5] [--resolution 224]
                            [--data DIR [--epochs 5] [--img-size 64] [--batch-size 32]
                             [--train-config configs/classification/toy.yaml] [--keep-checkpoints]]
-                           [--out runs/ablate]
+                           [--baseline mobilenetv2_100] [--out runs/ablate]
 
 Each CONFIG is a classification config that names an architecture: an ablation config
 (configs/classification/ablations/*.yaml, `model.arch`, e.g. `{base: s1, attention_bias: false}`)
@@ -110,11 +110,16 @@ def read_config(path: str | Path) -> ArchConfig:
 
 
 def measure(configs: Sequence[ArchConfig], backends: Sequence[str], threads: int = 2, resolution: int = 224,
-            runs: int = 20, warmup: int = 5, log: Callable[[str], None] = lambda s: None) -> list[dict]:
+            runs: int = 20, warmup: int = 5, baseline: str | None = None,
+            log: Callable[[str], None] = lambda s: None) -> list[dict]:
     """One row per config: params and GMACs at 224 of the released form (1000 classes,
-    distillation head), and the median/p90 latency (ms) per backend, all measured interleaved."""
+    distillation head), and the median/p90 latency (ms) per backend, all measured interleaved.
+    With `baseline` (a model name of the benchmark, e.g. mobilenetv2_100) that model is measured in
+    the same run, as a last row, and every row carries `vs_baseline`: backend -> latency / the
+    baseline's."""
     from backbones import EfficientFormerV2
     from deploy.benchmark import run_benchmark
+    from deploy.models import build_model
     from deploy.profile import count_gmacs, count_params
 
     rows, models = [], []
@@ -129,13 +134,21 @@ def measure(configs: Sequence[ArchConfig], backends: Sequence[str], threads: int
                      "top1": None,
                      "paper": None if paper is None else dict(zip(("row", "params_m", "gmacs", "latency_ms", "top1"),
                                                                   paper))})
+    if baseline is not None:
+        reference = build_model(baseline)  # the benchmark builds it again by name, in its deploy form
+        models.append(baseline)
+        rows.append({"config": None, "label": baseline, "arch": None, "params": count_params(reference),
+                     "gmacs": round(count_gmacs(reference, 224), 4), "latency_ms": {}, "latency_ms_p90": {},
+                     "top1": None, "paper": None, "baseline": True})
     records = run_benchmark(models, backends, threads=threads, resolution=resolution, runs=runs, warmup=warmup,
-                            log=log)
+                            baseline=baseline, log=log)
     by_label = {r["label"]: r for r in rows}
     for rec in records:
         row = by_label[rec["model"]]
         row["latency_ms"][rec["backend"]] = rec["latency_ms_median"]
         row["latency_ms_p90"][rec["backend"]] = rec["latency_ms_p90"]
+        if "vs_baseline" in rec:
+            row.setdefault("vs_baseline", {})[rec["backend"]] = rec["vs_baseline"]
     return rows
 
 
@@ -167,8 +180,10 @@ def markdown_table(rows: Sequence[dict]) -> str:
     """The rows as a Markdown table: measured figures, then the paper's."""
     backends = list(dict.fromkeys(b for r in rows for b in r["latency_ms"]))
     trained = any(r["top1"] is not None for r in rows)
-    head = ["config", "params (M)", "GMACs"] + [f"{b} ms" for b in backends] + (["top-1 (%)"] if trained else []) \
-        + ["paper row", "paper params (M)", "paper iPhone ms", "paper top-1 (%)"]
+    baseline = next((r["label"] for r in rows if r.get("baseline")), None)
+    ratios = [f"{b} / {baseline}" for b in backends] if baseline is not None else []
+    head = ["config", "params (M)", "GMACs"] + [f"{b} ms" for b in backends] + ratios \
+        + (["top-1 (%)"] if trained else []) + ["paper row", "paper params (M)", "paper iPhone ms", "paper top-1 (%)"]
     text_columns = {"config", "paper row"}
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if h in text_columns else "---:" for h in head) + "|"]
 
@@ -179,6 +194,8 @@ def markdown_table(rows: Sequence[dict]) -> str:
         p = r["paper"] or {}
         cells = [r["label"], f"{r['params'] / 1e6:.3f}", f"{r['gmacs']:.3f}"]
         cells += [fmt(r["latency_ms"].get(b), ".2f") for b in backends]
+        if baseline is not None:
+            cells += [fmt(r.get("vs_baseline", {}).get(b), ".2f") for b in backends]
         if trained:
             cells.append(fmt(None if r["top1"] is None else 100 * r["top1"], ".1f"))
         cells += [p.get("row", "-"), fmt(p.get("params_m"), ".2f"), fmt(p.get("latency_ms"), ".1f"),
@@ -236,9 +253,10 @@ def check_data(data: Path) -> None:
 def ablate(config_paths: Sequence[str | Path], out: Path, backends: Sequence[str] = ("torch",), threads: int = 2,
            resolution: int = 224, runs: int = 20, warmup: int = 5, data: Path | None = None, epochs: int = 5,
            img_size: int = 64, batch_size: int = 32, train_config: Path = TOY_RECIPE,
-           keep_checkpoints: bool = False, train_threads: int = 1,
+           keep_checkpoints: bool = False, train_threads: int = 1, baseline: str | None = None,
            log: Callable[[str], None] = lambda s: None) -> dict:
-    """Measure (and with `data`, train) every config; write OUT/ablate.{md,json,png}.
+    """Measure (and with `data`, train) every config; write OUT/ablate.{md,json,png}. `baseline`:
+    a model name of the benchmark (timm or project) measured in the same run, for ratios.
 
     Returns {"settings": ..., "rows": [...], "markdown": table, "files": {kind: path}}.
     """
@@ -250,6 +268,8 @@ def ablate(config_paths: Sequence[str | Path], out: Path, backends: Sequence[str
     labels = [c.label for c in configs]
     if len(set(labels)) != len(labels):
         raise UsageError(f"config names must differ (they label the rows): {labels}")
+    if baseline is not None and baseline in labels:
+        raise UsageError(f"the baseline {baseline!r} has the name of a config; rename one of them")
     import torch
 
     from deploy.benchmark import BACKENDS
@@ -257,16 +277,24 @@ def ablate(config_paths: Sequence[str | Path], out: Path, backends: Sequence[str
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
         raise UsageError(f"unknown backend(s) {unknown}; choose from {', '.join(BACKENDS)}")
+    if baseline is not None:
+        from deploy.models import build_model
+
+        try:
+            build_model(baseline)  # an unknown name fails here, before anything is measured
+        except ValueError as e:
+            raise UsageError(f"--baseline: {e}") from None
     settings: dict[str, Any] = {"backends": list(backends), "threads": threads, "resolution": resolution,
-                                "runs": runs, "warmup": warmup, "data": None if data is None else str(data)}
+                                "runs": runs, "warmup": warmup, "data": None if data is None else str(data),
+                                "baseline": baseline}
     if data is not None:
         settings.update(epochs=epochs, img_size=img_size, batch_size=batch_size, train_config=str(train_config),
                         train_threads=train_threads)
     torch.set_num_threads(threads)
     log(f"measuring {len(configs)} architectures on {', '.join(backends)}")
-    rows = measure(configs, backends, threads, resolution, runs, warmup, log)
+    rows = measure(configs, backends, threads, resolution, runs, warmup, baseline, log)
     if data is not None:
-        for c, row in zip(configs, rows):
+        for c, row in zip(configs, rows[:len(configs)]):  # the baseline (last row) is not trained
             log(f"training {c.label}: {epochs} epochs at {img_size}px on {data}")
             torch.set_num_threads(train_threads)
             start = time.perf_counter()
@@ -304,6 +332,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--train-config", type=Path, default=TOY_RECIPE,
                         help="the recipe (a classification config) the architectures are trained with")
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep each run's last.ckpt")
+    parser.add_argument("--baseline", metavar="NAME",
+                        help="a model of the benchmark (e.g. mobilenetv2_100) measured in the same run: each "
+                             "row's latency is also given relative to it")
     parser.add_argument("--out", type=Path, default=Path("runs/ablate"))
     args = parser.parse_args(argv)
     for name in ("threads", "train_threads", "runs", "epochs", "img_size", "batch_size", "resolution"):
@@ -311,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     result = ablate(args.configs, args.out, args.backend, args.threads, args.resolution, args.runs, args.warmup,
                     args.data, args.epochs, args.img_size, args.batch_size, args.train_config,
-                    args.keep_checkpoints, args.train_threads,
+                    args.keep_checkpoints, args.train_threads, args.baseline,
                     log=lambda s: print(f"ablate: {s}", file=sys.stderr, flush=True))
     print(result["markdown"])
     for kind, path in result["files"].items():
