@@ -32,7 +32,7 @@ from .stacks import STACKS, ExportStackError, require_stack
 
 __all__ = ["BACKENDS", "INT8_BACKENDS", "PAPER_TOP1", "ModelSpec", "CompiledModel", "compile_module",
            "run_benchmark", "format_table", "write_json", "write_csv", "plot_accuracy_latency",
-           "available_backends", "RANDOM_CALIBRATION_NOTE"]
+           "available_backends", "build_named_model", "RANDOM_CALIBRATION_NOTE"]
 
 BACKENDS = ("torch", "compile", "onnxruntime", "tensorrt", "executorch", "openvino")
 INT8_BACKENDS = ("executorch", "openvino")   # backends with an int8 path (XNNPACK PT2E, NNCF)
@@ -207,7 +207,13 @@ def available_backends(backends: Sequence[str] = BACKENDS) -> dict[str, str]:
     return {b: _probe(b) for b in backends}
 
 
-def _build(name: str, resolution: int) -> nn.Module:
+def build_named_model(name: str, resolution: int = 224) -> nn.Module:
+    """The eval-mode model a benchmark builds for a name: a project variant (built for `resolution`,
+    random weights), `timm:NAME` (timm's implementation of it) or any timm model.
+
+    Raises:
+        ValueError: an unknown name, with the closest known ones.
+    """
     model_name, from_timm = _resolve(name)
     if from_timm:
         import timm
@@ -342,7 +348,7 @@ def run_benchmark(models: Sequence[ModelSpec], backends: Sequence[str] = ("onnxr
     top1: dict[str, float | None] = {}
     with tempfile.TemporaryDirectory(prefix="efv2-bench-") as tmp:
         for label, module in specs:
-            model = _build(label, resolution) if module is None else module.eval()
+            model = build_named_model(label, resolution) if module is None else module.eval()
             top1[label] = PAPER_TOP1.get(_resolve(label)[0]) if module is None else None
             info[label] = {"params": count_params(model), "gmacs": count_gmacs(model, resolution)}
             net = deploy_form(model)  # a copy: a module given by the caller is left as it was

@@ -118,8 +118,7 @@ def measure(configs: Sequence[ArchConfig], backends: Sequence[str], threads: int
     the same run, as a last row, and every row carries `vs_baseline`: backend -> latency / the
     baseline's."""
     from backbones import EfficientFormerV2
-    from deploy.benchmark import run_benchmark
-    from deploy.models import build_model
+    from deploy.benchmark import build_named_model, run_benchmark
     from deploy.profile import count_gmacs, count_params
 
     rows, models = [], []
@@ -135,8 +134,8 @@ def measure(configs: Sequence[ArchConfig], backends: Sequence[str], threads: int
                      "paper": None if paper is None else dict(zip(("row", "params_m", "gmacs", "latency_ms", "top1"),
                                                                   paper))})
     if baseline is not None:
-        reference = build_model(baseline)  # the benchmark builds it again by name, in its deploy form
-        models.append(baseline)
+        reference = build_named_model(baseline)  # at 224, as the rows are counted
+        models.append(baseline)  # the benchmark builds it by name, for its resolution
         rows.append({"config": None, "label": baseline, "arch": None, "params": count_params(reference),
                      "gmacs": round(count_gmacs(reference, 224), 4), "latency_ms": {}, "latency_ms_p90": {},
                      "top1": None, "paper": None, "baseline": True})
@@ -278,10 +277,10 @@ def ablate(config_paths: Sequence[str | Path], out: Path, backends: Sequence[str
     if unknown:
         raise UsageError(f"unknown backend(s) {unknown}; choose from {', '.join(BACKENDS)}")
     if baseline is not None:
-        from deploy.models import build_model
+        from deploy.benchmark import build_named_model
 
         try:
-            build_model(baseline)  # an unknown name fails here, before anything is measured
+            build_named_model(baseline)  # an unknown name fails here, before anything is measured
         except ValueError as e:
             raise UsageError(f"--baseline: {e}") from None
     settings: dict[str, Any] = {"backends": list(backends), "threads": threads, "resolution": resolution,
