@@ -121,6 +121,13 @@ def measure(configs: Sequence[ArchConfig], backends: Sequence[str], threads: int
     from deploy.benchmark import build_named_model, run_benchmark
     from deploy.profile import count_gmacs, count_params
 
+    reference = None
+    if baseline is not None:  # built first: an unknown name fails before anything is measured
+        try:
+            reference = build_named_model(baseline)  # at 224, as the rows are counted
+        except ValueError as e:
+            raise UsageError(f"--baseline: {e}") from None
+    log(f"measuring {len(configs)} architectures on {', '.join(backends)}")
     rows, models = [], []
     for c in configs:
         model = EfficientFormerV2(c.arch).eval()  # at 224: the bias tables' size depends on the grid
@@ -133,8 +140,7 @@ def measure(configs: Sequence[ArchConfig], backends: Sequence[str], threads: int
                      "top1": None,
                      "paper": None if paper is None else dict(zip(("row", "params_m", "gmacs", "latency_ms", "top1"),
                                                                   paper))})
-    if baseline is not None:
-        reference = build_named_model(baseline)  # at 224, as the rows are counted
+    if reference is not None:
         models.append(baseline)  # the benchmark builds it by name, for its resolution
         rows.append({"config": None, "label": baseline, "arch": None, "params": count_params(reference),
                      "gmacs": round(count_gmacs(reference, 224), 4), "latency_ms": {}, "latency_ms_p90": {},
@@ -276,13 +282,6 @@ def ablate(config_paths: Sequence[str | Path], out: Path, backends: Sequence[str
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
         raise UsageError(f"unknown backend(s) {unknown}; choose from {', '.join(BACKENDS)}")
-    if baseline is not None:
-        from deploy.benchmark import build_named_model
-
-        try:
-            build_named_model(baseline)  # an unknown name fails here, before anything is measured
-        except ValueError as e:
-            raise UsageError(f"--baseline: {e}") from None
     settings: dict[str, Any] = {"backends": list(backends), "threads": threads, "resolution": resolution,
                                 "runs": runs, "warmup": warmup, "data": None if data is None else str(data),
                                 "baseline": baseline}
@@ -290,7 +289,6 @@ def ablate(config_paths: Sequence[str | Path], out: Path, backends: Sequence[str
         settings.update(epochs=epochs, img_size=img_size, batch_size=batch_size, train_config=str(train_config),
                         train_threads=train_threads)
     torch.set_num_threads(threads)
-    log(f"measuring {len(configs)} architectures on {', '.join(backends)}")
     rows = measure(configs, backends, threads, resolution, runs, warmup, baseline, log)
     if data is not None:
         for c, row in zip(configs, rows[:len(configs)]):  # the baseline (last row) is not trained
