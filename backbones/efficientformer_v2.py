@@ -586,26 +586,39 @@ class Arch:
             raise ValueError(f"unknown architecture keys {unknown}; accepted: {', '.join(accepted)}")
         base = d.pop("base", None)
         if base is not None:
+            if not isinstance(base, str):
+                raise ValueError(f"architecture 'base' must be a variant name ({', '.join(VARIANTS)}), "
+                                 f"not {base!r}")
             base_dict = resolve_arch(base).to_dict()
             if "expansions" in d and "depths" not in d:
                 base_dict.pop("depths")
             if "widths" in d and "stem_width" not in d:
                 base_dict.pop("stem_width")  # half the new first width
             d = {**base_dict, **d}
+        missing = [k for k in ("widths", "expansions") if k not in d]
+        if missing:
+            raise ValueError(f"architecture needs {missing[0]!r}: widths (4 ints) and expansions "
+                             "(4 lists, one ratio per block), or a 'base' variant")
         try:
-            widths, expansions = list(d["widths"]), [tuple(e) for e in d["expansions"]]
-        except KeyError as e:
-            raise ValueError(f"architecture needs {e.args[0]!r}: widths (4 ints) and expansions "
-                             "(4 lists, one ratio per block), or a 'base' variant") from None
-        attention = list(d.get("attention", [0, 0, 0, 0]))
+            widths = [int(w) for w in d["widths"]]
+            expansions = [tuple(e) for e in d["expansions"]]
+            if not all(isinstance(r, (int, float)) and not isinstance(r, bool) for e in expansions for r in e):
+                raise TypeError("expansion ratios must be numbers")
+            attention = [int(a) for a in d.get("attention", [0, 0, 0, 0])]
+            depths = [int(n) for n in d["depths"]] if "depths" in d else None
+            stem_width, drop_path_rate = int(d.get("stem_width", 0)), float(d.get("drop_path_rate", 0.0))
+        except (TypeError, ValueError):
+            raise ValueError("architecture: widths and attention take 4 ints, expansions 4 lists of ratios "
+                             "(one per block), stem_width an int and drop_path_rate a number; got "
+                             f"{ {k: d[k] for k in _ARCH_KEYS if k in d} }") from None
         if not len(widths) == len(expansions) == len(attention):
             raise ValueError("widths, expansions and attention must each have one entry per stage")
-        if "depths" in d and list(d["depths"]) != [len(e) for e in expansions]:
-            raise ValueError(f"depths {list(d['depths'])} disagree with the number of expansion "
+        if depths is not None and depths != [len(e) for e in expansions]:
+            raise ValueError(f"depths {depths} disagree with the number of expansion "
                              f"ratios per stage {[len(e) for e in expansions]}")
-        stages = tuple(StageArch(int(w), e, int(a)) for w, e, a in zip(widths, expansions, attention))
+        stages = tuple(StageArch(w, e, a) for w, e, a in zip(widths, expansions, attention))
         switches = {k: d[k] for k in SWITCHES if k in d}
-        return cls(stages, int(d.get("stem_width", 0)), float(d.get("drop_path_rate", 0.0)), **switches)
+        return cls(stages, stem_width, drop_path_rate, **switches)
 
     def to_dict(self) -> dict[str, Any]:
         return {"widths": self.widths, "depths": self.depths,

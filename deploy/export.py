@@ -174,12 +174,18 @@ _FLEXIBLE_HINT = ("the traced graph does not hold at {hw[0]}x{hw[1]} ({why}): ex
 COREML_FEATURE_RANGE = (64, 2048)   # default ranged input sides of a --features CoreML package
 
 
+def other_size(size: tuple[int, int]) -> tuple[int, int]:
+    """A second, non-square input size for checking a graph with symbolic height and width:
+    taller by 37 and narrower by 29 pixels (at least 33), so neither side is a multiple of 32."""
+    return size[0] + 37, max(size[1] - 29, 33)
+
+
 def _coreml_check_sizes(shapes: CoreMLShapes, size: tuple[int, int]) -> list[tuple[int, int]]:
     """Input sizes at which a flexible-shape trace is compared with the eager model: every
     enumerated size, or for a range its lower end, the example size and a non-square size."""
     if isinstance(shapes, tuple):
         lo, hi = shapes
-        odd = (min(hi, max(lo, size[0] + 37)), min(hi, max(lo, size[1] - 29)))
+        odd = tuple(min(hi, max(lo, side)) for side in other_size(size))
         return list(dict.fromkeys([(lo, lo), tuple(size), odd]))
     return list(dict.fromkeys(tuple(s) for s in shapes))
 
@@ -448,12 +454,21 @@ def staged_output(out: Path) -> Iterator[Path]:
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
         raise
-    for staged in sorted(tmp.iterdir(), key=lambda p: p.name == out.name):  # the main file last
-        target = out.parent / staged.name
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        os.replace(staged, target)
-    tmp.rmdir()
+    try:
+        staged = sorted(tmp.iterdir(), key=lambda p: p.name == out.name)  # the main file last
+        for path in staged:  # check every target before moving anything
+            target = out.parent / path.name
+            if target != out and target.is_dir():
+                raise ValueError(f"cannot write {target}: a folder of that name is in the way")
+        for path in staged:
+            target = out.parent / path.name
+            if target == out and target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)  # an earlier export of the same folder-format (CoreML) output
+            elif path.is_dir() and (target.is_file() or target.is_symlink()):
+                target.unlink()
+            os.replace(path, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -540,7 +555,7 @@ def export_model(name: str, fmt: Format, out: str | Path, checkpoint: str | Path
             export_onnx(net, example, path, dynamic_batch=True, dynamic_hw=features)
             checks = [example, normalise(torch.rand(2, 3, *size, generator=g))]
             if features:
-                checks.append(normalise(torch.rand(1, 3, size[0] + 37, size[1] - 29, generator=g)))
+                checks.append(normalise(torch.rand(1, 3, *other_size(size), generator=g)))
             sess = create_session(path)
             diff = max(check_onnx(path, net, x, session=sess) for x in checks)
             result = ExportResult("onnx", out, 0.0, f"ONNX Runtime vs PyTorch on {_shapes(checks)} (bound {ONNX_ATOL})",
@@ -548,6 +563,8 @@ def export_model(name: str, fmt: Format, out: str | Path, checkpoint: str | Path
         elif fmt == "coreml":
             export_coreml(net, example, path, precision=precision, image_input=normalize, shapes=coreml_shapes)
             result = check_coreml(path, net, example)
+            if not result.ok:  # nothing is written for a failed check
+                raise AssertionError(f"CoreML differs from PyTorch by {result.max_abs_diff:.3g}")
             result.path = out
         elif fmt == "torchscript":
             export_torchscript(net, example, path)
@@ -602,8 +619,7 @@ def _export_edge(fmt: str, net: nn.Module, example: torch.Tensor, path: Path, ou
         what = "OpenVINO CPU (f32)"
         undelegated = None
         if features:  # symbolic height and width: another, non-square size
-            h, w = example.shape[-2:]
-            checks.append(normalise(torch.rand(1, 3, h + 37, max(w - 29, 33), generator=g)))
+            checks.append(normalise(torch.rand(1, 3, *other_size(tuple(example.shape[-2:])), generator=g)))
     diff = check_runtime(_runner(fmt, path), net, checks, what, atol=None if int8 else EDGE_ATOL)
     bound = "int8: difference not bounded" if int8 else f"bound {EDGE_ATOL}"
     return ExportResult(fmt, out, 0.0, f"{what} vs PyTorch on {_shapes(checks)} ({bound})", max_abs_diff=diff,

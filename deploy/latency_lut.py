@@ -196,10 +196,10 @@ def measure_latency(module: nn.Module, shape: tuple[int, ...], backend: Backend 
         with tempfile.TemporaryDirectory(prefix="efv2-lut-") as tmp:
             compiled = compile_module(module, x, backend, threads, tmp)
             return measure(compiled.run, runs, warmup).median
-    import onnxruntime as ort
-
     from .export import ONNX_OPSET
-    from .ort import session_options
+    from .ort import _ort, session_options
+
+    ort = _ort()
 
     buffer = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
@@ -230,6 +230,17 @@ class _PassThrough(nn.Module):
 # --------------------------------------------------------------------------------------------
 # Table
 # --------------------------------------------------------------------------------------------
+def host_cpu() -> str:
+    """The CPU a table is measured on: its model name where the OS tells it (Linux), else the
+    platform's processor or machine string."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("model name") and ":" in line:
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 @dataclass
 class LatencyTable:
     """Latency (ms) per block setting, measured under the stated conditions."""
@@ -241,7 +252,7 @@ class LatencyTable:
     space: dict[str, Any]
     num_classes: int = 1000
     distillation: bool = True
-    device: str = field(default_factory=platform.processor)
+    device: str = field(default_factory=host_cpu)
     overhead_ms: float = 0.0   # fixed cost per run, paid once per network (runtime tables)
 
     def predict(self, config: SubnetConfig | Mapping[str, Any]) -> float:

@@ -87,7 +87,10 @@ def op_time_profile(path: str | Path, threads: int | None = None, runs: int = 50
             sess.run(None, feed)
         events = json.loads(Path(sess.end_profiling()).read_text())
     starts = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
-    first_timed = starts[warmup] if len(starts) > warmup else 0
+    if len(starts) < warmup + runs:
+        raise RuntimeError(f"ONNX Runtime's profile holds {len(starts)} runs, {warmup + runs} were made: "
+                           "its per-operator times would be wrong")
+    first_timed = starts[warmup]
     per_op: collections.Counter = collections.Counter()
     for e in events:
         if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and e["ts"] >= first_timed:

@@ -109,6 +109,19 @@ def test_bad_switches_are_named_with_the_accepted_values():
         Arch.from_dict({"base": "s9"})
 
 
+@pytest.mark.parametrize("bad", [
+    {"widths": [32, 48, 96, 176], "expansions": [4, 4, 4, 4]},       # a ratio per stage, not per block
+    {"base": "s0", "expansions": [[4, 4], [4, "4"], [4], [4]]},       # a ratio that is not a number
+    {"base": "s0", "attention": [0, 0, "two", 2]},
+    {"base": "s0", "widths": 32},
+])
+def test_malformed_architectures_are_value_errors_that_say_what_each_key_takes(bad):
+    with pytest.raises(ValueError, match="widths and attention take 4 ints, expansions 4 lists of ratios"):
+        Arch.from_dict(bad)
+    with pytest.raises(ValueError, match="'base' must be a variant name"):
+        Arch.from_dict({"base": 1})
+
+
 def test_supernet_refuses_switched_architectures_with_a_reason():
     with pytest.raises(ValueError, match="attention_bias.*not searchable"):
         SubnetConfig.from_arch(Arch.from_dict({"base": "s0", "attention_bias": False}))

@@ -201,6 +201,26 @@ def test_staged_output_leaves_nothing_on_failure(tmp_path):
     assert sorted(p.name for p in target.parent.iterdir()) == ["m.bin", "m.xml"]
 
 
+def test_staged_output_keeps_folders_in_the_way(tmp_path):
+    """A folder named like a companion file is the user's, not an old output: refused, untouched,
+    and the temporary folder removed; an output folder (a CoreML package) is replaced."""
+    (tmp_path / "m.bin").mkdir()
+    (tmp_path / "m.bin" / "keep.txt").write_text("user data")
+    with pytest.raises(ValueError, match="m.bin"):
+        with staged_output(tmp_path / "m.xml") as path:
+            path.write_text("xml")
+            path.with_suffix(".bin").write_text("bin")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin"]
+    assert (tmp_path / "m.bin" / "keep.txt").read_text() == "user data"
+    package = tmp_path / "m.mlpackage"
+    for text in ("old", "new"):
+        with staged_output(package) as path:
+            path.mkdir()
+            (path / "spec").write_text(text)
+    assert (package / "spec").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin", "m.mlpackage"]
+
+
 # --------------------------------------------------------------------------------------------
 # Bad input through the command line: one line, exit status 2, nothing written
 # --------------------------------------------------------------------------------------------

@@ -18,26 +18,25 @@ import argparse
 import sys
 from typing import Callable, NoReturn, Sequence
 
-__all__ = ["ArgumentParser", "UsageError", "BAD_INPUT", "run", "fail"]
+__all__ = ["ArgumentParser", "UsageError", "BAD_INPUT", "is_bad_input", "run", "fail"]
 
 
 class UsageError(Exception):
     """Raised by a tool for bad input it detects itself; the message says what to do."""
 
 
-def _bad_input_types() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean bad input (wrong path, unreadable or unfitting file, bad value,
-    missing optional package), as opposed to a bug."""
-    types: list[type[BaseException]] = [UsageError, ValueError, OSError, ImportError]
-    try:  # the checkpoint loader's own error (a RuntimeError subclass)
-        from backbones import CheckpointError
-        types.append(CheckpointError)
-    except ImportError:  # backbones not importable: ImportError already covers what follows
-        pass
-    return tuple(types)
+# Exceptions that mean bad input (wrong path, unreadable or unfitting file, bad value, missing
+# optional package), as opposed to a bug; the checkpoint loader's `CheckpointError` (a
+# RuntimeError) too, looked up in `is_bad_input` so that importing this module stays cheap.
+BAD_INPUT: tuple[type[BaseException], ...] = (UsageError, ValueError, OSError, ImportError)
 
 
-BAD_INPUT = _bad_input_types()
+def is_bad_input(exc: BaseException) -> bool:
+    """Whether `exc` is bad input: one of `BAD_INPUT`, or a checkpoint that cannot be loaded."""
+    if isinstance(exc, BAD_INPUT):
+        return True
+    checkpoint = sys.modules.get("backbones.checkpoint")  # not imported: nothing raised its error
+    return checkpoint is not None and isinstance(exc, checkpoint.CheckpointError)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -65,10 +64,12 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def run(main: Callable[..., int | None], prog: str, argv: Sequence[str] | None = None) -> int:
-    """Call `main(argv)` and turn bad input (`BAD_INPUT`) into one line on stderr and status 2."""
+    """Call `main(argv)` and turn bad input (`is_bad_input`) into one line on stderr and status 2."""
     try:
         return int(main(argv) or 0)
-    except BAD_INPUT as exc:
+    except Exception as exc:
+        if not is_bad_input(exc):
+            raise  # a bug: the traceback is what a report needs
         print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

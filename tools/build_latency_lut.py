@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--check", type=int, default=10, help="random sub-networks timed whole (0: skip)")
+    parser.add_argument("--check", type=int, default=10, help="sub-networks timed whole to check the table: the largest, the smallest, then random "
+                             "ones (0: skip; otherwise at least 2)")
     parser.add_argument("--num-classes", type=int, default=1000)
     parser.add_argument("--no-distillation", action="store_true", help="the head has no distillation branch")
     parser.add_argument("--out", type=Path, required=True)
@@ -89,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.img_size < 32 or args.threads < 1 or args.runs < 1 or args.warmup < 0 or args.num_classes < 1:
         parser.error("--img-size must be at least 32, --threads, --runs and --num-classes at least 1, "
                      "--warmup at least 0")
+    if args.check < 0 or args.check == 1:
+        parser.error(f"--check takes 0 (no check) or at least 2 sub-networks, got {args.check}")
     check_writable(args.out, "--out")
     load_space(args.space)  # bad input is refused before any runtime loads
     from deploy.benchmark import available_backends

@@ -12,13 +12,12 @@ Last line: `demo-det: bbox mAP <0..1> segm mAP <0..1> in <seconds> s` or
 """
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from _cli import ArgumentParser, UsageError
-from _cli import run as run_cli
+from _cli import ArgumentParser, UsageError, run
+from _demo import ensure_toy_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"det": ROOT / "configs/detection/mask-rcnn_efficientformerv2-s0_fpn_toy-coco.py",
@@ -26,27 +25,13 @@ CONFIGS = {"det": ROOT / "configs/detection/mask-rcnn_efficientformerv2-s0_fpn_t
 DATASETS = {"det": "toy_coco", "seg": "toy_ade20k"}
 
 
-def ensure_backbone_checkpoint(path: Path, data: Path) -> Path:
-    """The classification checkpoint at `path`; trains it with tools/demo_cls.py when missing."""
-    if not path.is_file():
-        print(f"demo: {path} is missing; training it first with tools/demo_cls.py", flush=True)
-        done = subprocess.run([sys.executable, str(ROOT / "tools/demo_cls.py"), "--data", str(data / "toy_cls"),
-                               "--out", str(path.parent)])
-        if done.returncode != 0:
-            raise UsageError(f"training the backbone checkpoint with tools/demo_cls.py failed (exit status "
-                             f"{done.returncode}); see its message above")
-        if not path.is_file():
-            raise FileNotFoundError(f"tools/demo_cls.py did not write {path}")
-    return path
-
-
-def run(task: str, data: Path, backbone: Path, work_dir: Path | None, cfg_options: dict) -> str:
+def run_demo(task: str, data: Path, backbone: Path, work_dir: Path | None, cfg_options: dict) -> str:
     """Run one demo and return its summary line."""
     import torch
 
     torch.set_num_threads(2)
     start = time.time()
-    ensure_backbone_checkpoint(backbone, data)
+    ensure_toy_classifier(backbone, data, f"demo-{task}")
     work_dir = work_dir or Path("work_dirs") / f"demo_{task}"
     if task == "det":
         from detection.demo import run_det_demo
@@ -77,9 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.backbone.exists() and not args.backbone.is_file():
         raise UsageError(f"--backbone {args.backbone} is not a file; give the S0 classification checkpoint "
                          "(or a path where make demo's checkpoint should be written)")
-    print(run(args.task, args.data, args.backbone, args.work_dir, args.cfg_options), flush=True)
+    print(run_demo(args.task, args.data, args.backbone, args.work_dir, args.cfg_options), flush=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main, "demo_dense"))
+    sys.exit(run(main, "demo_dense"))

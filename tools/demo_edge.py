@@ -16,27 +16,15 @@ S0/MobileNetV2 xnnpack <ratio>x in <seconds> s`.
 """
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from _cli import ArgumentParser, run
+from _demo import ensure_toy_classifier
 
-ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CKPT = Path("artifacts/cls_toy/efficientformerv2_s0.safetensors")
 NAME = "efficientformerv2_s0"
-
-
-def ensure_classifier(path: Path, data: Path) -> Path:
-    """The toy classifier at `path`; trained with tools/demo_cls.py when missing."""
-    if not path.is_file():
-        print(f"demo-edge: {path} is missing; training it first with tools/demo_cls.py", flush=True)
-        subprocess.run([sys.executable, str(ROOT / "tools/demo_cls.py"), "--data", str(data / "toy_cls"),
-                        "--out", str(path.parent)], check=True)
-        if not path.is_file():
-            raise FileNotFoundError(f"tools/demo_cls.py did not write {path}")
-    return path
 
 
 def summary_line(max_diff: float, top1_int8: float | None, top1_float: float | None, ratio: float,
@@ -86,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads < 1 or args.runs < 1:
         parser.error("--threads and --runs must be at least 1")
     start = time.perf_counter()
-    checkpoint = ensure_classifier(args.checkpoint, args.data)
+    checkpoint = ensure_toy_classifier(args.checkpoint, args.data, "demo-edge")
     args.out.mkdir(parents=True, exist_ok=True)
     diff, top1_int8, top1_float, ratio = run_demo(args.data, checkpoint, args.out, args.threads, args.runs)
     print(summary_line(diff, top1_int8, top1_float, ratio, time.perf_counter() - start))

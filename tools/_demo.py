@@ -1,0 +1,26 @@
+"""What the demo scripts in tools/ share: the toy S0 classifier of `make demo`, trained on
+demand. Only tools import this module."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from _cli import UsageError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ensure_toy_classifier(path: Path, data: Path, prog: str) -> Path:
+    """The toy classifier checkpoint at `path`; trained with tools/demo_cls.py on `data`/toy_cls
+    (generated there if missing) when the file does not exist yet."""
+    if not path.is_file():
+        print(f"{prog}: {path} is missing; training it first with tools/demo_cls.py", flush=True)
+        done = subprocess.run([sys.executable, str(ROOT / "tools/demo_cls.py"), "--data", str(data / "toy_cls"),
+                               "--out", str(path.parent)])
+        if done.returncode != 0:
+            raise UsageError(f"training the toy classifier with tools/demo_cls.py failed (exit status "
+                             f"{done.returncode}); see its message above")
+        if not path.is_file():
+            raise FileNotFoundError(f"tools/demo_cls.py did not write {path}")
+    return path
