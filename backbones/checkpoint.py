@@ -232,8 +232,8 @@ def infer_arch(state_dict: Mapping[str, torch.Tensor]) -> Arch:
 
 def is_deploy_state_dict(state_dict: Mapping[str, torch.Tensor]) -> bool:
     """Whether a project-layout state dict is of the deploy form (`EfficientFormerV2.fuse()`:
-    no BatchNorm statistics left)."""
-    return not any(k.endswith("running_mean") for k in state_dict)
+    no BatchNorm statistics left but the final norm's, which stays without a head)."""
+    return not any(k.endswith("running_mean") and not k.startswith("norm.") for k in state_dict)
 
 
 def describe_arch(arch: Arch) -> str:

@@ -139,6 +139,16 @@ class Attention2d(nn.Module):
         self.fused = True
         return self
 
+    @torch.no_grad()
+    def refresh_cache(self) -> None:
+        """Deploy form: compute the precomputed logit bias anew from the current weights (after
+        a weight load); nothing to do before `fuse()` or after `shape_generic()`."""
+        if not self.fused or self.generic_resize:
+            return
+        if self.pos_bias is not None:
+            self.pos_bias.fuse()
+        self.logit_bias = self._logit_bias((self.attn_grid, self.attn_grid))
+
     def shape_generic(self) -> None:
         """No precomputed bias, and the upsampling as matrix products of interpolation weights
         computed in the graph: the graph is the same for every input size (symbolic export)."""
@@ -283,6 +293,13 @@ class Attention2dDownsample(nn.Module):
             self.pos_bias.fuse()
         self.fused = True
         return self
+
+    @torch.no_grad()
+    def refresh_cache(self) -> None:
+        """Deploy form: compute the precomputed bias anew from the current weights (after a
+        weight load); nothing to do before `fuse()` or after `shape_generic()`."""
+        if self.fused and self.pos_bias is not None and not self.pos_bias.always_resample:
+            self.pos_bias.fuse()
 
     def shape_generic(self) -> None:
         """No precomputed bias: the graph is the same for every input size (symbolic export)."""
@@ -720,6 +737,7 @@ class EfficientFormerV2(ClassifierForward, nn.Module):
             self.head_dist = (nn.Linear(prev, num_classes) if num_classes > 0 else nn.Identity()) \
                 if distillation else None
         self.apply(self._init_weights)
+        self.register_load_state_dict_post_hook(_refresh_deploy_caches)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -737,9 +755,12 @@ class EfficientFormerV2(ClassifierForward, nn.Module):
         if self.features_only:
             raise RuntimeError("a features_only model has no classifier")
         self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        like = self.stem.conv1.conv.weight  # the new heads on the model's device and dtype
+        self.head = nn.Linear(self.num_features, num_classes, device=like.device, dtype=like.dtype) \
+            if num_classes > 0 else nn.Identity()
         if self.head_dist is not None:
-            self.head_dist = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+            self.head_dist = nn.Linear(self.num_features, num_classes, device=like.device, dtype=like.dtype) \
+                if num_classes > 0 else nn.Identity()
         for m in (self.head, self.head_dist):
             if m is not None:
                 self._init_weights(m)
@@ -776,7 +797,8 @@ class EfficientFormerV2(ClassifierForward, nn.Module):
             if m is not self and isinstance(m, (EfficientFormerV2Block, Attention2dDownsample, ConvNorm)):
                 m.fuse()
         if self.head_dist is not None and isinstance(self.head, nn.Linear):
-            merged = nn.Linear(self.num_features, self.num_classes)
+            merged = nn.Linear(self.num_features, self.num_classes, device=self.head.weight.device,
+                               dtype=self.head.weight.dtype)
             merged.weight.copy_((self.head.weight + self.head_dist.weight) / 2)
             merged.bias.copy_((self.head.bias + self.head_dist.bias) / 2)
             self.head, self.head_dist = merged, None
@@ -791,8 +813,17 @@ class EfficientFormerV2(ClassifierForward, nn.Module):
 
     @property
     def is_fused(self) -> bool:
-        """Whether this model is in deploy form (`fuse()`d)."""
-        return not any(isinstance(m, nn.BatchNorm2d) for m in self.modules())
+        """Whether this model is in deploy form (`fuse()`d): no BatchNorm left but the final norm,
+        which stays when there is no head to fold it into (num_classes=0)."""
+        return not any(isinstance(m, nn.BatchNorm2d) for name, m in self.named_modules() if name != "norm")
+
+    def refresh_deploy_caches(self) -> None:
+        """Deploy form: compute the attention biases precomputed by `fuse()` anew from the current
+        weights. Runs after every `load_state_dict` (a hook), so fused weights loaded into a fused
+        model give that model's outputs."""
+        for m in self.modules():
+            if isinstance(m, (Attention2d, Attention2dDownsample)):
+                m.refresh_cache()
 
     def shape_generic(self) -> "EfficientFormerV2":
         """Deploy form (after `fuse()`) whose code path does not depend on the input size: for
@@ -803,6 +834,11 @@ class EfficientFormerV2(ClassifierForward, nn.Module):
         for m in attention:
             m.shape_generic()
         return self
+
+
+def _refresh_deploy_caches(model: EfficientFormerV2, incompatible_keys: Any) -> None:
+    """`load_state_dict` post-hook: the deploy form's precomputed biases follow the loaded weights."""
+    model.refresh_deploy_caches()
 
 
 def resolve_arch(arch: Arch | Mapping[str, Any] | str) -> Arch:

@@ -137,6 +137,7 @@ class OffsetAttentionBias(nn.Module):
         """Deploy form: the bias at the training grid computed once. Returns self."""
         r = self.resolution
         q = grid_size(r, self.query_stride)
+        self.cached = None  # computed anew from the current table (also after a weight load)
         self.cached = self.forward((q, q), (r, r)).detach().clone()
         return self
 

@@ -71,6 +71,41 @@ def test_deploy_form_checkpoint_round_trip(tmp_path, suffix):
         assert model(torch.randn(1, 3, 160, 192)).shape == (1, 10)
 
 
+def test_fused_weights_refresh_the_precomputed_biases(tmp_path):
+    """The deploy form precomputes the attention biases at the training grid (non-persistent
+    buffers): loading other fused weights must compute them anew, feature for feature."""
+    x = torch.randn(1, 3, 224, 224)
+    source = _trained_like(EfficientFormerV2("s0", num_classes=10)).fuse()
+    with torch.no_grad():
+        for name, p in source.named_parameters():
+            if "attention_biases" in name:
+                p.normal_(0, 1.0)
+        source.refresh_deploy_caches()
+        want = source.forward_features(x)
+    for target in (EfficientFormerV2("s0", num_classes=10).eval(),           # becomes the deploy form
+                   EfficientFormerV2("s0", num_classes=10).eval().fuse()):   # already is
+        load_checkpoint(target, save_checkpoint(source, tmp_path / "fused.safetensors"))
+        with torch.no_grad():
+            assert (target.forward_features(x) - want).abs().max() < 1e-5
+
+
+def test_headless_deploy_form_reloads_and_fuse_keeps_dtype(tmp_path):
+    """Without a head the final norm has nothing to fold into and stays: still the deploy form."""
+    headless = _trained_like(EfficientFormerV2(TINY, num_classes=0, img_size=64)).fuse()
+    assert headless.is_fused and is_deploy_state_dict(headless.state_dict())
+    x = torch.randn(2, 3, 64, 80)
+    model = EfficientFormerV2(TINY, num_classes=0, img_size=64)
+    assert load_checkpoint(model, save_checkpoint(headless, tmp_path / "headless.pth")).fused
+    with torch.no_grad():
+        assert (model(x) - headless(x)).abs().max() < 1e-6
+    double = _trained_like(EfficientFormerV2(TINY, num_classes=4, img_size=64)).double()
+    with torch.no_grad():
+        want = double(x.double())
+        assert (double.fuse()(x.double()) - want).abs().max() < 1e-10
+    double.reset_classifier(3)
+    assert double.head.weight.dtype == torch.float64
+
+
 def test_training_weights_into_a_fused_model_are_refused(tmp_path):
     path = save_checkpoint(EfficientFormerV2(TINY, num_classes=4, img_size=64), tmp_path / "train.pth")
     fused = EfficientFormerV2(TINY, num_classes=4, img_size=64).fuse()
