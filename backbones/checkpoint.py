@@ -289,10 +289,11 @@ def load_checkpoint(model: nn.Module, path: str | Path | Mapping[str, torch.Tens
         except (CheckpointError, KeyError):
             ckpt_arch = None
         if ckpt_arch is not None and _shape_signature(ckpt_arch) != _shape_signature(model.arch):
-            raise CheckpointError(
-                f"the checkpoint is {describe_arch(ckpt_arch)}, but the model is "
-                f"{describe_arch(model.arch)}: build the model that matches the checkpoint "
-                f"(e.g. create_model('{describe_arch(ckpt_arch)}'))")
+            name = describe_arch(ckpt_arch)
+            build = f"create_model('{name}')" if name in _variant_names() else \
+                "EfficientFormerV2(infer_arch(read_state_dict(path)))"
+            raise CheckpointError(f"the checkpoint is {name}, but the model is {describe_arch(model.arch)}: "
+                                  f"build the model that matches the checkpoint, e.g. {build}")
 
     to_load: dict[str, torch.Tensor] = {}
     for k, v in sd.items():
@@ -319,9 +320,17 @@ def load_checkpoint(model: nn.Module, path: str | Path | Mapping[str, torch.Tens
     dropped_head = classifier == "drop"
     report.missing = [k for k in own if k not in sd and not (dropped_head and k.startswith(HEAD_PREFIXES))]
     if strict and not report.ok:
-        raise CheckpointError(f"checkpoint does not fit the model: {report}")
+        grid = any(".attention_biases " in m for m in report.mismatched)
+        raise CheckpointError(f"checkpoint does not fit the model: {report}" + (
+            "; the attention-bias tables are of another grid: build the model with the img_size the checkpoint "
+            "was trained at (e.g. img_size=224; any input size still works at run time)" if grid else ""))
     model.load_state_dict(to_load, strict=False)
     return report
+
+
+def _variant_names() -> set[str]:
+    """The names `create_model` takes."""
+    return {f"efficientformerv2_{name}" for name in VARIANTS}
 
 
 def _shape_signature(arch: Arch) -> tuple:

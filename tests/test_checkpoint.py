@@ -6,7 +6,7 @@ import pytest
 import timm
 import torch
 
-from backbones import CheckpointError, create_model, load_checkpoint, read_state_dict, save_checkpoint
+from backbones import CheckpointError, EfficientFormerV2, create_model, load_checkpoint, read_state_dict, save_checkpoint
 from tool_runner import run_tool
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,8 +92,19 @@ def test_unreadable_files_fail_clearly(tmp_path):
 
 def test_wrong_variant_names_the_checkpoint_variant(tmp_path):
     path = save_checkpoint(create_model("efficientformerv2_s1"), tmp_path / "s1.safetensors")
-    with pytest.raises(CheckpointError, match="checkpoint is efficientformerv2_s1, but the model is efficientformerv2_s0"):
+    with pytest.raises(CheckpointError, match=r"checkpoint is efficientformerv2_s1, but the model is "
+                                              r"efficientformerv2_s0.*create_model\('efficientformerv2_s1'\)"):
         load_checkpoint(create_model("efficientformerv2_s0"), path)
+    # a switched or searched architecture is no create_model name: the hint builds it from the file
+    switched = save_checkpoint(EfficientFormerV2({"base": "s1", "attention_bias": False}), tmp_path / "nb.pth")
+    with pytest.raises(CheckpointError, match=r"attention_bias=False.*EfficientFormerV2\(infer_arch"):
+        load_checkpoint(create_model("efficientformerv2_s0"), switched)
+
+
+def test_another_training_grid_says_which_img_size_to_build(tmp_path):
+    path = save_checkpoint(EfficientFormerV2("s0", num_classes=10), tmp_path / "s0.pth")
+    with pytest.raises(CheckpointError, match="attention-bias tables are of another grid.*img_size=224"):
+        load_checkpoint(EfficientFormerV2("s0", num_classes=10, img_size=64), path)
 
 
 def test_missing_and_unexpected_keys_are_named(reference):
