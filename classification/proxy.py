@@ -198,8 +198,9 @@ def run_proxy_check(checkpoint: str | Path, data_root: str | Path, out: str | Pa
     out.mkdir(parents=True, exist_ok=True)
     supernet = load_supernet(checkpoint)
     batches = dict(img_size=supernet.img_size, batch_size=batch_size)
-    evaluator = SubnetEvaluator(supernet, None, image_batches(data_root, "val", **batches),
-                                image_batches(data_root, "train", **batches), calib_batches)
+    # BatchNorm recalibration reads only the images it uses, evenly spaced over the classes
+    calib = image_batches(data_root, "train", max_images=calib_batches * batch_size, **batches)
+    evaluator = SubnetEvaluator(supernet, None, image_batches(data_root, "val", **batches), calib, calib_batches)
     configs = spread_configs(supernet.space, count, evaluator.count_params, seed)
     params = [evaluator.count_params(c) for c in configs]
     log(f"proxy: {len(configs)} sub-networks of {min(params) / 1e6:.3f}M to {max(params) / 1e6:.3f}M parameters, "

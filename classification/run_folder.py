@@ -23,7 +23,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from backbones import read_state_dict
+from backbones import CheckpointError, read_state_dict
 
 __all__ = ["RunFolderCLI", "RunFolderError", "default_loggers"]
 
@@ -59,13 +59,17 @@ class RunFolderCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         """Parse, then read `--ckpt_path` (a local file) safely before Lightning loads it, so that
         a missing, empty, text or code-carrying file is a `CheckpointError` saying what the file
-        is, not a traceback. Lightning's own names ("last", "best", ...) and URLs pass."""
+        is, not a traceback. Lightning's names of this run's own checkpoints ("last", "best",
+        "hpc") pass; a URL or a registry name is refused, since Lightning would unpickle what it
+        downloads without the safe check."""
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if path is None or str(path) in ("last", "best", "hpc") or str(path).startswith("registry") \
-                or "://" in str(path):
+        if path is None or str(path) in ("last", "best", "hpc"):
             return
+        if "://" in str(path) or str(path).startswith("registry"):
+            raise CheckpointError(f"--ckpt_path {path}: download the checkpoint first and pass the local file; "
+                                  "remote checkpoints are not loaded, as they could not be read safely")
         read_state_dict(path)
 
     def before_fit(self) -> None:

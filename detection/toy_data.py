@@ -97,7 +97,8 @@ def make_toy_coco(out: Path, seed: int = 0, sizes: dict[str, int] | None = None)
         raise ValueError(f"unknown splits {sorted(unknown)}; use {sorted(SPLITS)}")
     (out / "annotations").mkdir(parents=True, exist_ok=True)
     categories = [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(CLASSES)]
-    for split_index, (split, count) in enumerate(sizes.items()):
+    for split, count in sizes.items():
+        split_index = list(SPLITS).index(split)  # each split its own stream, whichever are written
         rng = np.random.default_rng([seed, split_index])
         folder = out / f"{split}2017"
         folder.mkdir(parents=True, exist_ok=True)

@@ -72,7 +72,8 @@ def make_toy_ade20k(out: Path, seed: int = 0, sizes: dict[str, int] | None = Non
     unknown = set(sizes) - set(SPLITS)
     if unknown:
         raise ValueError(f"unknown splits {sorted(unknown)}; use {sorted(SPLITS)}")
-    for split_index, (split, count) in enumerate(sizes.items()):
+    for split, count in sizes.items():
+        split_index = list(SPLITS).index(split)  # each split its own stream, whichever are written
         rng = np.random.default_rng([seed, split_index])
         images, annotations = out / "images" / split, out / "annotations" / split
         images.mkdir(parents=True, exist_ok=True)

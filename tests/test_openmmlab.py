@@ -14,6 +14,9 @@ import timm
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
+# without the OpenMMLab stack this module is skipped (visibly), so -m "not mm" runs everywhere
+pytest.importorskip("mmengine")
+
 from backbones import CheckpointError, efficientformerv2_s0, save_checkpoint
 from openmmlab import EfficientFormerV2
 from openmmlab.benchmark import ChildDiedError, benchmark_backbone, run_in_fresh_process
@@ -80,6 +83,14 @@ def test_out_indices_and_arch_dict():
     assert [f.shape[1] for f in feats] == [24, 48] and backbone.strides == [8, 32]
     with pytest.raises(ValueError, match="frozen_stages"):
         EfficientFormerV2("s0", frozen_stages=5)
+    # stages after the last returned one never run: none of their parameters waits for a gradient
+    # (DDP with find_unused_parameters=False would fail on them)
+    shallow = EfficientFormerV2(arch, out_indices=(0, 1))
+    shallow.train()
+    shallow(torch.randn(1, 3, 64, 96))[-1].sum().backward()
+    trainable = [n for n, p in shallow.named_parameters() if p.requires_grad]
+    assert trainable and all(not n.startswith(("body.stages.2.", "body.stages.3.")) for n in trainable)
+    assert all(p.grad is not None for n, p in shallow.named_parameters() if p.requires_grad)
 
 
 def test_norm_eval_keeps_batchnorm_frozen():
@@ -147,6 +158,15 @@ def test_pretrained_init_reports_missing_keys(tmp_path):
         backbone.init_weights()
     with pytest.raises(ValueError, match="checkpoint"):
         EfficientFormerV2("s0", init_cfg=dict(type="Pretrained"))
+
+
+def test_pretrained_init_refuses_deploy_form_weights(tmp_path):
+    """Fused weights would need fuse() after the optimizer holds the training-form parameters."""
+    path = save_checkpoint(efficientformerv2_s0().eval().fuse(), tmp_path / "s0_deploy.safetensors")
+    backbone = EfficientFormerV2("s0", init_cfg=dict(type="Pretrained", checkpoint=str(path)))
+    with pytest.raises(CheckpointError, match="deploy-form weights.*pass the training-form checkpoint"):
+        backbone.init_weights()
+    assert not backbone.body.is_fused
 
 
 # --- safe loading ----------------------------------------------------------------------------

@@ -9,11 +9,16 @@ from pathlib import Path
 from _cli import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
+TOY_CLASSIFIER = Path("artifacts/cls_toy/efficientformerv2_s0.safetensors")  # what `make demo` writes
 
 
 def ensure_toy_classifier(path: Path, data: Path, prog: str) -> Path:
-    """The toy classifier checkpoint at `path`; trained with tools/demo_cls.py on `data`/toy_cls
-    (generated there if missing) when the file does not exist yet."""
+    """The toy classifier checkpoint at `path`. At the default place (`TOY_CLASSIFIER`) it is
+    trained with tools/demo_cls.py on `data`/toy_cls when missing; elsewhere it must exist
+    (demo_cls replaces the checkpoints folder next to what it writes)."""
+    if not path.is_file() and path.resolve() != TOY_CLASSIFIER.resolve():
+        raise UsageError(f"{path} does not exist: give an existing S0 classification checkpoint, or leave the "
+                         f"option out to use {TOY_CLASSIFIER} (trained first if missing)")
     if not path.is_file():
         print(f"{prog}: {path} is missing; training it first with tools/demo_cls.py", flush=True)
         done = subprocess.run([sys.executable, str(ROOT / "tools/demo_cls.py"), "--data", str(data / "toy_cls"),

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from _cli import ArgumentParser, UsageError, run
-from _demo import ensure_toy_classifier
+from _demo import TOY_CLASSIFIER, ensure_toy_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"det": ROOT / "configs/detection/mask-rcnn_efficientformerv2-s0_fpn_toy-coco.py",
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="demo_dense", description=__doc__)
     parser.add_argument("task", choices=sorted(CONFIGS))
     parser.add_argument("--data", type=Path, default=Path("data"), help="folder holding the toy data sets")
-    parser.add_argument("--backbone", type=Path, default=Path("artifacts/cls_toy/efficientformerv2_s0.safetensors"),
+    parser.add_argument("--backbone", type=Path, default=TOY_CLASSIFIER,
                         help="S0 classification checkpoint the backbone starts from")
     parser.add_argument("--work-dir", type=Path, default=None)
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, default={})

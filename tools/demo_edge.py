@@ -21,9 +21,8 @@ import time
 from pathlib import Path
 
 from _cli import ArgumentParser, run
-from _demo import ensure_toy_classifier
+from _demo import TOY_CLASSIFIER, ensure_toy_classifier
 
-DEFAULT_CKPT = Path("artifacts/cls_toy/efficientformerv2_s0.safetensors")
 NAME = "efficientformerv2_s0"
 
 
@@ -66,7 +65,7 @@ def run_demo(data: Path, checkpoint: Path, out: Path, threads: int = 1, runs: in
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="demo-edge", description=__doc__)
     parser.add_argument("--data", type=Path, default=Path("data"))
-    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CKPT)
+    parser.add_argument("--checkpoint", type=Path, default=TOY_CLASSIFIER)
     parser.add_argument("--out", type=Path, default=Path("artifacts/edge"))
     parser.add_argument("--threads", type=int, default=1, help="XNNPACK threads (one count per process)")
     parser.add_argument("--runs", type=int, default=30, help="timed runs of each model")

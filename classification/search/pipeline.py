@@ -48,7 +48,8 @@ def run_search(supernet: EfficientFormerV2Supernet, data_root: str | Path, table
     s, r = settings.search, settings.random
     batches = dict(img_size=supernet.img_size, batch_size=s.batch_size, cache=s.cache)
     val = image_batches(data_root, s.split, max_images=s.max_images, **batches)
-    calib = image_batches(data_root, s.calib_split, **batches)
+    # BatchNorm recalibration reads only the images it uses, evenly spaced over the classes
+    calib = image_batches(data_root, s.calib_split, max_images=s.calib_batches * s.batch_size, **batches)
     evaluator = SubnetEvaluator(supernet, table, val, calib, s.calib_batches, settings.mes)
     target = s.target.resolve(evaluator)
     log(f"search: target {target}, expansions {s.expansions}")
