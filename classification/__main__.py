@@ -16,12 +16,17 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser
 
 from backbones import CheckpointError
 
-from .data import ImageNetDataModule
+from .data import DataError, ImageNetDataModule
 from .module import ImageClassifier
 from .predictions import PredictionWriter
-from .run_folder import RunFolderCLI
+from .run_folder import RunFolderCLI, RunFolderError
 
 PROG = "python -m classification"
+
+
+class SettingError(ValueError):
+    """A setting from which the model, the data or the trainer cannot be built; the message
+    is the reason the class gave."""
 
 
 class ClassificationCLI(RunFolderCLI):
@@ -40,6 +45,14 @@ class ClassificationCLI(RunFolderCLI):
         parser.link_arguments("data.batch_size", "model.batch_size")
         parser.link_arguments("data.img_size", "model.img_size")
         parser.link_arguments("data.seed", "model.seed")
+
+    def instantiate_classes(self) -> None:
+        """Build the model, data and trainer; a ValueError or OSError they raise from their
+        settings is bad input (a `SettingError`), whereas one raised later, while running, is not."""
+        try:
+            super().instantiate_classes()
+        except (ValueError, OSError) as exc:
+            raise SettingError(" ".join(str(exc).split())) from exc
 
     def after_predict(self) -> None:
         """Say where the predictions went, as the last line of output (after the progress bar)."""
@@ -61,7 +74,7 @@ def main(args: ArgsType = None) -> int:
     stderr and exit status 2, as the tools do; argument errors are jsonargparse's (also status 2)."""
     try:
         cli(args)
-    except (ValueError, OSError, CheckpointError) as exc:  # DataError, RunFolderError, bad settings
+    except (SettingError, DataError, RunFolderError, CheckpointError) as exc:  # other errors keep their traceback
         print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     return 0

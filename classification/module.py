@@ -32,7 +32,7 @@ from backbones import (Arch, CheckpointError, EfficientFormerV2, create_model, l
 from .data import seeded
 from .optim import param_groups
 
-__all__ = ["ImageClassifier", "TeacherConfig", "build_teacher"]
+__all__ = ["ImageClassifier", "TeacherConfig", "build_teacher", "check_teacher_config"]
 
 
 class TeacherConfig(TypedDict, total=False):
@@ -44,10 +44,8 @@ class TeacherConfig(TypedDict, total=False):
     kwargs: dict[str, Any]
 
 
-def build_teacher(config: TeacherConfig, num_classes: int) -> nn.Module:
-    """The frozen, eval-mode teacher described by `config`, with weights from its checkpoint."""
-    import timm
-
+def check_teacher_config(config: TeacherConfig) -> None:
+    """Raise a ValueError saying what is missing when `config` names no teacher or no weights."""
     name, checkpoint = config.get("name"), config.get("checkpoint")
     if not name:
         raise ValueError("model.teacher needs a 'name' (a timm model such as regnety_160, or "
@@ -55,6 +53,14 @@ def build_teacher(config: TeacherConfig, num_classes: int) -> nn.Module:
     if not checkpoint:
         raise ValueError(f"model.teacher.checkpoint is required: a randomly initialised {name!r} "
                          "would teach noise (weights are never downloaded)")
+
+
+def build_teacher(config: TeacherConfig, num_classes: int) -> nn.Module:
+    """The frozen, eval-mode teacher described by `config`, with weights from its checkpoint."""
+    import timm
+
+    check_teacher_config(config)
+    name, checkpoint = config["name"], config["checkpoint"]
     kwargs = dict(config.get("kwargs") or {})
     if name.startswith("efficientformerv2"):
         teacher = create_model(name, num_classes=num_classes, **kwargs)
@@ -137,7 +143,9 @@ class ImageClassifier(LightningModule):
         if pretrained:
             load_checkpoint(self.model, pretrained, classifier=pretrained_classifier)
         self.model.set_distilled_training(distill)
-        self.teacher = build_teacher(teacher, num_classes) if distill else None
+        if distill:
+            check_teacher_config(teacher)  # a config error now; its weights are read for fitting only
+        self.teacher: nn.Module | None = None  # built by setup("fit"): evaluation needs no teacher file
 
         self.mixup_fn = None
         if mixup > 0 or cutmix > 0:
@@ -156,6 +164,17 @@ class ImageClassifier(LightningModule):
     # ------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+    def setup(self, stage: str) -> None:
+        """Fitting with distillation: build the frozen teacher from its checkpoint."""
+        if stage == "fit" and self.hparams.teacher is not None:
+            self.teacher_model()
+
+    def teacher_model(self) -> nn.Module:
+        """The frozen distillation teacher, built from its checkpoint on first use."""
+        if self.teacher is None:
+            self.teacher = build_teacher(self.hparams.teacher, self.hparams.num_classes).to(self.device)
+        return self.teacher
 
     def train(self, mode: bool = True) -> "ImageClassifier":
         super().train(mode)
@@ -178,7 +197,7 @@ class ImageClassifier(LightningModule):
     def distillation_loss(self, x: torch.Tensor, logits_dist: torch.Tensor) -> torch.Tensor:
         """DeiT distillation of the distillation head from the frozen teacher's output on x."""
         with torch.no_grad():
-            teacher_logits = self.teacher(x)
+            teacher_logits = self.teacher_model()(x)
         if self.hparams.distillation_type == "hard":
             return F.cross_entropy(logits_dist, teacher_logits.argmax(dim=1))
         tau = self.hparams.distillation_tau
@@ -196,7 +215,7 @@ class ImageClassifier(LightningModule):
                     x, y = x[:-1], y[:-1]
                 x, y = self.mixup_fn(x, y)
             out = self.model(x)
-        if self.teacher is not None:
+        if self.hparams.teacher is not None:
             logits, logits_dist = out
             base = self.train_loss(logits, y)
             distill = self.distillation_loss(x, logits_dist)

@@ -301,6 +301,8 @@ def tiny_teacher(tmp_path_factory) -> Path:
 def test_distillation_loss_with_tiny_teacher(tiny_teacher, kind):
     m = ImageClassifier(num_classes=10, img_size=32, teacher={"name": "test_resnet", "checkpoint": str(tiny_teacher)},
                         distillation_type=kind, distillation_alpha=0.3, distillation_tau=2.0, label_smoothing=0.0)
+    assert m.teacher is None  # read for fitting only: validate, test and predict need no teacher file
+    m.setup("fit")
     assert m.model.head_dist is not None and not any(p.requires_grad for p in m.teacher.parameters())
     m.train()
     assert m.model.training and not m.teacher.training
