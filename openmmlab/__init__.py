@@ -1,6 +1,6 @@
 """The EfficientFormerV2 backbone in OpenMMLab, shared by MMDetection and MMSegmentation.
 
-Depends on mmengine (and `backbones`), never on mmdet or mmseg: `detection/` and `segmentation/`
+Depends on mmengine (and `backbones`, and `deploy.latency` for the benchmark), never on mmdet or mmseg: `detection/` and `segmentation/`
 hold the task code and each needs only its own OpenMMLab package.
 
 - `openmmlab.backbone`: `EfficientFormerV2`, an mmengine `BaseModule`, registered once in

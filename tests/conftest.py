@@ -18,8 +18,8 @@ def _seed():
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# reference figures (shared/ENVIRONMENT.md): all parameters at 224 including the distillation
-# head, and MACs at 224 (FlopCounterMode / 2)
+# reference figures, counted on timm's efficientformerv2 models: all parameters at 224 including
+# the distillation head, and MACs at 224 (FlopCounterMode / 2)
 REFERENCE_PARAMS = {"efficientformerv2_s0": 3_600_256, "efficientformerv2_s1": 6_185_560,
                     "efficientformerv2_s2": 12_710_112, "efficientformerv2_l": 26_322_288}
 REFERENCE_GMACS = {"efficientformerv2_s0": 0.396, "efficientformerv2_s1": 0.652,

@@ -23,7 +23,7 @@ def test_defaults_are_the_papers_and_leave_the_variants_unchanged():
         assert arch.non_default_switches() == {}
         assert Arch.from_dict(arch.to_dict()) == arch
         assert Arch.from_dict({"base": name}) == arch
-    # reference parameter counts (shared/ENVIRONMENT.md)
+    # reference parameter counts (timm's models, conftest.REFERENCE_PARAMS)
     assert n_params("s0") == 3_600_256
     assert n_params("s1") == 6_185_560
 

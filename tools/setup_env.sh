@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Creates .venv with the pinned stack; idempotent (a stamp records what was installed).
 # mmcv 2.1.0 has no wheel for torch 2.14 on PyPI: it is built once from source with ops,
-# in C++20, and the wheel is cached outside the repository under a name keyed by torch.
+# in C++20, and the wheel is cached outside the repository in a folder keyed by the mmcv and
+# torch versions (EFV2_CACHE moves the cache root, default ~/.cache/efficientformerv2), under
+# the Python tag of its wheel name (cp311, ...).
+# Needs: python3 >= 3.10 with venv and pip, and a C++20 compiler (g++ >= 10) with the Python headers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=.venv
@@ -16,7 +19,10 @@ WANT=$(cat requirements.txt setup.py tools/setup_env.sh | sha256sum | cut -c1-16
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then
   exit 0
 fi
+python3 -c 'import sys, venv; assert sys.version_info >= (3, 10)' 2>/dev/null || {
+  echo "setup_env: needs python3 >= 3.10 with the venv module (e.g. apt install python3-venv)" >&2; exit 2; }
 [ -x "$PY" ] || python3 -m venv "$VENV"
+PYTAG=cp$("$PY" -c 'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")')
 pip_() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
 
 "$PY" -c "import torch, torchvision; assert torch.__version__.startswith('$TORCH')" 2>/dev/null \
@@ -25,7 +31,7 @@ pip_() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
 pip_ "setuptools>=77,<82" wheel ninja
 
 if ! "$PY" -c "from mmcv.ops import nms, roi_align" 2>/dev/null; then
-  if ! ls "$CACHE"/mmcv-$MMCV-*.whl >/dev/null 2>&1; then
+  if ! ls "$CACHE"/mmcv-$MMCV-$PYTAG-*.whl >/dev/null 2>&1; then
     echo "setup_env: building mmcv $MMCV with ops for torch $TORCH (about 9 minutes, once per machine)"
     mkdir -p "$CACHE"
     WORK=$(mktemp -d)
@@ -37,7 +43,7 @@ if ! "$PY" -c "from mmcv.ops import nms, roi_align" 2>/dev/null; then
        --no-deps --no-build-isolation --no-cache-dir -w "$CACHE" .)
     rm -rf "$WORK"
   fi
-  pip_ --no-deps "$CACHE"/mmcv-$MMCV-*.whl
+  pip_ --no-deps "$CACHE"/mmcv-$MMCV-$PYTAG-*.whl
   # mmcv's own runtime dependencies (addict, yapf, ...), without letting pip touch mmcv
   pip_ addict packaging pillow pyyaml yapf opencv-python "mmengine==0.10.7"
   "$PY" -c "from mmcv.ops import nms, roi_align"
