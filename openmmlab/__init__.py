@@ -1,7 +1,8 @@
 """The EfficientFormerV2 backbone in OpenMMLab, shared by MMDetection and MMSegmentation.
 
-Depends on mmengine (and `backbones`, and `deploy.latency` for the benchmark), never on mmdet or mmseg: `detection/` and `segmentation/`
-hold the task code and each needs only its own OpenMMLab package.
+Depends on mmengine (and `backbones`, and `deploy.latency` for the benchmark), never on mmdet or
+mmseg: `detection/` and `segmentation/` hold the task code and each needs only its own OpenMMLab
+package.
 
 - `openmmlab.backbone`: `EfficientFormerV2`, an mmengine `BaseModule`, registered once in
   mmengine's root `MODELS`, where mmdet's and mmseg's registries find it.
