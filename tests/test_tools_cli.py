@@ -1,4 +1,4 @@
-"""Bad input to tools/convert_checkpoint.py, profile.py, make_toy_data.py, demo_cls.py and demo_dense.py: one line
+"""Bad input to tools/convert_checkpoint.py, profile.py, make_toy_data.py and the demos: one line
 on stderr that names the problem (tools/_cli.py's `prog: error: ...`), exit status 2, no traceback.
 
 Every case runs the tool's `__main__` in this process (`tool_runner.run_tool`); one case also runs
@@ -28,6 +28,9 @@ CASES: dict[str, tuple[str, list[str], str]] = {
     "profile-three-sides": ("profile", ["--resolution", "1", "2", "3"], "one side or a height and a width"),
     "profile-negative-classes": ("profile", ["--num-classes", "-1"], "--num-classes must be 0"),
     "profile-arch-not-json": ("profile", ["--arch", "notes.pth"], "is not JSON"),
+    "profile-arch-malformed": ("profile", ["--arch", "stage_ratios.json"], "expansions 4 lists of ratios"),
+    "edge-missing-checkpoint": ("demo_edge", ["--checkpoint", "missing.safetensors"], "missing.safetensors does not exist"),
+    "ablate-demo-threads": ("demo_ablate", ["--threads", "0"], "--threads must be >= 1"),
     "toy-out-is-a-file": ("make_toy_data", ["--task", "cls", "--out", "notes.pth/toy"], "is a file, not a folder"),
     "toy-negative-seed": ("make_toy_data", ["--task", "cls", "--out", "toy", "--seed", "-1"], "--seed must be 0 or more"),
     "demo-threads": ("demo_cls", ["--threads", "0"], "--threads must be 1 or more"),
@@ -46,6 +49,7 @@ def bad_inputs(tmp_path_factory) -> Path:
     (cwd / "notes.pth").write_text("these are notes, not weights\n")
     torch.save(nn.Linear(2, 2), cwd / "module.pth")             # a pickled module: code on load
     torch.save({"w": torch.zeros(2)}, cwd / "weights.pth")
+    (cwd / "stage_ratios.json").write_text('{"widths": [32, 48, 96, 176], "expansions": [4, 4, 4, 4]}')
     return cwd
 
 
@@ -54,7 +58,8 @@ def _assert_one_line_error(r: subprocess.CompletedProcess, tool: str, fragment: 
     assert "Traceback" not in r.stderr
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, r.stderr
-    assert lines[0].startswith(f"{tool}: error: ") and fragment in lines[0], lines[0]
+    prog = lines[0].split(": error: ")[0]  # the script's name, or its make target's (demo_edge: demo-edge)
+    assert prog in (tool, tool.replace("_", "-")) and fragment in lines[0], lines[0]
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -69,3 +74,29 @@ def test_bad_input_from_a_new_python_process(bad_inputs):
     r = subprocess.run([sys.executable, str(REPO / "tools/convert_checkpoint.py"), "notes.pth", "out.safetensors"],
                        cwd=bad_inputs, env=env, capture_output=True, text=True, timeout=300)
     _assert_one_line_error(r, "convert_checkpoint", "not a checkpoint: the file is a text file")
+
+
+def test_tools_offer_the_packages_choices():
+    """The tools keep their choices as literals (their --help needs no torch): the packages' own."""
+    import importlib.util
+
+    from deploy.benchmark import BACKENDS
+    from deploy.export import CALIBRATION_COUNT, FORMATS, INT8_MIN_AGREEMENT
+    from deploy.latency_lut import BACKENDS as LUT_BACKENDS
+
+    def tool(name: str):
+        spec = importlib.util.spec_from_file_location(f"tool_{name}", REPO / "tools" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.path.insert(0, str(REPO / "tools"))
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            sys.path.remove(str(REPO / "tools"))
+        return module
+
+    assert tuple(tool("benchmark").BACKEND_CHOICES) == BACKENDS
+    assert tuple(tool("build_latency_lut").BACKENDS) == LUT_BACKENDS
+    export = tool("export")
+    assert tuple(export.FORMATS) == FORMATS
+    defaults = export.export.__defaults__
+    assert CALIBRATION_COUNT in defaults and INT8_MIN_AGREEMENT in defaults
