@@ -15,10 +15,13 @@ imports it.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 from typing import Callable, NoReturn, Sequence
 
-__all__ = ["ArgumentParser", "UsageError", "BAD_INPUT", "is_bad_input", "run", "fail"]
+__all__ = ["ArgumentParser", "UsageError", "BAD_INPUT", "is_bad_input", "run", "fail", "positive_int",
+           "check_writable"]
 
 
 class UsageError(Exception):
@@ -61,6 +64,29 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         fail(self.prog, f"{message} (see {self.prog} --help)")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (anything else is argparse's one-line error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def check_writable(path: Path, option: str) -> None:
+    """Raise UsageError unless `path` can be written as a file (before any work is done)."""
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a folder: give a file path")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise UsageError(f"{option} {path} cannot be written ({parent} is not a writable folder): "
+                         "choose another path")
 
 
 def run(main: Callable[..., int | None], prog: str, argv: Sequence[str] | None = None) -> int:

@@ -29,25 +29,12 @@ threads). The plot draws the paper's Table 2 top-1 against the measured latency.
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
-from _cli import ArgumentParser, UsageError, run
+from _cli import ArgumentParser, check_writable, run
 
 BACKEND_CHOICES = ["torch", "compile", "onnxruntime", "tensorrt", "executorch", "openvino"]
-
-
-def check_writable(path: Path, option: str) -> None:
-    """Raise UsageError unless `path` can be written as a file (before anything is measured)."""
-    if path.is_dir():
-        raise UsageError(f"{option} {path} is a folder: give a file path")
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise UsageError(f"{option} {path} cannot be written ({parent} is not a writable folder): "
-                         "choose another path")
 
 
 def benchmark(models: list[str], backends: list[str], threads: int = 2, batch_size: int = 1,

@@ -18,8 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from _cli import ArgumentParser, UsageError, run
-from benchmark import check_writable
+from _cli import ArgumentParser, UsageError, check_writable, run
 
 BACKENDS = ["torch", "onnxruntime", "executorch", "openvino"]
 

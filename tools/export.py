@@ -35,7 +35,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from _cli import ArgumentParser, UsageError, run
+from _cli import ArgumentParser, UsageError, positive_int, run
 
 FORMATS = ["onnx", "coreml", "torchscript", "executorch", "openvino"]
 
@@ -61,16 +61,6 @@ def _hw(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH such as 320x480, got {text!r}") from None
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -88,14 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", required=True, choices=FORMATS)
     parser.add_argument("--out", required=True, type=Path, help=".onnx, .mlpackage, .pt, .pte or .xml")
     parser.add_argument("--features", action="store_true", help="export the four feature maps")
-    parser.add_argument("--size", type=_positive, nargs="+", metavar="N",
+    parser.add_argument("--size", type=positive_int, nargs="+", metavar="N",
                         help="example input size: H (square) or H W (default: the first --coreml-shapes, else 224)")
     parser.add_argument("--int8", action="store_true", help="executorch/openvino: int8, calibrated on --calibration")
     parser.add_argument("--calibration", type=Path, metavar="DIR",
                         help="ImageNet-layout folder: DIR/train calibrates --int8, DIR/val gives the top-1")
-    parser.add_argument("--calibration-images", type=_positive, default=64, metavar="N",
+    parser.add_argument("--calibration-images", type=positive_int, default=64, metavar="N",
                         help="calibration images drawn from DIR/train (default 64)")
-    parser.add_argument("--eval-images", type=_positive, metavar="N", help="at most N images of DIR/val for the top-1")
+    parser.add_argument("--eval-images", type=positive_int, metavar="N", help="at most N images of DIR/val for the top-1")
     parser.add_argument("--min-agreement", type=_fraction, default=0.9, metavar="F",
                         help="--int8 classifier: least share of images where int8 and float agree on the top-1 "
                              "(default 0.9; 0 reports without a bound, e.g. for random weights)")

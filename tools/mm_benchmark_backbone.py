@@ -11,21 +11,13 @@ from __future__ import annotations
 import sys
 import warnings
 
-from _cli import ArgumentParser, run
+from _cli import ArgumentParser, positive_int, run
 
 # mmengine imports pkg_resources, which the setuptools that builds mmcv (< 82) deprecates: a warning
 # on every run that says nothing to the user of this tool (main() imports mmengine, after this filter)
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
 VARIANTS = ("s0", "s1", "s2", "l")
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    value = int(text)
-    if value < 1:
-        raise ValueError(text)
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:
