@@ -4,7 +4,8 @@ The architecture is data: an `Arch` lists, per stage, the width, one FFN expansi
 block and how many trailing blocks carry multi-head self-attention. The four released variants
 and any searched network are built from such a description by the same code.
 
-Order of this file: blocks -> stage -> model -> variant table -> factories.
+Order of this file: blocks -> stage -> stage layout and architecture (`StagePlan`, `Arch`) ->
+model -> variant table -> factories.
 """
 from __future__ import annotations
 
@@ -88,7 +89,6 @@ class Attention2d(nn.Module):
         # deploy form (set by fuse()): the attention scale folded into q, and the attention-logit
         # bias at the training grid precomputed (through the first talking head)
         self.register_buffer("logit_bias", None, persistent=False)
-        self.resolution = resolution
         self.fused = False
         self.generic_resize = False  # set by shape_generic()
 

@@ -338,6 +338,8 @@ def check_torchscript(path: str | Path, module: nn.Module, example: torch.Tensor
     loaded = torch.jit.load(str(path))
     with torch.no_grad():
         got, want = _as_tuple(loaded(example)), _as_tuple(module(example))
+    if len(got) != len(want):
+        raise AssertionError(f"TorchScript module has {len(got)} outputs, PyTorch {len(want)}")
     diff = max(float((g - w).abs().max()) for g, w in zip(got, want))
     if not diff <= atol:
         raise AssertionError(f"TorchScript output differs from PyTorch by {diff:.3g} > {atol}")

@@ -89,7 +89,6 @@ def image_batches(root: str | Path, split: str, img_size: int, batch_size: int, 
 def read_config(config: str | Path | Mapping[str, Any], what: str = "base config") -> dict[str, Any]:
     """A YAML config as a dict: read from a path (a missing file is an error saying so), or a
     copy of a mapping."""
-
     import yaml
 
     if isinstance(config, Mapping):
