@@ -208,8 +208,10 @@ class ImageClassifier(LightningModule):
         if batch is None:  # every image of the batch was unreadable
             return None
         x, y = batch
-        # per-step seeds: Mixup (NumPy) and drop path (torch) replay identically after a resume
-        with seeded(int(np.random.SeedSequence([self.hparams.seed, self.global_step]).generate_state(1)[0])):
+        # per-step seeds: Mixup (NumPy) and drop path (torch) replay identically after a resume, and
+        # differ between the ranks of a multi-device run
+        step_seed = np.random.SeedSequence([self.hparams.seed, self.global_rank, self.global_step])
+        with seeded(int(step_seed.generate_state(1)[0])):
             if self.mixup_fn is not None:
                 if len(x) % 2:  # timm's Mixup pairs images; a batch that lost a bad image is odd
                     x, y = x[:-1], y[:-1]
