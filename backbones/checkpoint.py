@@ -232,8 +232,9 @@ def infer_arch(state_dict: Mapping[str, torch.Tensor]) -> Arch:
 
 def is_deploy_state_dict(state_dict: Mapping[str, torch.Tensor]) -> bool:
     """Whether a project-layout state dict is of the deploy form (`EfficientFormerV2.fuse()`:
-    no BatchNorm statistics left but the final norm's, which stays without a head)."""
-    return not any(k.endswith("running_mean") and not k.startswith("norm.") for k in state_dict)
+    no BatchNorm statistics left but, without a head to fold it into, the final norm's)."""
+    headless = "head.weight" not in state_dict
+    return not any(k.endswith("running_mean") and not (headless and k.startswith("norm.")) for k in state_dict)
 
 
 def describe_arch(arch: Arch) -> str:
@@ -291,7 +292,7 @@ def load_checkpoint(model: nn.Module, path: str | Path | Mapping[str, torch.Tens
         if ckpt_arch is not None and _shape_signature(ckpt_arch) != _shape_signature(model.arch):
             name = describe_arch(ckpt_arch)
             build = f"create_model('{name}')" if name in _variant_names() else \
-                "EfficientFormerV2(infer_arch(read_state_dict(path)))"
+                "EfficientFormerV2(infer_arch(to_project_keys(read_state_dict(path))[0]))"
             raise CheckpointError(f"the checkpoint is {name}, but the model is {describe_arch(model.arch)}: "
                                   f"build the model that matches the checkpoint, e.g. {build}")
 

@@ -813,9 +813,11 @@ class EfficientFormerV2(ClassifierForward, nn.Module):
 
     @property
     def is_fused(self) -> bool:
-        """Whether this model is in deploy form (`fuse()`d): no BatchNorm left but the final norm,
-        which stays when there is no head to fold it into (num_classes=0)."""
-        return not any(isinstance(m, nn.BatchNorm2d) for name, m in self.named_modules() if name != "norm")
+        """Whether this model is in deploy form (`fuse()`d): no BatchNorm left but, when there is
+        no head to fold it into (num_classes=0), the final norm."""
+        headless = not isinstance(self.head, nn.Linear)
+        return not any(isinstance(m, nn.BatchNorm2d) for name, m in self.named_modules()
+                       if not (headless and name == "norm"))
 
     def refresh_deploy_caches(self) -> None:
         """Deploy form: compute the attention biases precomputed by `fuse()` anew from the current

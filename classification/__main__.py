@@ -74,8 +74,11 @@ def main(args: ArgsType = None) -> int:
     stderr and exit status 2, as the tools do; argument errors are jsonargparse's (also status 2)."""
     try:
         cli(args)
-    except (SettingError, DataError, RunFolderError, CheckpointError) as exc:  # other errors keep their traceback
-        print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+    except (SettingError, DataError, RunFolderError, CheckpointError, OSError) as exc:
+        if isinstance(exc, OSError) and not isinstance(exc, RunFolderError) and exc.filename is None:
+            raise  # not about a path the user gave: its traceback is what a report needs
+        message = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.filename else str(exc)
+        print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
         return 2
     return 0
 

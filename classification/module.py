@@ -13,9 +13,11 @@ The network is kept at `self.model`, so Lightning checkpoints (keys `model.*`) l
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal, TypedDict
 
 import numpy as np
+import timm
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
@@ -26,7 +28,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from backbones import (Arch, CheckpointError, EfficientFormerV2, create_model, load_checkpoint,
+from backbones import (Arch, CheckpointError, EfficientFormerV2, create_model, list_models, load_checkpoint,
                        read_state_dict)
 
 from .data import seeded
@@ -53,12 +55,17 @@ def check_teacher_config(config: TeacherConfig) -> None:
     if not checkpoint:
         raise ValueError(f"model.teacher.checkpoint is required: a randomly initialised {name!r} "
                          "would teach noise (weights are never downloaded)")
+    known = name in list_models() if name.startswith("efficientformerv2") else timm.is_model(name)
+    if not known:
+        raise ValueError(f"model.teacher.name {name!r} is neither an EfficientFormerV2 variant "
+                         f"({', '.join(list_models())}) nor a timm model")
+    if not Path(checkpoint).is_file():
+        raise ValueError(f"model.teacher.checkpoint {checkpoint} does not exist: give the local file with "
+                         f"{name!r}'s weights")
 
 
 def build_teacher(config: TeacherConfig, num_classes: int) -> nn.Module:
     """The frozen, eval-mode teacher described by `config`, with weights from its checkpoint."""
-    import timm
-
     check_teacher_config(config)
     name, checkpoint = config["name"], config["checkpoint"]
     kwargs = dict(config.get("kwargs") or {})

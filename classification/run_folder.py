@@ -16,6 +16,7 @@ file is read safely before any command uses it (`backbones.read_state_dict`'s er
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,7 @@ class RunFolderCLI(LightningCLI):
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if path is None or str(path) in ("last", "best", "hpc"):
             return
-        if "://" in str(path) or str(path).startswith("registry"):
+        if "://" in str(path) or re.match(r"^registry(:.*|$)", str(path).lower()):  # Lightning's registry names
             raise CheckpointError(f"--ckpt_path {path}: download the checkpoint first and pass the local file; "
                                   "remote checkpoints are not loaded, as they could not be read safely")
         read_state_dict(path)

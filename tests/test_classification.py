@@ -328,3 +328,8 @@ def test_distillation_loss_with_tiny_teacher(tiny_teacher, kind):
 def test_teacher_needs_weights(tmp_path):
     with pytest.raises(ValueError, match="checkpoint is required"):
         ImageClassifier(num_classes=10, teacher={"name": "test_resnet"})
+    # the teacher is built for fitting only, so what would fail then fails at construction
+    with pytest.raises(ValueError, match="'efficientformerv2_s9' is neither an EfficientFormerV2 variant"):
+        ImageClassifier(num_classes=10, teacher={"name": "efficientformerv2_s9", "checkpoint": "t.pth"})
+    with pytest.raises(ValueError, match="does not exist: give the local file"):
+        ImageClassifier(num_classes=10, teacher={"name": "test_resnet", "checkpoint": str(tmp_path / "gone.pth")})

@@ -203,6 +203,8 @@ def test_cli_errors_are_one_line(toy, tmp_path):
         cli(["validate", *_args(toy), "--ckpt_path", "missing.ckpt"])
     with pytest.raises(CheckpointError, match="download the checkpoint first"):
         cli(["validate", *_args(toy), "--ckpt_path", "https://example.com/model.ckpt"])
+    with pytest.raises(CheckpointError, match="does not exist"):  # a local file, whatever its name
+        cli(["validate", *_args(toy), "--ckpt_path", "registry_best.ckpt"])
     r = _subprocess(["fit", *_args(tmp_path / "no_such_data")])
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith(

@@ -93,6 +93,10 @@ def test_headless_deploy_form_reloads_and_fuse_keeps_dtype(tmp_path):
     """Without a head the final norm has nothing to fold into and stays: still the deploy form."""
     headless = _trained_like(EfficientFormerV2(TINY, num_classes=0, img_size=64)).fuse()
     assert headless.is_fused and is_deploy_state_dict(headless.state_dict())
+    # with a head, the final norm is folded by fuse(): timm's reparameterize_model, which leaves it,
+    # is not the deploy form (its weights load only into the training form)
+    partly = reparameterize_model(_trained_like(EfficientFormerV2(TINY, num_classes=4, img_size=64)))
+    assert not partly.is_fused and not is_deploy_state_dict(partly.state_dict())
     x = torch.randn(2, 3, 64, 80)
     model = EfficientFormerV2(TINY, num_classes=0, img_size=64)
     assert load_checkpoint(model, save_checkpoint(headless, tmp_path / "headless.pth")).fused

@@ -98,5 +98,4 @@ def test_tools_offer_the_packages_choices():
     assert tuple(tool("build_latency_lut").BACKENDS) == LUT_BACKENDS
     export = tool("export")
     assert tuple(export.FORMATS) == FORMATS
-    defaults = export.export.__defaults__
-    assert CALIBRATION_COUNT in defaults and INT8_MIN_AGREEMENT in defaults
+    assert (export.CALIBRATION_IMAGES, export.MIN_AGREEMENT) == (CALIBRATION_COUNT, INT8_MIN_AGREEMENT)

@@ -4,7 +4,8 @@
                                        [--work-dir work_dirs/demo_det|demo_seg] [--cfg-options k=v ...]
 
 The S0 backbone starts from the classification checkpoint that `make demo` trains on the toy
-classification set (trained first, with tools/demo_cls.py, when missing). The toy set is
+classification set (trained first, with tools/demo_cls.py, when missing at its default place;
+another --backbone must exist). The toy set is
 generated under DATA/toy_coco or DATA/toy_ade20k when missing; training and the final
 evaluation (COCO bbox/segm mAP or mIoU on the val split, never trained on) use mmengine's Runner.
 Last line: `demo-det: bbox mAP <0..1> segm mAP <0..1> in <seconds> s` or
@@ -60,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.data.exists() and not args.data.is_dir():
         raise UsageError(f"--data {args.data} is a file; give the folder that holds (or will hold) the toy data sets")
     if args.backbone.exists() and not args.backbone.is_file():
-        raise UsageError(f"--backbone {args.backbone} is not a file; give the S0 classification checkpoint "
-                         "(or a path where make demo's checkpoint should be written)")
+        raise UsageError(f"--backbone {args.backbone} is not a file; give the S0 classification checkpoint, "
+                         f"or leave --backbone out for {TOY_CLASSIFIER}")
     print(run_demo(args.task, args.data, args.backbone, args.work_dir, args.cfg_options), flush=True)
     return 0
 

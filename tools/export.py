@@ -40,13 +40,15 @@ from pathlib import Path
 from _cli import ArgumentParser, UsageError, positive_int, run
 
 FORMATS = ["onnx", "coreml", "torchscript", "executorch", "openvino"]
+CALIBRATION_IMAGES = 64   # deploy.export.CALIBRATION_COUNT, as a literal: --help needs no torch
+MIN_AGREEMENT = 0.9       # deploy.export.INT8_MIN_AGREEMENT
 
 
 def export(model: str, fmt: str, out: Path, checkpoint: Path | None = None, features: bool = False,
            size: tuple[int, int] = (224, 224), precision: str = "float16", normalize: bool = True,
            coreml_shapes: list[tuple[int, int]] | tuple[int, int] | str | None = None, int8: bool = False,
-           calibration: Path | None = None, calibration_count: int = 64, eval_limit: int | None = None,
-           min_agreement: float = 0.9):
+           calibration: Path | None = None, calibration_count: int = CALIBRATION_IMAGES, eval_limit: int | None = None,
+           min_agreement: float = MIN_AGREEMENT):
     """Export and check; returns a `deploy.export.ExportResult`."""
     from deploy.export import export_model
     return export_model(model, fmt, out, checkpoint=checkpoint, features=features, size=size,
@@ -85,12 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--int8", action="store_true", help="executorch/openvino: int8, calibrated on --calibration")
     parser.add_argument("--calibration", type=Path, metavar="DIR",
                         help="ImageNet-layout folder: DIR/train calibrates --int8, DIR/val gives the top-1")
-    parser.add_argument("--calibration-images", type=positive_int, default=64, metavar="N",
-                        help="calibration images drawn from DIR/train (default 64)")
+    parser.add_argument("--calibration-images", type=positive_int, default=CALIBRATION_IMAGES, metavar="N",
+                        help=f"calibration images drawn from DIR/train (default {CALIBRATION_IMAGES})")
     parser.add_argument("--eval-images", type=positive_int, metavar="N", help="at most N images of DIR/val for the top-1")
-    parser.add_argument("--min-agreement", type=_fraction, default=0.9, metavar="F",
+    parser.add_argument("--min-agreement", type=_fraction, default=MIN_AGREEMENT, metavar="F",
                         help="--int8 classifier: least share of images where int8 and float agree on the top-1 "
-                             "(default 0.9; 0 reports without a bound, e.g. for random weights)")
+                             f"(default {MIN_AGREEMENT}; 0 reports without a bound, e.g. for random weights)")
     parser.add_argument("--precision", choices=["float16", "float32"], default="float16", help="CoreML precision")
     parser.add_argument("--no-normalize", action="store_true", help="no ImageNet normalisation in the graph")
     flexible = parser.add_mutually_exclusive_group()

@@ -19,7 +19,7 @@ WANT=$(cat requirements.txt setup.py tools/setup_env.sh | sha256sum | cut -c1-16
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then
   exit 0
 fi
-python3 -c 'import sys, venv; assert sys.version_info >= (3, 10)' 2>/dev/null || {
+python3 -c 'import sys, venv, ensurepip; assert sys.version_info >= (3, 10)' 2>/dev/null || {
   echo "setup_env: needs python3 >= 3.10 with the venv module (e.g. apt install python3-venv)" >&2; exit 2; }
 [ -x "$PY" ] || python3 -m venv "$VENV"
 PYTAG=cp$("$PY" -c 'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")')
