@@ -14,19 +14,12 @@ import sys
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser
 
-from backbones import CheckpointError
-
-from .data import DataError, ImageNetDataModule
+from .data import ImageNetDataModule
 from .module import ImageClassifier
 from .predictions import PredictionWriter
-from .run_folder import RunFolderCLI, RunFolderError
+from .run_folder import RunFolderCLI, exit_status
 
 PROG = "python -m classification"
-
-
-class SettingError(ValueError):
-    """A setting from which the model, the data or the trainer cannot be built; the message
-    is the reason the class gave."""
 
 
 class ClassificationCLI(RunFolderCLI):
@@ -46,14 +39,6 @@ class ClassificationCLI(RunFolderCLI):
         parser.link_arguments("data.img_size", "model.img_size")
         parser.link_arguments("data.seed", "model.seed")
 
-    def instantiate_classes(self) -> None:
-        """Build the model, data and trainer; a ValueError or OSError they raise from their
-        settings is bad input (a `SettingError`), whereas one raised later, while running, is not."""
-        try:
-            super().instantiate_classes()
-        except (ValueError, OSError) as exc:
-            raise SettingError(" ".join(str(exc).split())) from exc
-
     def after_predict(self) -> None:
         """Say where the predictions went, as the last line of output (after the progress bar)."""
         writer = self._get(self.config_init, "predictions")
@@ -69,18 +54,9 @@ def cli(args: ArgsType = None, run: bool = True) -> ClassificationCLI:
 
 
 def main(args: ArgsType = None) -> int:
-    """Console entry point (`efficientformerv2-cls`): bad input (missing or malformed data, an
-    unreadable or unfitting checkpoint, an occupied run folder, a bad setting) ends in one line on
-    stderr and exit status 2, as the tools do; argument errors are jsonargparse's (also status 2)."""
-    try:
-        cli(args)
-    except (SettingError, DataError, RunFolderError, CheckpointError, OSError) as exc:
-        if isinstance(exc, OSError) and not isinstance(exc, RunFolderError) and exc.filename is None:
-            raise  # not about a path the user gave: its traceback is what a report needs
-        message = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.filename else str(exc)
-        print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
-        return 2
-    return 0
+    """Console entry point (`efficientformerv2-cls`): bad input ends in one line on stderr and
+    exit status 2, as the tools do (`run_folder.exit_status`)."""
+    return exit_status(lambda: cli(args), PROG)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,17 @@ directory):
 A `fit` without `--ckpt_path` into a folder that already holds checkpoints would overwrite them:
 it is refused with `RunFolderError`, which says how to resume or where else to go. A `--ckpt_path`
 file is read safely before any command uses it (`backbones.read_state_dict`'s errors).
+
+`exit_status` runs either command line the way a console script does: bad input is one line on
+stderr and exit status 2, any other error keeps its traceback.
 """
 from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
@@ -26,11 +30,18 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from backbones import CheckpointError, read_state_dict
 
-__all__ = ["RunFolderCLI", "RunFolderError", "default_loggers"]
+from .data import DataError
+
+__all__ = ["RunFolderCLI", "RunFolderError", "SettingError", "default_loggers", "exit_status"]
 
 
 class RunFolderError(FileExistsError):
     """A new run would overwrite the checkpoints of an earlier one; the message says what to do."""
+
+
+class SettingError(ValueError):
+    """A setting from which the model, the data or the trainer cannot be built; the message
+    is the reason the class gave."""
 
 
 def default_loggers(root: str | Path) -> list[Any]:
@@ -45,6 +56,14 @@ def default_loggers(root: str | Path) -> list[Any]:
 class RunFolderCLI(LightningCLI):
     """LightningCLI whose logs and checkpoints follow `trainer.default_root_dir` (see the module
     docstring) and whose `fit` never overwrites an earlier run's checkpoints silently."""
+
+    def instantiate_classes(self) -> None:
+        """Build the model, data and trainer; a ValueError or OSError they raise from their
+        settings is bad input (a `SettingError`), whereas one raised later, while running, is not."""
+        try:
+            super().instantiate_classes()
+        except (ValueError, OSError) as exc:
+            raise SettingError(" ".join(str(exc).split())) from exc
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self._get(self.config_init, "trainer", default={})
@@ -86,3 +105,19 @@ class RunFolderCLI(LightningCLI):
                     f"{', ...' if len(existing) > 3 else ''}) that this run would overwrite: resume it with "
                     "--ckpt_path last, or place this run elsewhere with --trainer.default_root_dir DIR "
                     "(or delete the folder)")
+
+
+def exit_status(run: Callable[[], Any], prog: str) -> int:
+    """Run a command line (`run()`) as a console script: bad input (missing or malformed data, an
+    unreadable or unfitting checkpoint, an occupied run folder, a setting nothing can be built
+    from, a path that cannot be read or written) ends in one line on stderr and status 2; any
+    other error keeps its traceback. Argument errors are jsonargparse's (also status 2)."""
+    try:
+        run()
+    except (SettingError, DataError, RunFolderError, CheckpointError, OSError) as exc:
+        if isinstance(exc, OSError) and not isinstance(exc, RunFolderError) and exc.filename is None:
+            raise  # not about a path the user gave: its traceback is what a report needs
+        message = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.filename else str(exc)
+        print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)
+        return 2
+    return 0

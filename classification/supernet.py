@@ -212,4 +212,8 @@ def main(args: Any = None, run: bool = True):
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from .run_folder import exit_status
+
+    sys.exit(exit_status(main, "python -m classification.supernet"))

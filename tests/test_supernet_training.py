@@ -109,3 +109,19 @@ def test_ddp_two_cpu_processes_stay_identical(tmp_path):
         assert torch.equal(states[0][key], states[1][key]), key      # identical replicas
     moved = [k for k in initial if not torch.equal(initial[k], states[0][k])]
     assert any("stages.3.blocks.1.mlp.fc1.conv.weight" == k for k in moved)
+
+
+def test_supernet_command_line_answers_bad_input_in_one_line(tmp_path):
+    """`python -m classification.supernet` ends bad input as the classification CLI does."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "classification.supernet", "fit", "--config",
+                        str(root / "configs/search/supernet_toy.yaml"), "--data.root", str(tmp_path / "none"),
+                        "--trainer.default_root_dir", str(tmp_path / "run")],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1].startswith("python -m classification.supernet: error: data root")
