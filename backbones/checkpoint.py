@@ -254,7 +254,7 @@ def describe_arch(arch: Arch) -> str:
 # --------------------------------------------------------------------------------------------
 def load_checkpoint(model: nn.Module, path: str | Path | Mapping[str, torch.Tensor], *,
                     classifier: Literal["load", "drop", "resize"] = "load",
-                    strict: bool = True) -> LoadReport:
+                    strict: bool = True, fuse: bool = True) -> LoadReport:
     """Load weights into an `EfficientFormerV2` from a file or a state dict.
 
     Args:
@@ -266,6 +266,8 @@ def load_checkpoint(model: nn.Module, path: str | Path | Mapping[str, torch.Tens
             and keep fresh rows for the rest.
         strict: raise `CheckpointError` naming every missing, unexpected or mismatched key
             (otherwise they are only reported).
+        fuse: deploy-form weights (BatchNorm folded) turn a training-form model into the deploy
+            form to take them; False refuses them (a model that is to be trained further).
 
     Returns:
         a `LoadReport`. A checkpoint of another architecture fails with the variant it looks like.
@@ -279,6 +281,9 @@ def load_checkpoint(model: nn.Module, path: str | Path | Mapping[str, torch.Tens
         if model.is_fused:
             raise CheckpointError("the model is in deploy form (fuse()d) but the checkpoint holds training-form "
                                   "weights (with BatchNorm): load the checkpoint first, then call fuse()")
+        if not fuse:
+            raise CheckpointError("the checkpoint holds deploy-form weights (BatchNorm folded by fuse()), which "
+                                  "cannot be fine-tuned: pass the training-form checkpoint")
         model.fuse()  # deploy-form weights (BatchNorm folded): build the deploy form, then fill it
         report.fused = True
     own = model.state_dict()

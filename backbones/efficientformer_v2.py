@@ -133,16 +133,14 @@ class Attention2d(nn.Module):
                 m.fuse()
         w = self.q.conv.weight
         self.q.scale_output(torch.full((w.shape[0],), self.scale, device=w.device, dtype=w.dtype))
-        if self.pos_bias is not None:
-            self.pos_bias.fuse()
-        self.logit_bias = self._logit_bias((self.attn_grid, self.attn_grid))
         self.fused = True
+        self.refresh_cache()
         return self
 
     @torch.no_grad()
     def refresh_cache(self) -> None:
-        """Deploy form: compute the precomputed logit bias anew from the current weights (after
-        a weight load); nothing to do before `fuse()` or after `shape_generic()`."""
+        """Deploy form: compute the precomputed logit bias from the current weights (by `fuse()`,
+        and anew after a weight load); nothing to do before `fuse()` or after `shape_generic()`."""
         if not self.fused or self.generic_resize:
             return
         if self.pos_bias is not None:
@@ -289,15 +287,14 @@ class Attention2dDownsample(nn.Module):
                 m.fuse()
         w = self.q.proj.conv.weight
         self.q.proj.scale_output(torch.full((w.shape[0],), self.scale, device=w.device, dtype=w.dtype))
-        if self.pos_bias is not None:
-            self.pos_bias.fuse()
         self.fused = True
+        self.refresh_cache()
         return self
 
     @torch.no_grad()
     def refresh_cache(self) -> None:
-        """Deploy form: compute the precomputed bias anew from the current weights (after a
-        weight load); nothing to do before `fuse()` or after `shape_generic()`."""
+        """Deploy form: compute the precomputed bias from the current weights (by `fuse()`, and
+        anew after a weight load); nothing to do before `fuse()` or after `shape_generic()`."""
         if self.fused and self.pos_bias is not None and not self.pos_bias.always_resample:
             self.pos_bias.fuse()
 

@@ -46,6 +46,7 @@ from backbones.efficientformer_v2 import stage_plans
 from backbones.supernet import SearchSpace, SubnetConfig, as_subnet_config
 
 from .latency import measure
+from .stacks import require_stack
 
 __all__ = ["Backend", "LatencyTable", "build_latency_table", "measure_latency", "subnet_keys",
            "evaluate_table", "TableReport"]
@@ -196,10 +197,11 @@ def measure_latency(module: nn.Module, shape: tuple[int, ...], backend: Backend 
         with tempfile.TemporaryDirectory(prefix="efv2-lut-") as tmp:
             compiled = compile_module(module, x, backend, threads, tmp)
             return measure(compiled.run, runs, warmup).median
-    from .export import ONNX_OPSET
-    from .ort import _ort, session_options
+    require_stack("onnx")
+    import onnxruntime as ort
 
-    ort = _ort()
+    from .export import ONNX_OPSET
+    from .ort import session_options
 
     buffer = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():

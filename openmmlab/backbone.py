@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from backbones import EfficientFormerV2 as _EfficientFormerV2
-from backbones import CheckpointError, is_deploy_state_dict, load_checkpoint, read_state_dict, to_project_keys
+from backbones import load_checkpoint
 
 __all__ = ["EfficientFormerV2"]
 
@@ -86,12 +86,8 @@ class EfficientFormerV2(BaseModule):
         cfg = self.init_cfg
         if isinstance(cfg, Mapping) and cfg.get("type") == "Pretrained":
             strict = bool(cfg.get("strict", True))
-            state_dict = read_state_dict(cfg["checkpoint"])
-            if is_deploy_state_dict(to_project_keys(state_dict)[0]):
-                # fusing here would swap the parameters the optimizer (built before) holds
-                raise CheckpointError(f"{cfg['checkpoint']} holds deploy-form weights (BatchNorm folded by "
-                                      "fuse()), which cannot be fine-tuned: pass the training-form checkpoint")
-            report = load_checkpoint(self.body, state_dict, classifier="drop", strict=strict)
+            # no fuse() here: it would swap the parameters the optimizer (built before) holds
+            report = load_checkpoint(self.body, cfg["checkpoint"], classifier="drop", strict=strict, fuse=False)
             print_log(f"EfficientFormerV2: loaded {cfg['checkpoint']} ({report})", logger="current",
                       level=logging.INFO if report.ok else logging.WARNING)
             self._is_init = True

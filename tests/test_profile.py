@@ -1,23 +1,14 @@
 """Parameters and GMACs (deploy.profile and tools/profile.py) against the reference figures."""
-import importlib.util
-
 import pytest
 
 from backbones import create_model
-from conftest import REFERENCE_GMACS, REFERENCE_PARAMS, ROOT
-from tool_runner import run_tool
-
-
-def _profile_tool():
-    spec = importlib.util.spec_from_file_location("profile_tool", ROOT / "tools/profile.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
+from conftest import REFERENCE_GMACS, REFERENCE_PARAMS
+from tool_runner import load_tool, run_tool
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE_GMACS))
 def test_profile_gmacs_match_reference(name):
-    r = _profile_tool().profile(create_model(name), (224, 224))
+    r = load_tool("profile").profile(create_model(name), (224, 224))
     assert abs(r["gmacs"] - REFERENCE_GMACS[name]) / REFERENCE_GMACS[name] < 0.01
     assert r["params"] == REFERENCE_PARAMS[name]
     assert r["params_deploy"] < r["params"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from tool_runner import run_tool
+from tool_runner import load_tool, run_tool
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,24 +78,12 @@ def test_bad_input_from_a_new_python_process(bad_inputs):
 
 def test_tools_offer_the_packages_choices():
     """The tools keep their choices as literals (their --help needs no torch): the packages' own."""
-    import importlib.util
-
     from deploy.benchmark import BACKENDS
     from deploy.export import CALIBRATION_COUNT, FORMATS, INT8_MIN_AGREEMENT
     from deploy.latency_lut import BACKENDS as LUT_BACKENDS
 
-    def tool(name: str):
-        spec = importlib.util.spec_from_file_location(f"tool_{name}", REPO / "tools" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.path.insert(0, str(REPO / "tools"))
-        try:
-            spec.loader.exec_module(module)
-        finally:
-            sys.path.remove(str(REPO / "tools"))
-        return module
-
-    assert tuple(tool("benchmark").BACKEND_CHOICES) == BACKENDS
-    assert tuple(tool("build_latency_lut").BACKENDS) == LUT_BACKENDS
-    export = tool("export")
+    assert tuple(load_tool("benchmark").BACKEND_CHOICES) == BACKENDS
+    assert tuple(load_tool("build_latency_lut").BACKENDS) == LUT_BACKENDS
+    export = load_tool("export")
     assert tuple(export.FORMATS) == FORMATS
     assert (export.CALIBRATION_IMAGES, export.MIN_AGREEMENT) == (CALIBRATION_COUNT, INT8_MIN_AGREEMENT)

@@ -6,7 +6,7 @@ and its exit status. `run_tool` executes the script with `runpy` under `__main__
 `sys.exit(run(main, prog))` is what runs), with `sys.argv`, the working folder and stdout/stderr
 swapped for the call, and returns what `subprocess.run(..., capture_output=True, text=True)`
 would. A missing runtime is simulated with `hide=("openvino",)` (an import of it fails as when
-the package is not installed).
+the package is not installed). `load_tool` imports a script as a module, for its functions.
 
 Tests that time a runtime (ExecuTorch's threadpool takes one thread count per process) or that
 check the interpreter's start still run the tool in a subprocess.
@@ -14,6 +14,7 @@ check the interpreter's start still run the tool in a subprocess.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import os
 import runpy
@@ -63,3 +64,15 @@ def run_tool(name: str, *args, cwd: str | Path | None = None,
             sys.modules.pop(module, None)
         sys.modules.update(hidden)
     return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
+def load_tool(name: str):
+    """`tools/<name>.py` imported as a module (tools/ on the path while it imports, as when run)."""
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", TOOLS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(TOOLS))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(TOOLS))
+    return module

@@ -308,6 +308,13 @@ def ablate(config_paths: Sequence[str | Path], out: Path, backends: Sequence[str
     return {"settings": settings, "rows": rows, "markdown": table, "files": files}
 
 
+def require_positive(**options: int) -> None:
+    """Raise UsageError naming the first option (keyword: its name, `_` for `-`) that is below 1."""
+    for name, value in options.items():
+        if value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(prog="ablate", description=__doc__)
     parser.add_argument("configs", nargs="+", type=Path, metavar="CONFIG",
@@ -334,9 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "row's latency is also given relative to it")
     parser.add_argument("--out", type=Path, default=Path("runs/ablate"))
     args = parser.parse_args(argv)
-    for name in ("threads", "train_threads", "runs", "epochs", "img_size", "batch_size", "resolution"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    require_positive(**{name: getattr(args, name) for name in ("threads", "train_threads", "runs", "epochs",
+                                                               "img_size", "batch_size", "resolution")})
     result = ablate(args.configs, args.out, args.backend, args.threads, args.resolution, args.runs, args.warmup,
                     args.data, args.epochs, args.img_size, args.batch_size, args.train_config,
                     args.keep_checkpoints, args.train_threads, args.baseline,

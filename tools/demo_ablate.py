@@ -31,12 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--img-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads of the latency runs")
     args = parser.parse_args(argv)
-    for name in ("epochs", "img_size", "threads"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    start = time.perf_counter()
+    from ablate import ablate, require_positive
 
-    from ablate import ablate
+    require_positive(epochs=args.epochs, img_size=args.img_size, threads=args.threads)
+    start = time.perf_counter()
 
     from classification.toy_data import make_toy_classification
 
