@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import importlib
 import json
+import statistics
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -32,7 +33,8 @@ from .stacks import STACKS, ExportStackError, require_stack
 
 __all__ = ["BACKENDS", "INT8_BACKENDS", "PAPER_TOP1", "ModelSpec", "CompiledModel", "compile_module",
            "run_benchmark", "format_table", "write_json", "write_csv", "plot_accuracy_latency",
-           "available_backends", "build_named_model", "RANDOM_CALIBRATION_NOTE"]
+           "available_backends", "build_named_model", "RANDOM_CALIBRATION_NOTE", "read_records", "spread",
+           "format_spread"]
 
 BACKENDS = ("torch", "compile", "onnxruntime", "tensorrt", "executorch", "openvino")
 INT8_BACKENDS = ("executorch", "openvino")   # backends with an int8 path (XNNPACK PT2E, NNCF)
@@ -437,6 +439,80 @@ def format_table(records: Sequence[dict]) -> str:
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip(), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+_SPREAD_KEY = ("model", "activation", "backend", "precision", "threads", "batch_size", "resolution")
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """The records of one benchmark JSON (`--json` of `tools/benchmark.py`); ValueError for a
+    file that is not one."""
+    path = Path(path)
+    try:
+        records = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not a benchmark JSON file (written by tools/benchmark.py --json): {exc}") from None
+    needed = {"model", "backend", "threads", "latency_ms_median"}
+    if (not isinstance(records, list) or not records
+            or not all(isinstance(r, dict) and needed <= r.keys() for r in records)):
+        raise ValueError(f"{path} is not a benchmark JSON file (written by tools/benchmark.py --json): "
+                         f"expected a list of records with {sorted(needed)}")
+    return records
+
+
+def spread(runs: Sequence[Sequence[dict]]) -> list[dict]:
+    """Run-to-run spread of benchmark runs of one set-up (e.g. one command repeated, each in its
+    own process): per (model, activation, backend, precision, threads, batch, resolution), the
+    median latency of each run and, where the runs have a baseline, each run's ratio to it,
+    with their median, minimum and maximum. Rows keep the order of first appearance.
+
+    Args:
+        runs: the records of each run (`run_benchmark`'s list, or `read_records` of its JSON).
+    Returns dicts with the key fields, `runs` (how many runs have the row), `latency_ms` and
+    `vs_baseline` (lists in run order; `vs_baseline` empty without a baseline) and
+    `latency_ms_median/_min/_max`, `vs_baseline_median/_min/_max` (None without a baseline).
+    """
+    if not runs:
+        raise ValueError("no benchmark runs to summarise")
+    rows: dict[tuple, dict] = {}
+    for records in runs:
+        seen: set[tuple] = set()
+        for r in records:
+            key = tuple(r.get(k, "fp32" if k == "precision" else None) for k in _SPREAD_KEY)
+            if key in seen:
+                raise ValueError(f"one run has two records of {dict(zip(_SPREAD_KEY, key))}")
+            seen.add(key)
+            row = rows.setdefault(key, {**dict(zip(_SPREAD_KEY, key)), "latency_ms": [], "vs_baseline": []})
+            row["latency_ms"].append(r["latency_ms_median"])
+            if "vs_baseline" in r:
+                row["vs_baseline"].append(r["vs_baseline"])
+    out = []
+    for row in rows.values():
+        row["runs"] = len(row["latency_ms"])
+        for name in ("latency_ms", "vs_baseline"):
+            values = row[name]
+            row[f"{name}_median"] = statistics.median(values) if values else None
+            row[f"{name}_min"] = min(values) if values else None
+            row[f"{name}_max"] = max(values) if values else None
+        out.append(row)
+    return out
+
+
+def format_spread(rows: Sequence[dict]) -> str:
+    """A fixed-width text table of `spread` rows: median [min-max] over the runs."""
+    def cell(row: dict, name: str, fmt: str) -> str:
+        if row[f"{name}_median"] is None:
+            return "-"
+        lo, mid, hi = (format(row[f"{name}_{s}"], fmt) for s in ("min", "median", "max"))
+        return mid if row["runs"] == 1 else f"{mid} [{lo}-{hi}]"
+    head = ["model", "activation", "backend", "prec", "threads", "runs", "median ms [min-max]",
+            "x baseline [min-max]"]
+    body = [[r["model"], r["activation"] or "as built", r["backend"], r["precision"], str(r["threads"]),
+             str(r["runs"]), cell(r, "latency_ms", ".2f"), cell(r, "vs_baseline", ".2f")] for r in rows]
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip(), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)).rstrip() for b in body]
     return "\n".join(lines)
 
 

@@ -13,7 +13,8 @@ from PIL import Image
 from torch import nn
 
 from backbones import create_model
-from deploy.benchmark import format_table, plot_accuracy_latency, run_benchmark, write_csv, write_json
+from deploy.benchmark import (format_spread, format_table, plot_accuracy_latency, read_records, run_benchmark,
+                              spread, write_csv, write_json)
 from deploy.latency import LatencyStats, Timed, measure, measure_interleaved, summarize
 from deploy.mes import mobile_efficiency_score
 from deploy.models import replace_activations
@@ -94,6 +95,57 @@ def test_json_csv_table_and_plot(tiny_records, tmp_path):
     assert "efficientformerv2_s0" in table and "median ms" in table and "x baseline" in table
     png = plot_accuracy_latency(records, tmp_path / "plot.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _record(model, ms, base_ms=None, **extra):
+    r = {"model": model, "backend": "executorch", "precision": "fp32", "threads": 1, "batch_size": 1,
+         "resolution": 224, "latency_ms_median": ms, **extra}
+    if base_ms is not None:
+        r["vs_baseline"] = round(ms / base_ms, 3)
+    return r
+
+
+def test_spread_of_repeated_runs():
+    runs = [[_record("mnv2", 8.0, 8.0), _record("s0", 11.2, 8.0), _record("s0", 9.6, 8.0, activation="relu")],
+            [_record("mnv2", 7.0, 7.0), _record("s0", 9.8, 7.0)],
+            [_record("mnv2", 9.0, 9.0), _record("s0", 12.6, 9.0)]]
+    rows = spread(runs)
+    assert [(r["model"], r["activation"], r["runs"]) for r in rows] == [("mnv2", None, 3), ("s0", None, 3),
+                                                                       ("s0", "relu", 1)]
+    s0 = rows[1]
+    assert s0["latency_ms"] == [11.2, 9.8, 12.6] and s0["vs_baseline"] == [1.4, 1.4, 1.4]
+    assert (s0["latency_ms_median"], s0["latency_ms_min"], s0["latency_ms_max"]) == (11.2, 9.8, 12.6)
+    assert s0["vs_baseline_median"] == 1.4 and rows[0]["vs_baseline_max"] == 1.0
+    table = format_spread(rows).splitlines()
+    assert "11.20 [9.80-12.60]" in table[3] and "1.40 [1.40-1.40]" in table[3]
+    assert "relu" in table[4] and table[4].rstrip().endswith("1.20")          # one run: no range
+    no_base = spread([[_record("s0", 5.0)], [_record("s0", 6.0)]])[0]
+    assert no_base["vs_baseline_median"] is None and "5.50 [5.00-6.00]" in format_spread([no_base])
+    with pytest.raises(ValueError, match="no benchmark runs"):
+        spread([])
+    with pytest.raises(ValueError, match="two records"):
+        spread([[_record("s0", 5.0), _record("s0", 6.0)]])
+
+
+def test_spread_tool(tmp_path):
+    for i, (base, s0) in enumerate([(8.0, 11.0), (7.0, 10.5)]):
+        write_json([_record("mnv2", base, base), _record("s0", s0, base)], tmp_path / f"run_{i}.json")
+    out = tmp_path / "spread.json"
+    proc = run_tool("benchmark_spread", tmp_path / "run_0.json", tmp_path / "run_1.json", "--json", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "1.44 [1.38-1.50]" in proc.stdout
+    rows = json.loads(out.read_text())
+    assert rows[1]["vs_baseline"] == [1.375, 1.5] and rows[1]["runs"] == 2
+    # bad input: a missing file, a file that is not JSON, JSON that is not benchmark records
+    (tmp_path / "notes.json").write_text("ratios: 1.4")
+    (tmp_path / "other.json").write_text(json.dumps({"model": "s0"}))
+    for path, words in [(tmp_path / "missing.json", ["no such file"]), (tmp_path / "notes.json", ["not a benchmark"]),
+                        (tmp_path / "other.json", ["not a benchmark", "latency_ms_median"])]:
+        proc = run_tool("benchmark_spread", tmp_path / "run_0.json", path)
+        lines = [line for line in proc.stderr.splitlines() if line.startswith("benchmark_spread: error:")]
+        assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert all(w in lines[0] for w in words), lines[0]
+    assert read_records(tmp_path / "run_0.json")[0]["model"] == "mnv2"
 
 
 def test_models_given_as_label_and_module():
