@@ -436,6 +436,11 @@ def format_table(records: Sequence[dict]) -> str:
             row.append(f"{r['speedup_vs_1_thread']:.2f}" if "speedup_vs_1_thread" in r else "-")
         row.append("-" if r.get("max_abs_diff") is None else f"{r['max_abs_diff']:.1e}")
         rows.append(row)
+    return _fixed_width(head, rows)
+
+
+def _fixed_width(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Columns padded to their widest cell, a dashed rule under the header."""
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip(), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
@@ -506,14 +511,15 @@ def format_spread(rows: Sequence[dict]) -> str:
             return "-"
         lo, mid, hi = (format(row[f"{name}_{s}"], fmt) for s in ("min", "median", "max"))
         return mid if row["runs"] == 1 else f"{mid} [{lo}-{hi}]"
-    head = ["model", "activation", "backend", "prec", "threads", "runs", "median ms [min-max]",
-            "x baseline [min-max]"]
-    body = [[r["model"], r["activation"] or "as built", r["backend"], r["precision"], str(r["threads"]),
-             str(r["runs"]), cell(r, "latency_ms", ".2f"), cell(r, "vs_baseline", ".2f")] for r in rows]
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip(), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)).rstrip() for b in body]
-    return "\n".join(lines)
+    # batch and resolution are columns only where the rows differ in them
+    varying = [k for k in ("batch_size", "resolution") if len({r[k] for r in rows}) > 1]
+    head = (["model", "activation", "backend", "prec", "threads"] + [{"batch_size": "batch", "resolution": "px"}[k]
+                                                                    for k in varying]
+            + ["runs", "median ms [min-max]", "x baseline [min-max]"])
+    body = [[r["model"], r["activation"] or "as built", r["backend"], r["precision"], str(r["threads"])]
+            + [str(r[k]) for k in varying]
+            + [str(r["runs"]), cell(r, "latency_ms", ".2f"), cell(r, "vs_baseline", ".2f")] for r in rows]
+    return _fixed_width(head, body)
 
 
 def write_json(records: Sequence[dict], path: str | Path) -> Path:

@@ -121,6 +121,10 @@ def test_spread_of_repeated_runs():
     assert "relu" in table[4] and table[4].rstrip().endswith("1.20")          # one run: no range
     no_base = spread([[_record("s0", 5.0)], [_record("s0", 6.0)]])[0]
     assert no_base["vs_baseline_median"] is None and "5.50 [5.00-6.00]" in format_spread([no_base])
+    mixed = format_spread(spread([[_record("s0", 5.0), _record("s0", 9.0, resolution=320)]])).splitlines()
+    # header: px is the 6th column; rows: "as built" is two words, so the 7th field
+    assert mixed[0].split()[5] == "px" and mixed[2].split()[6] == "224" and mixed[3].split()[6] == "320"
+    assert " px " not in table[0]                                              # one resolution: no column
     with pytest.raises(ValueError, match="no benchmark runs"):
         spread([])
     with pytest.raises(ValueError, match="two records"):
