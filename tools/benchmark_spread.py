@@ -14,7 +14,6 @@ and resolution, so the files of several set-ups can be summarised together.
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -31,13 +30,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{f}: no such file (a JSON written by tools/benchmark.py --json)")
     if args.json is not None:
         check_writable(args.json, "--json")
-    from deploy.benchmark import format_spread, read_records, spread
+    from deploy.benchmark import format_spread, read_records, spread, write_json
     rows = spread([read_records(f) for f in args.files])
     print(format_spread(rows))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
-        print(f"json: {args.json}")
+        print(f"json: {write_json(rows, args.json)}")
     return 0
 
 
