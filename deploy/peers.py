@@ -1,0 +1,384 @@
+"""EfficientFormerV2 against the mobile backbones timm ships, side by side: each model at its
+native resolution, measured interleaved per runtime through `deploy.benchmark.run_benchmark`,
+with the ImageNet-1K top-1 its authors or timm published, and a top-1 against latency plot
+with the Pareto frontier marked.
+
+    records, failures = measure_peers(PEERS, ["onnxruntime"], threads=1)
+    plot_pareto(records, "peers_onnxruntime.png", "onnxruntime")
+
+Which weights a figure belongs to: timm's default pretrained tag of the architecture (its
+`pretrained_cfg` gives the native resolution), except where that tag was trained on more than
+ImageNet-1K (TinyViT's ImageNet-22k distilled weights, MobileNetV4-Hybrid-M's ImageNet-12k ones),
+where the ImageNet-1K-only tag is used. Latency does not depend on the weights (random weights are
+measured), only on the architecture, its tag's class count and its input size.
+
+Interleaving: `run_benchmark` feeds one input size to every model of a call, so the models of
+one runtime are measured in one interleaved call per native resolution (224 and 256 px groups);
+each record names its group (`peer_group`). Compare latencies inside a group directly; across
+groups they come from consecutive runs of the same process.
+
+A model that a runtime cannot take (an export or a run that raises) is left out of that
+runtime's table and listed in the failures with the reason; the others are measured.
+"""
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from .benchmark import build_named_model, run_benchmark
+
+__all__ = ["Peer", "PEERS", "FAMILIES", "TIMM_RESULTS", "select_peers", "build_peer", "measure_peers",
+           "pareto_front", "plot_pareto", "format_failures", "peer_table"]
+
+# timm's evaluation of its weights, the source of most figures below (model tag, img_size, top1)
+TIMM_RESULTS = ("timm results/results-imagenet.csv (huggingface/pytorch-image-models "
+                "@ aa4b5850, 2026-08-08)")
+
+
+@dataclass(frozen=True)
+class Peer:
+    """One model of the comparison.
+
+    Attributes:
+        name: a project variant (`efficientformerv2_s0`) or a timm architecture.
+        family: the model family, as plotted and selected (`--families`).
+        tag: the timm pretrained tag the figure belongs to (None for the project's variants, whose
+            figure is of the official weights).
+        resolution: the native input size (the tag's `pretrained_cfg["input_size"]`).
+        top1: ImageNet-1K top-1 (%) at that resolution.
+        source: where the figure comes from.
+    """
+
+    name: str
+    family: str
+    tag: str | None
+    resolution: int
+    top1: float
+    source: str
+
+    @property
+    def timm_name(self) -> str | None:
+        """`name.tag` for timm models, None for the project's."""
+        return None if self.tag is None else f"{self.name}.{self.tag}"
+
+
+def _t(name: str, family: str, tag: str, resolution: int, top1: float, note: str = "") -> Peer:
+    """A peer whose figure is timm's evaluation of `name.tag` at `resolution`."""
+    return Peer(name, family, tag, resolution, top1,
+                f"{TIMM_RESULTS}: {name}.{tag} at {resolution} px" + (f"; {note}" if note else ""))
+
+
+_EFV2 = "EfficientFormerV2"
+_EFV2_PAPER = "paper Table 2 (300 epochs, distilled): {}"
+PEERS: tuple[Peer, ...] = (
+    # the project's variants; timm's evaluation of the official (snap-research) weights, which
+    # timm ships as efficientformerv2_*.snap_dist_in1k
+    Peer("efficientformerv2_s0", _EFV2, None, 224, 76.102,
+         f"{TIMM_RESULTS}: efficientformerv2_s0.snap_dist_in1k at 224 px; " + _EFV2_PAPER.format(75.7)),
+    Peer("efficientformerv2_s1", _EFV2, None, 224, 79.684,
+         f"{TIMM_RESULTS}: efficientformerv2_s1.snap_dist_in1k at 224 px; " + _EFV2_PAPER.format(79.0)),
+    Peer("efficientformerv2_s2", _EFV2, None, 224, 82.156,
+         f"{TIMM_RESULTS}: efficientformerv2_s2.snap_dist_in1k at 224 px; " + _EFV2_PAPER.format(81.6)),
+    Peer("efficientformerv2_l", _EFV2, None, 224, 83.642,
+         f"{TIMM_RESULTS}: efficientformerv2_l.snap_dist_in1k at 224 px; " + _EFV2_PAPER.format(83.3)),
+    _t("mobilenetv2_100", "MobileNetV2", "ra_in1k", 224, 72.910, "timm's RandAugment training; paper: 72.0"),
+    _t("mobilenetv4_conv_small", "MobileNetV4", "e2400_r224_in1k", 224, 73.756),
+    _t("mobilenetv4_conv_medium", "MobileNetV4", "e500_r256_in1k", 256, 79.916),
+    _t("mobilenetv4_hybrid_medium", "MobileNetV4", "ix_e550_r256_in1k", 256, 81.478,
+       "ImageNet-1K only (timm's default tag is fine-tuned from ImageNet-12k)"),
+    _t("repvit_m0_9", "RepViT", "dist_300e_in1k", 224, 78.652),
+    _t("repvit_m1_1", "RepViT", "dist_300e_in1k", 224, 80.826),
+    _t("repvit_m1_5", "RepViT", "dist_300e_in1k", 224, 82.382),
+    _t("repvit_m2_3", "RepViT", "dist_300e_in1k", 224, 83.524),
+    _t("fastvit_t8", "FastViT", "apple_in1k", 256, 76.184),
+    _t("fastvit_t12", "FastViT", "apple_in1k", 256, 79.276),
+    _t("fastvit_sa12", "FastViT", "apple_in1k", 256, 80.846),
+    _t("fastvit_sa24", "FastViT", "apple_in1k", 256, 82.706),
+    _t("efficientvit_b0", "EfficientViT (MIT)", "r224_in1k", 224, 71.408),
+    _t("efficientvit_b1", "EfficientViT (MIT)", "r224_in1k", 224, 79.254),
+    _t("efficientvit_b2", "EfficientViT (MIT)", "r224_in1k", 224, 82.162),
+    _t("efficientvit_m1", "EfficientViT (Microsoft)", "r224_in1k", 224, 68.340),
+    _t("efficientvit_m3", "EfficientViT (Microsoft)", "r224_in1k", 224, 73.394),
+    _t("efficientvit_m5", "EfficientViT (Microsoft)", "r224_in1k", 224, 77.092),
+    _t("swiftformer_xs", "SwiftFormer", "dist_in1k", 224, 75.600),
+    _t("swiftformer_s", "SwiftFormer", "dist_in1k", 224, 78.462),
+    _t("swiftformer_l1", "SwiftFormer", "dist_in1k", 224, 80.906),
+    _t("swiftformer_l3", "SwiftFormer", "dist_in1k", 224, 82.994),
+    _t("shvit_s1", "SHViT", "in1k", 224, 72.780),
+    _t("shvit_s2", "SHViT", "in1k", 224, 75.184),
+    _t("shvit_s3", "SHViT", "in1k", 224, 77.356),
+    _t("shvit_s4", "SHViT", "in1k", 256, 79.362),
+    _t("starnet_s1", "StarNet", "in1k", 224, 73.532),
+    _t("starnet_s2", "StarNet", "in1k", 224, 74.666),
+    _t("starnet_s3", "StarNet", "in1k", 224, 77.378),
+    _t("starnet_s4", "StarNet", "in1k", 224, 78.824),
+    _t("mobileone_s0", "MobileOne", "apple_in1k", 224, 71.398),
+    _t("mobileone_s1", "MobileOne", "apple_in1k", 224, 75.760),
+    _t("mobileone_s2", "MobileOne", "apple_in1k", 224, 77.504),
+    _t("mobileone_s3", "MobileOne", "apple_in1k", 224, 78.002),
+    _t("mobileone_s4", "MobileOne", "apple_in1k", 224, 79.446),
+    _t("ghostnetv3_100", "GhostNetV3", "in1k", 224, 76.936),
+    _t("tiny_vit_5m_224", "TinyViT", "in1k", 224, 79.196,
+       "ImageNet-1K only (timm's default tag is distilled on ImageNet-22k)"),
+    _t("tiny_vit_11m_224", "TinyViT", "in1k", 224, 81.538,
+       "ImageNet-1K only (timm's default tag is distilled on ImageNet-22k)"),
+    _t("tiny_vit_21m_224", "TinyViT", "in1k", 224, 83.268,
+       "ImageNet-1K only (timm's default tag is distilled on ImageNet-22k)"),
+)
+
+FAMILIES: tuple[str, ...] = tuple(dict.fromkeys(p.family for p in PEERS))
+
+
+def select_peers(names: Iterable[str] | None = None, families: Iterable[str] | None = None,
+                 peers: Sequence[Peer] = PEERS) -> list[Peer]:
+    """The peers named (model names) and/or of the families given (case-insensitive); all when
+    neither is given. Order: that of `peers`.
+
+    Raises:
+        ValueError: a name or family that is not in `peers`, with the known ones.
+    """
+    names = list(names or [])
+    families = [f.lower() for f in families or []]
+    known = {p.name for p in peers}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown peer(s) {unknown}: choose from {', '.join(p.name for p in peers)}")
+    known_families = {p.family.lower(): p.family for p in peers}
+    bad = [f for f in families if f not in known_families]
+    if bad:
+        raise ValueError(f"unknown family(ies) {bad}: choose from {', '.join(dict.fromkeys(known_families.values()))}")
+    if not names and not families:
+        return list(peers)
+    return [p for p in peers if p.name in names or p.family.lower() in families]
+
+
+def build_peer(peer: Peer) -> nn.Module:
+    """The eval-mode model of a peer with random weights: the project's variant built for its
+    resolution, or timm's architecture with its tag's configuration (class count, input size)."""
+    if peer.tag is None:
+        return build_named_model(peer.name, peer.resolution)
+    import timm
+    return timm.create_model(peer.timm_name, pretrained=False).eval()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:500]
+
+
+class _LogWatch:
+    """Forwards `run_benchmark`'s progress lines and remembers the last peer one named, so that a
+    failure while that model is prepared is put down to it."""
+
+    def __init__(self, labels: Sequence[str], log: Callable[[str], None]) -> None:
+        # longest first, so that a name that contains another is matched whole
+        self._patterns = [(label, re.compile(rf"(?<![\w.]){re.escape(label)}(?![\w.])"))
+                          for label in sorted(labels, key=len, reverse=True)]
+        self._log = log
+        self.last: str | None = None
+
+    def __call__(self, line: str) -> None:
+        self._log(line)
+        self.last = next((label for label, pattern in self._patterns if pattern.search(line)), None)
+
+
+BenchmarkFn = Callable[..., list]
+
+
+def _check_builds(peers: Sequence[Peer], log: Callable[[str], None]) -> tuple[dict[str, object], dict[str, str]]:
+    """Build each peer once and run it once in PyTorch at its resolution, so that a model that
+    cannot even be built is found here, named, and not inside a runtime's benchmark. Returns
+    ({name: what run_benchmark takes}, {name: reason})."""
+    specs: dict[str, object] = {}
+    failures: dict[str, str] = {}
+    for p in peers:
+        try:
+            model = build_peer(p)
+            with torch.inference_mode():
+                model(torch.zeros(1, 3, p.resolution, p.resolution))
+        except Exception as exc:  # noqa: BLE001 - reported, the others go on
+            failures[p.name] = f"cannot be built or run in PyTorch: {_one_line(exc)}"
+            log(f"{p.name}: {failures[p.name]}")
+            continue
+        specs[p.name] = p.name if p.tag is None else (p.name, model)
+    return specs, failures
+
+
+def _alone(p: Peer, specs: dict, runtime: str, kwargs: dict, benchmark: BenchmarkFn,
+           log: Callable[[str], None]) -> str:
+    """"" if `p` runs alone on `runtime` (one timed run), else the reason."""
+    try:
+        benchmark([specs[p.name]], [runtime], resolution=p.resolution, log=log, **{**kwargs, "runs": 1, "warmup": 0})
+        return ""
+    except Exception as exc:  # noqa: BLE001
+        return _one_line(exc)
+
+
+def _measure_group(peers: Sequence[Peer], specs: dict, runtime: str, kwargs: dict, benchmark: BenchmarkFn,
+                   log: Callable[[str], None]) -> tuple[list[dict], dict[str, str]]:
+    """One interleaved benchmark of `peers` (one resolution) on `runtime`. A model that fails is
+    left out with its reason and the others are measured again: the model being prepared when the
+    benchmark failed (its progress line names it), confirmed by running it alone; when that does
+    not explain the failure, every model is tried alone. Returns (records, {name: reason})."""
+    pending = list(peers)
+    failures: dict[str, str] = {}
+    while pending:
+        watch = _LogWatch([p.name for p in pending], log)
+        try:
+            return benchmark([specs[p.name] for p in pending], [runtime], resolution=pending[0].resolution,
+                             log=watch, **kwargs), failures
+        except Exception as exc:  # noqa: BLE001 - one model's failure must not stop the comparison
+            error = _one_line(exc)
+        if len(pending) == 1:
+            failures[pending[0].name] = error
+            return [], failures
+        culprit = next((p for p in pending if p.name == watch.last), None)
+        why = _alone(culprit, specs, runtime, kwargs, benchmark, log) if culprit is not None else ""
+        if not why:
+            break  # no model or the wrong one named: try each alone
+        failures[culprit.name] = why
+        log(f"{culprit.name} on {runtime}: {why}; measuring the others again")
+        pending.remove(culprit)
+    survivors = []
+    for p in pending:
+        why = _alone(p, specs, runtime, kwargs, benchmark, log)
+        if why:
+            failures[p.name] = why
+            log(f"{p.name} on {runtime}: {why}")
+        else:
+            survivors.append(p)
+    if not survivors:
+        return [], failures
+    if len(survivors) == len(pending):  # each runs alone, not together
+        raise RuntimeError(f"the {runtime} benchmark of {[p.name for p in pending]} fails only when they are "
+                           f"measured together: {error}")
+    records, more = _measure_group(survivors, specs, runtime, kwargs, benchmark, log)
+    return records, {**failures, **more}
+
+
+def measure_peers(peers: Sequence[Peer], runtimes: Sequence[str], threads: int = 1, batch_size: int = 1,
+                  runs: int = 50, warmup: int = 10, log: Callable[[str], None] = lambda s: None,
+                  benchmark: BenchmarkFn = run_benchmark) -> tuple[list[dict], list[dict]]:
+    """Measure `peers` on each runtime, interleaved per native resolution.
+
+    Args:
+        peers: from `PEERS` (`select_peers`).
+        runtimes: `deploy.benchmark` backends (e.g. executorch, openvino, onnxruntime, torch).
+        threads, batch_size, runs, warmup: as for `run_benchmark`. ExecuTorch takes one thread
+            count per process.
+        benchmark: `run_benchmark` (tests pass a stand-in).
+
+    Returns:
+        (records, failures): `run_benchmark`'s records (tools/benchmark.py's JSON format), each
+        with `top1`, `top1_source`, `family`, `tag` and `peer_group` (the runtime and resolution
+        group it was measured interleaved with) added and `top1_paper` set to the figure;
+        failures are {"model", "backend", "resolution", "reason"} of each model a runtime could
+        not take (every runtime, for a model that cannot be built).
+    """
+    if not peers:
+        raise ValueError("no models to compare")
+    names = [p.name for p in peers]
+    if len(set(names)) != len(names):
+        raise ValueError(f"peer names must be unique, got {names}")
+    by_name = {p.name: p for p in peers}
+    specs, broken = _check_builds(peers, log)
+    groups: dict[int, list[Peer]] = defaultdict(list)
+    for p in peers:
+        if p.name in specs:
+            groups[p.resolution].append(p)
+    kwargs = dict(batch_size=batch_size, threads=threads, runs=runs, warmup=warmup)
+    records: list[dict] = []
+    failures: list[dict] = []
+    for runtime in runtimes:
+        failures += [{"model": name, "backend": runtime, "resolution": by_name[name].resolution, "reason": why}
+                     for name, why in broken.items()]
+        for resolution in sorted(groups):
+            group = groups[resolution]
+            log(f"{runtime}: {len(group)} models at {resolution} px, interleaved")
+            got, failed = _measure_group(group, specs, runtime, kwargs, benchmark, log)
+            for r in got:
+                p = by_name[r["model"]]
+                r.update(top1=p.top1, top1_paper=p.top1, top1_source=p.source, family=p.family, tag=p.tag,
+                         peer_group=f"{runtime}@{resolution}px")
+                records.append(r)
+            failures += [{"model": name, "backend": runtime, "resolution": resolution, "reason": why}
+                         for name, why in failed.items()]
+    return records, failures
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the (latency, top-1) points no other point beats: none is as fast and as
+    accurate with one of the two strictly better. Sorted by latency."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], float("-inf")
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def plot_pareto(records: Sequence[dict], path: str | Path, runtime: str, failures: Sequence[dict] = ()) -> Path:
+    """PNG of top-1 against median latency on `runtime`, one marker per family, EfficientFormerV2
+    in red, the Pareto frontier drawn and its models filled; models the runtime could not take
+    are named in a note under the plot."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    pts = [r for r in records if r["backend"] == runtime and r.get("top1") is not None]
+    if not pts:
+        raise ValueError(f"no records with a top-1 on {runtime} to plot")
+    front = {id(pts[i]) for i in pareto_front([(r["latency_ms_median"], r["top1"]) for r in pts])}
+    fig, ax = plt.subplots(figsize=(9, 6.5))
+    markers = "osD^v<>phP*Xd8H"
+    families = list(dict.fromkeys(r.get("family", r["model"]) for r in pts))
+    for k, family in enumerate(families):
+        rs = sorted((r for r in pts if r.get("family", r["model"]) == family), key=lambda r: r["latency_ms_median"])
+        ours = family == _EFV2
+        colour = "tab:red" if ours else plt.get_cmap("tab20")(k % 20)
+        ax.plot([r["latency_ms_median"] for r in rs], [r["top1"] for r in rs], "-" if ours else ":",
+                color=colour, alpha=0.6 if not ours else 1.0, lw=1.5 if ours else 0.8)
+        for r in rs:
+            ax.plot(r["latency_ms_median"], r["top1"], markers[k % len(markers)], color=colour, ms=7,
+                    mfc=colour if id(r) in front else "white", mew=1.5)
+        ax.plot([], [], markers[k % len(markers)], color=colour, label=family)
+    for r in pts:
+        ax.annotate(r["model"], (r["latency_ms_median"], r["top1"]), fontsize=6, xytext=(3, -8),
+                    textcoords="offset points")
+    fr = sorted((r for r in pts if id(r) in front), key=lambda r: r["latency_ms_median"])
+    ax.step([r["latency_ms_median"] for r in fr], [r["top1"] for r in fr], where="post", color="black", lw=1,
+            alpha=0.5, label="Pareto frontier (filled markers)")
+    first = pts[0]
+    ax.set_xscale("log")
+    ax.set_xlabel(f"latency, ms (median, log scale; {runtime}, batch {first['batch_size']}, "
+                  f"{first['threads']} thread{'s' if first['threads'] != 1 else ''}, native resolution)")
+    ax.set_ylabel("ImageNet-1K top-1 (%, published)")
+    ax.set_title(f"EfficientFormerV2 and mobile peers on {runtime}")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="lower right", fontsize=7, ncol=2)
+    missing = [f for f in failures if f["backend"] == runtime]
+    if missing:
+        note = "not measured on this runtime: " + ", ".join(f["model"] for f in missing)
+        fig.text(0.01, 0.005, note, fontsize=6, wrap=True)
+    fig.tight_layout(rect=(0, 0.03 if missing else 0, 1, 1))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def format_failures(failures: Sequence[dict]) -> str:
+    """One line per model a runtime could not take, with the reason."""
+    return "\n".join(f"{f['model']} on {f['backend']} ({f['resolution']} px): {f['reason']}" for f in failures)
+
+
+def peer_table(peers: Sequence[Peer] = PEERS) -> list[dict]:
+    """The peers as dicts (name, family, tag, resolution, top1, source)."""
+    return [asdict(p) for p in peers]
