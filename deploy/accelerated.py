@@ -78,7 +78,7 @@ def _eager(model: nn.Module, x: torch.Tensor) -> Callable[[], torch.Tensor]:
 
 
 def _compiled(model: nn.Module, x: torch.Tensor, mode: str | None) -> Callable[[], torch.Tensor]:
-    compiled = torch.compile(model, mode=mode)
+    compiled = torch.compile(model, mode=mode, dynamic=False)  # one static graph per batch size
 
     def run() -> torch.Tensor:
         with torch.inference_mode():

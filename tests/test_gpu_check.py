@@ -183,10 +183,19 @@ def test_tool_summary_line_and_json_with_stand_in_parts(tmp_path, monkeypatch, c
                            "mask-rcnn 0.123 s/iter 3.21 GiB; fpn 0.123 s/iter 3.21 GiB; "
                            "S0 b1 eager 4.00 compile 1.50 aoti 1.25 trt not installed ms; b64 compile 9.00 ms in ")
     assert last.endswith(" s") and seen == ["cuda"] * 4
-    doc = json.loads(out.read_text())
-    assert doc["gpu"] == "Fake GPU 80GB" and doc["cuda"] == "12.x" and doc["torch"] == "2.x"
-    assert "tools/gpu_check.py" in doc["command"] and doc["date"] and doc["summary"] == last
-    assert doc["results"]["fit"] == fit
+    records = json.loads(out.read_text())
+    assert [(r["part"], r["backend"]) for r in records] == [
+        ("fit", "lightning fit bf16"), ("fit", "lightning fit 16-mixed+cl"), ("mask-rcnn", "mmdet train_step"),
+        ("fpn", "mmseg train_step"), ("infer", "eager"), ("infer", "compile"), ("infer", "aoti"),
+        ("infer", "tensorrt"), ("infer", "compile")]
+    for r in records:
+        assert r["gpu"] == "Fake GPU 80GB" and r["cuda"] == "12.x" and r["torch"] == "2.x"
+        assert "tools/gpu_check.py" in r["command"] and r["date"] and r["cpu"]
+    assert records[2]["latency_ms_median"] == pytest.approx(123.4) and records[2]["peak_memory_gib"] == 3.21
+    assert records[7]["latency_ms_median"] is None and "not installed" in records[7]["note"]
+    # the records page takes the file as it takes the benchmarks'
+    from deploy.records import load_record_file
+    assert load_record_file(out).command == records[0]["command"]
 
     # a part that fails is reported, the others still run, exit status 1; --parts picks a subset
     def broken(device, workdir):
@@ -195,5 +204,6 @@ def test_tool_summary_line_and_json_with_stand_in_parts(tmp_path, monkeypatch, c
     assert tool.main(["--json", str(out), "--parts", "fpn", "infer"]) == 1
     captured = capsys.readouterr()
     assert captured.out.strip().splitlines()[-1].startswith("gpu-check: Fake GPU 80GB fpn failed; S0 b1 eager")
-    doc = json.loads(out.read_text())
-    assert doc["parts"] == ["fpn", "infer"] and "out of memory" in doc["results"]["fpn"]["error"]
+    records = json.loads(out.read_text())
+    assert [r["part"] for r in records] == ["fpn"] + ["infer"] * 5
+    assert records[0]["latency_ms_median"] is None and "out of memory" in records[0]["note"]

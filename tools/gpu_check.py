@@ -17,16 +17,15 @@ Parts (all by default):
              AOTInductor and, where onnxruntime has the TensorrtExecutionProvider, TensorRT through
              ONNX Runtime (else listed as not installed) (`deploy.accelerated`).
 
-The last line of the output sums it up; --json writes every figure with the GPU's name, the torch,
-CUDA and cuDNN versions, the command and the date. A part that fails is reported (traceback on
+The last line of the output sums it up; --json writes every figure as a benchmark record (the
+records page's format, `make records`) with the GPU's name, the torch, CUDA and cuDNN versions, the
+command, the date and the CPU. A part that fails is reported (traceback on
 stderr, `error` in the JSON) and the others still run; the exit status is then 1. Without a CUDA
 device the script says so in one line and exits with status 2, writing nothing.
 """
 from __future__ import annotations
 
-import datetime
 import json
-import shlex
 import sys
 import tempfile
 import time
@@ -131,7 +130,7 @@ def summary_line(gpu: str, results: dict, seconds: float) -> str:
         if "error" in fit:
             pieces.append("fit failed")
         else:
-            pieces.append(", ".join(f"{'fit ' if i == 0 else ''}{k} {v['images_per_s']:.0f} img/s"
+            pieces.append(", ".join(f"{'fit ' if i == 0 else ''}{k} {v.get('images_per_s') or 0:.0f} img/s"
                                     for i, (k, v) in enumerate(fit.items())))
     if "mask-rcnn" in results:
         pieces.append(_dense(results["mask-rcnn"], "mask-rcnn"))
@@ -142,11 +141,57 @@ def summary_line(gpu: str, results: dict, seconds: float) -> str:
     return f"gpu-check: {gpu} " + "; ".join(pieces) + f" in {seconds:.0f} s"
 
 
+def to_records(results: dict, info: dict, prov: dict) -> list[dict]:
+    """The figures as benchmark records (model, backend, latency_ms_median, ...; the records page's
+    format), each with the GPU, the versions and the provenance (command, date, CPU)."""
+    common = {**info, **prov}
+    out: list[dict] = []
+
+    def failed(part: str, model: str, backend: str) -> dict:
+        return {"part": part, "model": model, "backend": backend, "latency_ms_median": None,
+                "note": f"failed: {results[part]['error']}", **common}
+    fit = results.get("fit")
+    if fit is not None:
+        if "error" in fit:
+            out.append(failed("fit", "efficientformerv2_s0", "lightning fit"))
+        for setting, r in ({} if "error" in fit else fit).items():
+            out.append({"part": "fit", "setting": setting, "model": r.get("model", "efficientformerv2_s0"),
+                        "backend": f"lightning fit {setting}", "precision": r.get("precision"),
+                        "batch_size": r.get("batch_size"), "resolution": r.get("image_size"),
+                        "latency_ms_median": r.get("step_ms_median"),
+                        "note": f"training step; {r.get('images_per_s') or 0:.0f} images/s", **r, **common})
+    for part, config, backend in (("mask-rcnn", DET_CONFIG, "mmdet train_step"),
+                                  ("fpn", SEG_CONFIG, "mmseg train_step")):
+        r = results.get(part)
+        if r is None:
+            continue
+        if "error" in r:
+            out.append(failed(part, config.stem, backend))
+            continue
+        shape = r.get("input_shape") or []
+        size = f"{shape[-2]}x{shape[-1]}" if len(shape) == 4 else "?"
+        mem = r.get("peak_memory_gib")
+        out.append({"part": part, "model": config.stem, "backend": backend, "precision": "fp32",
+                    "batch_size": r.get("batch_size"), "latency_ms_median": round(1e3 * r["seconds_per_iter"], 2),
+                    "note": f"training iteration at {size}" + (f", peak {mem:.2f} GiB" if mem is not None else ""),
+                    **r, **common})
+    infer = results.get("infer")
+    if infer is not None:
+        if isinstance(infer, dict):
+            out.append(failed("infer", "efficientformerv2_s0", "inference"))
+        else:
+            for r in infer:
+                note = r.get("skipped") or (f"failed: {r['error']}" if "error" in r else None)
+                out.append({"part": "infer", "backend": r["runtime"], "precision": "fp32",
+                            "latency_ms_median": None, **r, **({"note": note} if note else {}), **common})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="gpu_check", description=__doc__)
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="run only these parts")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/records/gpu_check.json"),
-                        help="where the figures go (default: %(default)s)")
+                        help="where the figures go, as benchmark records (default: %(default)s)")
     args = parser.parse_args(argv)
     info = gpu_info()
     if info is None:
@@ -154,9 +199,9 @@ def main(argv: list[str] | None = None) -> int:
               "run this on a machine with an NVIDIA GPU", file=sys.stderr)
         return 2
     check_writable(args.json, "--json")
+    from deploy.records import provenance
+    prov = provenance(None if argv is None else ["tools/gpu_check.py", *argv])
     start = time.perf_counter()
-    command = shlex.join(["python", "tools/gpu_check.py", *(sys.argv[1:] if argv is None else argv)])
-    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     print(f"gpu_check: {info['gpu']}, torch {info['torch']}, CUDA {info['cuda']}, cuDNN {info['cudnn']}", flush=True)
     results: dict[str, Any] = {}
     failed = []
@@ -169,16 +214,15 @@ def main(argv: list[str] | None = None) -> int:
                 results[part] = PART_FUNCTIONS[part]("cuda", Path(tmp))
             except Exception as exc:  # noqa: BLE001 - one part's failure must not lose the others' figures
                 traceback.print_exc()
-                results[part] = {"error": f"{type(exc).__name__}: {' '.join(str(exc).split())}"}
+                results[part] = {"error": f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]}
                 failed.append(part)
             print(f"gpu_check: {part} took {time.perf_counter() - t0:.1f} s", flush=True)
             print(json.dumps(results[part], indent=1, default=str), flush=True)
     seconds = time.perf_counter() - start
     line = summary_line(info["gpu"], results, seconds)
-    doc = {**info, "command": command, "date": date, "seconds": round(seconds, 1), "parts": parts,
-           "summary": line, "results": results}
+    records = to_records(results, {**info, "gpu_check_seconds": round(seconds, 1)}, prov)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    args.json.write_text(json.dumps(records, indent=2, default=str) + "\n")
     print(f"json: {args.json}")
     if failed:
         print(f"gpu_check: failed parts: {', '.join(failed)} (tracebacks above)", file=sys.stderr)
