@@ -1,32 +1,74 @@
 """Safe checkpoint reading and loading for EfficientFormerV2.
 
-Reads the project's own checkpoints (safetensors or a plain state dict), Lightning checkpoints of
+Reads the project's own checkpoints (safetensors or a state dict), Lightning checkpoints of
 the classification package, mmengine checkpoints, the official snap-research release
-(`{"model": state_dict}` with its own key names) and timm checkpoints. Files are untrusted: they
-are read with `torch.load(weights_only=True)` or safetensors, never unpickled freely.
+(`{"model": state_dict}` with its own key names) and timm checkpoints, from a local file or by
+name from the Hugging Face Hub (`hf-hub:ORG/REPO[@REVISION]`, see `backbones.hub`). Files are
+untrusted: they are read with `torch.load(weights_only=True)` or safetensors, never unpickled
+freely, and checked before anything is loaded:
+
+- a file the project writes (`save_checkpoint`, the classification package's Lightning
+  checkpoints) records a SHA-256 digest of its tensors (`state_dict_sha256`: safetensors
+  metadata, or an entry beside the state dict), verified on reading;
+- a zip archive (what `torch.save` writes) must pass its CRC checks;
+- every floating-point tensor must be finite (no NaN or Inf);
+- on loading into a model, no integer tensor may fill a floating-point parameter (or the
+  reverse), and shapes must match (attention-bias tables of another training grid are resampled).
+
+A damaged file is one `CheckpointError` that names what is wrong.
 """
 from __future__ import annotations
 
+import hashlib
+import math
+import os
 import pickle
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .efficientformer_v2 import VARIANTS, Arch, EfficientFormerV2, StageArch
 
-__all__ = ["CheckpointError", "LoadReport", "read_state_dict", "to_project_keys", "infer_arch",
-           "is_deploy_state_dict", "load_checkpoint", "save_checkpoint", "describe_arch"]
+__all__ = ["CheckpointError", "ArchitectureMismatchError", "ClassCountMismatchError", "LoadReport",
+           "read_state_dict", "unwrap_state_dict", "to_project_keys", "infer_arch", "is_deploy_state_dict",
+           "load_checkpoint", "save_checkpoint", "describe_arch", "tensor_digest", "check_finite",
+           "check_dtypes", "check_checkpoint", "resample_attention_biases", "DIGEST_KEY"]
 
 HEAD_PREFIXES = ("head.", "head_dist.")
 _SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
+DIGEST_KEY = "state_dict_sha256"  # safetensors metadata key, or the entry beside a saved state dict
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not fit the model; the message says what to do."""
+
+
+class ArchitectureMismatchError(CheckpointError):
+    """The checkpoint holds another architecture than the model's. `checkpoint_name` is the
+    variant the weights are (`describe_arch`), `model_name` the model's; `checkpoint_arch` the
+    architecture read from the weights. Front ends re-word the advice in their own terms."""
+
+    def __init__(self, message: str, checkpoint_name: str, model_name: str, checkpoint_arch: Arch) -> None:
+        super().__init__(message)
+        self.checkpoint_name = checkpoint_name
+        self.model_name = model_name
+        self.checkpoint_arch = checkpoint_arch
+
+
+class ClassCountMismatchError(CheckpointError):
+    """The checkpoint's classifier has another class count (`checkpoint_classes`) than the
+    model's (`model_classes`); `load_checkpoint(..., classifier="drop" | "resize")` takes it."""
+
+    def __init__(self, message: str, checkpoint_classes: int, model_classes: int) -> None:
+        super().__init__(message)
+        self.checkpoint_classes = checkpoint_classes
+        self.model_classes = model_classes
 
 
 @dataclass
@@ -39,6 +81,7 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    resampled: list[str] = field(default_factory=list)  # attention-bias tables moved to the model's grid
     fused: bool = False  # the model was turned into its deploy form to take deploy-form weights
 
     @property
@@ -47,7 +90,7 @@ class LoadReport:
 
     def __str__(self) -> str:
         parts = [f"format={self.source_format}"]
-        for name in ("missing", "unexpected", "mismatched", "skipped"):
+        for name in ("missing", "unexpected", "mismatched", "skipped", "resampled"):
             keys = getattr(self, name)
             if keys:
                 shown = ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
@@ -59,7 +102,15 @@ class LoadReport:
 # Reading
 # --------------------------------------------------------------------------------------------
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a checkpoint file, unwrapped from the usual containers, safely loaded."""
+    """Tensors of a checkpoint, unwrapped from the usual containers, safely loaded and checked.
+
+    `path` is a local file or a hub spec `hf-hub:ORG/REPO[@REVISION]` (fetched into, or read
+    from, huggingface_hub's cache: `backbones.hub.hub_file`). Raises `CheckpointError` for a file
+    that is missing, unreadable, damaged (digest, zip CRC) or holds NaN/Inf values.
+    """
+    if isinstance(path, str) and path.startswith("hf-hub:"):
+        from .hub import hub_file
+        path = hub_file(path)
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist (or is not a file)")
@@ -67,12 +118,27 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"checkpoint {str(path)!r} is empty (0 bytes): the download or save "
                               "was interrupted; fetch or write it again")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+        sd = _read_safetensors(path)
+    else:
+        sd = unwrap_state_dict(_read_torch(path), str(path))
+    check_finite(sd, str(path))
+    return sd
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError, safe_open
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            sd = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file, damaged or truncated ({e}); "
+                              "fetch or write it again") from e
+    _verify_digest(sd, metadata.get(DIGEST_KEY), str(path))
+    return sd
+
+
+def _read_torch(path: Path) -> Any:
     with path.open("rb") as f:
         head = f.read(64)
     if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save writes a zip archive (legacy: a pickle)
@@ -81,8 +147,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             else "of an unknown binary format"
         raise CheckpointError(f"{path}: not a checkpoint: the file is {kind} (it starts with {head[:20]!r}); "
                               f"expected a file written by torch.save or a .safetensors file")
+    if head.startswith(b"PK\x03\x04"):
+        _check_zip(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"{path}: refused to load. The file holds Python objects other than tensors and plain "
@@ -92,20 +160,104 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     except (RuntimeError, EOFError, OSError, ValueError, KeyError) as e:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e}); is the file "
                               f"truncated or of another kind? Expected one of {', '.join(_SUFFIXES)}") from e
-    return unwrap_state_dict(obj, str(path))
+
+
+def _check_zip(path: Path) -> None:
+    """The archive `torch.save` wrote is complete and every member passes its CRC check."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError) as e:
+        raise CheckpointError(f"{path}: damaged: not a readable PyTorch checkpoint, its zip archive is "
+                              f"incomplete or overwritten ({e}); the file is truncated or its bytes changed: "
+                              "fetch or write it again") from e
+    if bad is not None:
+        raise CheckpointError(f"{path}: damaged: the archive member {bad!r} fails its CRC check (bytes "
+                              "changed since it was written); fetch or write it again")
 
 
 def unwrap_state_dict(obj: Any, where: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """The state dict inside a checkpoint object (`model`, `state_dict`, `model_ema`, ... keys)."""
+    """The state dict inside a checkpoint object (`model`, `state_dict`, `model_ema`, ... keys).
+
+    Where the container records a digest of the state dict (`DIGEST_KEY`, written by
+    `save_checkpoint` and the classification package's Lightning checkpoints), it is verified.
+    """
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model", "model_ema", "state_dict_ema"):
             if key in obj and isinstance(obj[key], Mapping):
-                return unwrap_state_dict(obj[key], where)
+                sd = unwrap_state_dict(obj[key], where)
+                if key == "state_dict":
+                    _verify_digest(sd, obj.get(DIGEST_KEY), where)
+                return sd
         tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
         if tensors:
             return tensors
     raise CheckpointError(f"{where}: no state dict found (expected a mapping of tensors, or one "
                           "under 'state_dict' or 'model')")
+
+
+# --------------------------------------------------------------------------------------------
+# Integrity
+# --------------------------------------------------------------------------------------------
+def tensor_digest(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 (hex) of a state dict's tensors: names, dtypes, shapes and bytes, in name order.
+    The same for a tensor whichever file format or device holds it."""
+    h = hashlib.sha256()
+    for key in sorted(state_dict):
+        v = state_dict[key]
+        if not isinstance(v, torch.Tensor):
+            continue
+        v = v.detach().to("cpu").contiguous()
+        h.update(f"{key}\0{str(v.dtype).removeprefix('torch.')}\0{tuple(v.shape)}\0".encode())
+        if v.numel():
+            h.update(v.reshape(-1).view(torch.uint8).numpy().data)
+    return h.hexdigest()
+
+
+def _verify_digest(state_dict: Mapping[str, torch.Tensor], recorded: Any, where: str) -> None:
+    if recorded is None:
+        return
+    actual = tensor_digest(state_dict)
+    if not isinstance(recorded, str) or recorded.lower() != actual:
+        raise CheckpointError(f"{where}: damaged: its tensors do not match the digest recorded when it was "
+                              f"saved ({DIGEST_KEY} {str(recorded)[:16]}..., now {actual[:16]}...): the file was "
+                              "changed or corrupted since; fetch or write it again")
+
+
+def check_finite(state_dict: Mapping[str, torch.Tensor], where: str = "checkpoint") -> None:
+    """Raise `CheckpointError` naming the tensors that hold NaN or Inf."""
+    bad = [k for k, v in state_dict.items()
+           if isinstance(v, torch.Tensor) and (v.is_floating_point() or v.is_complex()) and v.numel()
+           and not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise CheckpointError(f"{where}: damaged: NaN or Inf values in {', '.join(bad[:3])}{more} (a corrupted "
+                              "file, or weights saved from a diverged run); fetch or write it again")
+
+
+def check_dtypes(state_dict: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor],
+                 where: str = "checkpoint") -> None:
+    """Raise `CheckpointError` where a tensor would fill a model tensor of another kind: integer
+    (or boolean) values into a floating-point parameter, or the reverse. Other precisions of the
+    same kind (float16 or bfloat16 weights into a float32 model) are fine."""
+    bad = []
+    for k, v in state_dict.items():
+        ref = reference.get(k)
+        if isinstance(v, torch.Tensor) and isinstance(ref, torch.Tensor) and \
+                v.is_floating_point() != ref.is_floating_point():
+            bad.append(f"{k} is {str(v.dtype).removeprefix('torch.')} but the model's is "
+                       f"{str(ref.dtype).removeprefix('torch.')}")
+    if bad:
+        more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise CheckpointError(f"{where}: damaged or not this model's weights: {'; '.join(bad[:3])}{more}; "
+                              "values of another kind are not cast")
+
+
+def check_checkpoint(path: str | Path) -> None:
+    """Check a checkpoint file (or hub spec) before another library reads it (e.g. Lightning's
+    `--ckpt_path` resume): readable safely, digest, zip CRCs, finite values. Raises
+    `CheckpointError` saying what is wrong; returns None for a sound file."""
+    read_state_dict(path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,8 +411,9 @@ def load_checkpoint(model: nn.Module, path: str | Path | Mapping[str, torch.Tens
 
     Args:
         model: the model to fill (classifier or features_only backbone).
-        path: .pth/.pt/.ckpt/.safetensors file (project, Lightning, mmengine, official, timm
-            layout) or an in-memory state dict.
+        path: .pth/.pt/.ckpt/.bin/.safetensors file (project, Lightning, mmengine, official, timm
+            layout), a hub spec `hf-hub:ORG/REPO[@REVISION]` (see `backbones.hub`) or an
+            in-memory state dict.
         classifier: "load" the heads (the class count must match), "drop" them (the model keeps
             its freshly initialised heads), or "resize": copy the rows of the classes both have
             and keep fresh rows for the rest.
@@ -270,11 +423,20 @@ def load_checkpoint(model: nn.Module, path: str | Path | Mapping[str, torch.Tens
             form to take them; False refuses them (a model that is to be trained further).
 
     Returns:
-        a `LoadReport`. A checkpoint of another architecture fails with the variant it looks like.
+        a `LoadReport`. A checkpoint of another architecture fails with the variant it looks like
+        (`ArchitectureMismatchError`), one of another class count with "load" with
+        `ClassCountMismatchError`. Attention-bias tables made for another training grid (the
+        model's `img_size` differs from the checkpoint's) are resampled to the model's grid
+        (`resample_attention_biases`, listed in `LoadReport.resampled`).
     """
     if classifier not in ("load", "drop", "resize"):
         raise ValueError(f"classifier must be 'load', 'drop' or 'resize', not {classifier!r}")
-    raw = read_state_dict(path) if isinstance(path, (str, Path)) else unwrap_state_dict(path)
+    if isinstance(path, (str, Path)):
+        raw = read_state_dict(path)
+    else:
+        raw = unwrap_state_dict(path)
+        check_finite(raw, "state dict")
+    where = str(path) if isinstance(path, (str, Path)) else "state dict"
     sd, fmt = to_project_keys(raw)
     report = LoadReport(fmt)
     if isinstance(model, EfficientFormerV2) and is_deploy_state_dict(sd) != model.is_fused:
@@ -298,10 +460,23 @@ def load_checkpoint(model: nn.Module, path: str | Path | Mapping[str, torch.Tens
             name = describe_arch(ckpt_arch)
             build = f"create_model('{name}')" if name in _variant_names() else \
                 "EfficientFormerV2(infer_arch(to_project_keys(read_state_dict(path))[0]))"
-            raise CheckpointError(f"the checkpoint is {name}, but the model is {describe_arch(model.arch)}: "
-                                  f"build the model that matches the checkpoint, e.g. {build}")
+            model_name = describe_arch(model.arch)
+            raise ArchitectureMismatchError(f"the checkpoint is {name}, but the model is {model_name}: "
+                                            f"build the model that matches the checkpoint, e.g. {build}",
+                                            name, model_name, ckpt_arch)
+
+    for k, v in list(sd.items()):  # bias tables of another training grid: to the model's grid
+        if k.endswith("attention_biases") and k in own and v.shape != own[k].shape \
+                and v.dim() == own[k].dim() == 2 and v.shape[0] == own[k].shape[0]:
+            try:
+                sd[k] = resample_attention_biases(v, own[k].shape[1])
+            except ValueError:
+                continue  # not square grids: reported as a mismatch below
+            report.resampled.append(k)
+    check_dtypes(sd, own, where)
 
     to_load: dict[str, torch.Tensor] = {}
+    head_mismatch: tuple[int, int] | None = None
     for k, v in sd.items():
         if k.startswith(HEAD_PREFIXES) or k.startswith("norm."):
             if k not in own:  # features-only backbone, or a model without distillation head
@@ -319,7 +494,10 @@ def load_checkpoint(model: nn.Module, path: str | Path | Mapping[str, torch.Tens
         if k not in own:
             report.unexpected.append(k)
         elif v.shape != own[k].shape:
-            hint = " (class count differs: pass classifier='drop' or 'resize')" if k.startswith(HEAD_PREFIXES) else ""
+            hint = ""
+            if k.startswith(HEAD_PREFIXES):
+                hint = " (class count differs: pass classifier='drop' or 'resize')"
+                head_mismatch = (int(v.shape[0]), int(own[k].shape[0]))
             report.mismatched.append(f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}{hint}")
         else:
             to_load[k] = v
@@ -327,9 +505,12 @@ def load_checkpoint(model: nn.Module, path: str | Path | Mapping[str, torch.Tens
     report.missing = [k for k in own if k not in sd and not (dropped_head and k.startswith(HEAD_PREFIXES))]
     if strict and not report.ok:
         grid = any(".attention_biases " in m for m in report.mismatched)
-        raise CheckpointError(f"checkpoint does not fit the model: {report}" + (
+        message = f"checkpoint does not fit the model: {report}" + (
             "; the attention-bias tables are of another grid: build the model with the img_size the checkpoint "
-            "was trained at (e.g. img_size=224; any input size still works at run time)" if grid else ""))
+            "was trained at (e.g. img_size=224; any input size still works at run time)" if grid else "")
+        if head_mismatch is not None:
+            raise ClassCountMismatchError(message, *head_mismatch)
+        raise CheckpointError(message)
     model.load_state_dict(to_load, strict=False)
     return report
 
@@ -355,16 +536,58 @@ def _shape_signature(arch: Arch) -> tuple:
             tuple(s.attention for s in arch.stages), arch.stem_width, tuple(sorted(relevant.items())))
 
 
+def resample_attention_biases(table: torch.Tensor, size: int, mode: str = "bilinear") -> torch.Tensor:
+    """An attention-bias table (heads, R*R) of an R x R training grid moved to an S x S grid
+    (heads, S*S = `size`).
+
+    The table is indexed by the absolute offset (|dy|, |dx|) (`backbones.layers.OffsetAttentionBias`);
+    it is interpolated over offsets with corners aligned, so offset 0 and the largest offset keep
+    their values: with `mode="bilinear"` (default) the result is the table the model itself
+    computes when it runs at that grid, so a checkpoint loaded into a model built for another
+    `img_size` gives the same outputs as the checkpoint's own model at that input size.
+    "bicubic" is the choice timm makes for position embeddings. The same grid returns `table`.
+
+    Raises:
+        ValueError: `table` is not 2-D or either grid is not square.
+    """
+    if table.dim() != 2:
+        raise ValueError(f"expected a (heads, R*R) table, got shape {tuple(table.shape)}")
+    heads, n = table.shape
+    r, s = math.isqrt(n), math.isqrt(size)
+    if r * r != n or s * s != size or r == 0 or s == 0:
+        raise ValueError(f"attention-bias grids must be square: {n} -> {size} entries")
+    if r == s:
+        return table
+    grid = table.detach().to(torch.float64 if table.dtype == torch.float64 else torch.float32).reshape(1, heads, r, r)
+    if r == 1:  # one offset only: the same value at every offset
+        out = grid.expand(1, heads, s, s)
+    else:
+        out = F.interpolate(grid, size=(s, s), mode=mode, align_corners=True)
+    return out.reshape(heads, s * s).to(table.dtype).contiguous()
+
+
 def save_checkpoint(model: nn.Module | Mapping[str, torch.Tensor], path: str | Path,
                     metadata: Mapping[str, str] | None = None) -> Path:
-    """Write weights in the project's format: safetensors (`.safetensors`) or a plain state dict."""
+    """Write weights in the project's format, with a digest of the tensors that `read_state_dict`
+    verifies: safetensors (`.safetensors`, the digest and `metadata` in its metadata) or, for any
+    other suffix, a `torch.save`d `{"state_dict": ..., "state_dict_sha256": ..., "metadata": {...}}`.
+    The file is written beside its destination and then moved into place, with the permissions
+    the umask gives a new file (not only the owner's)."""
     sd = model.state_dict() if isinstance(model, nn.Module) else dict(model)
     sd = {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+    digest = tensor_digest(sd)
+    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
-        save_file(sd, str(path), metadata=dict(metadata or {}))
-    else:
-        torch.save(sd, path)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        with partial.open("wb") as f:  # open(): mode 0666 & ~umask, as any new file
+            if path.suffix == ".safetensors":
+                from safetensors.torch import save
+                f.write(save(sd, metadata={**meta, DIGEST_KEY: digest}))
+            else:
+                torch.save({"state_dict": sd, DIGEST_KEY: digest, "metadata": meta}, f)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     return path

@@ -219,8 +219,10 @@ class ImageNetDataModule(LightningDataModule):
         root: data root holding `train_dir` and `val_dir`.
         train_dir, val_dir: split folders under root, each `<class>/<image>`.
         test_dir: split for `test` (default: val_dir).
-        predict_dir: split for `predict` (default: val_dir); its batches also carry the image
-            paths, which the prediction writer puts next to the predicted classes.
+        predict_dir: images for `predict` (default: val_dir): a split in class folders, or any
+            folder of images, an image file or a text file listing images
+            (`classification.image_files`), under root or absolute; its batches also carry the
+            image paths, which the prediction writer puts next to the predicted classes.
         img_size: training crop and evaluation side (square).
         batch_size: per-device training batch size (the global batch is this times devices,
             nodes and gradient accumulation).
@@ -262,6 +264,9 @@ class ImageNetDataModule(LightningDataModule):
                             "`python tools/make_toy_data.py --task cls --out DIR`")
         self.classes = find_classes(self.root / train_dir)
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        if predict_dir is not None:  # a predict path without images fails now, before anything is written
+            from .image_files import predict_samples
+            predict_samples(self.root / predict_dir, self.class_to_idx)
         self.datasets: dict[str, ImageFolderDataset] = {}
         self._train_loader: ResumableDataLoader | None = None
         self._resume: dict[str, int] | None = None
@@ -295,8 +300,12 @@ class ImageNetDataModule(LightningDataModule):
             folder = {"train": h.train_dir, "val": h.val_dir, "test": h.test_dir or h.val_dir,
                       "predict": h.predict_dir or h.val_dir}[split]
             transform = self.train_transform() if split == "train" else self.eval_transform()
-            self.datasets[split] = ImageFolderDataset(scan_split(self.root / folder, self.class_to_idx),
-                                                      transform, self.classes, with_paths=split == "predict")
+            if split == "predict":
+                from .image_files import predict_dataset
+                self.datasets[split] = predict_dataset(self.root / folder, self.class_to_idx, transform, self.classes)
+            else:
+                self.datasets[split] = ImageFolderDataset(scan_split(self.root / folder, self.class_to_idx),
+                                                          transform, self.classes)
         return self.datasets[split]
 
     def setup(self, stage: str | None = None) -> None:

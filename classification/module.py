@@ -13,6 +13,7 @@ The network is kept at `self.model`, so Lightning checkpoints (keys `model.*`) l
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
@@ -30,16 +31,20 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from backbones import (Arch, CheckpointError, EfficientFormerV2, create_model, list_models, load_checkpoint,
                        read_state_dict)
+from backbones.checkpoint import (DIGEST_KEY, ArchitectureMismatchError, ClassCountMismatchError, check_dtypes,
+                                  check_finite, tensor_digest, unwrap_state_dict)
+from backbones.hub import is_hub_spec, parse_hub_spec
 
 from .data import seeded
 from .optim import param_groups
 
-__all__ = ["ImageClassifier", "TeacherConfig", "build_teacher", "check_teacher_config"]
+__all__ = ["ImageClassifier", "TeacherConfig", "build_teacher", "check_teacher_config", "load_pretrained_weights"]
 
 
 class TeacherConfig(TypedDict, total=False):
     """Distillation teacher: a timm model name (e.g. "regnety_160") or an EfficientFormerV2
-    variant name, and a local checkpoint with its weights (nothing is downloaded)."""
+    variant name, and its weights: a local checkpoint or a hub spec (e.g.
+    "hf-hub:timm/regnety_160.deit_in1k", fetched into huggingface_hub's cache on first use)."""
 
     name: str
     checkpoint: str | None
@@ -54,14 +59,20 @@ def check_teacher_config(config: TeacherConfig) -> None:
                          "efficientformerv2_l) and a 'checkpoint' with its weights")
     if not checkpoint:
         raise ValueError(f"model.teacher.checkpoint is required: a randomly initialised {name!r} "
-                         "would teach noise (weights are never downloaded)")
+                         "would teach noise (give a local file or a hub spec such as "
+                         "hf-hub:timm/regnety_160.deit_in1k)")
     known = name in list_models() if name.startswith("efficientformerv2") else timm.is_model(name)
     if not known:
         raise ValueError(f"model.teacher.name {name!r} is neither an EfficientFormerV2 variant "
                          f"({', '.join(list_models())}) nor a timm model")
-    if not Path(checkpoint).is_file():
+    if is_hub_spec(checkpoint):
+        try:
+            parse_hub_spec(checkpoint)  # fetched (or read from the cache) when fitting starts
+        except CheckpointError as e:
+            raise ValueError(f"model.teacher.checkpoint: {e}") from e
+    elif not Path(checkpoint).is_file():
         raise ValueError(f"model.teacher.checkpoint {checkpoint} does not exist: give the local file with "
-                         f"{name!r}'s weights")
+                         f"{name!r}'s weights, or a hub spec (hf-hub:ORG/REPO)")
 
 
 def build_teacher(config: TeacherConfig, num_classes: int) -> nn.Module:
@@ -74,10 +85,11 @@ def build_teacher(config: TeacherConfig, num_classes: int) -> nn.Module:
         load_checkpoint(teacher, checkpoint)
     else:
         teacher = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
-        sd = read_state_dict(checkpoint)
+        sd = read_state_dict(checkpoint)  # a local file or a hub spec; checked (digest, CRCs, finite)
         own = teacher.state_dict()
         if not any(k in own for k in sd):  # e.g. a Lightning checkpoint: keys under "model."
             sd = {k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")}
+        check_dtypes(sd, own, f"teacher checkpoint {checkpoint}")
         try:
             missing, unexpected = teacher.load_state_dict(sd, strict=False)
         except RuntimeError as e:  # shape mismatches
@@ -90,6 +102,27 @@ def build_teacher(config: TeacherConfig, num_classes: int) -> nn.Module:
     return teacher.eval()
 
 
+def load_pretrained_weights(model: EfficientFormerV2, spec: str, classifier: str = "load") -> None:
+    """`load_checkpoint(model, spec, classifier=...)` for `--model.pretrained` (the
+    `pretrained` argument), its errors worded in the command line's options."""
+    try:
+        load_checkpoint(model, spec, classifier=classifier)
+    except ClassCountMismatchError as e:
+        raise CheckpointError(
+            f"--model.pretrained {spec}: the checkpoint's classifier has {e.checkpoint_classes} classes but the "
+            f"model has {e.model_classes} (from the data): add --model.pretrained_classifier drop (a new "
+            "classifier) or --model.pretrained_classifier resize (keep the rows of the classes both have)") from e
+    except ArchitectureMismatchError as e:
+        if e.checkpoint_name in list_models():
+            fix = f"pass --model.model_name {e.checkpoint_name}"
+        else:
+            fix = f"pass --model.arch '{json.dumps(e.checkpoint_arch.to_dict())}'"
+        raise CheckpointError(f"--model.pretrained {spec}: the checkpoint is {e.checkpoint_name}, but the model "
+                              f"is {e.model_name}: {fix} to build the model the weights are for") from e
+    except CheckpointError as e:
+        raise CheckpointError(f"--model.pretrained {spec}: {e}") from e
+
+
 class ImageClassifier(LightningModule):
     """EfficientFormerV2 (or a searched architecture) trained for image classification.
 
@@ -100,7 +133,9 @@ class ImageClassifier(LightningModule):
         num_classes: classes (linked from the data by the CLI).
         drop_path_rate: stochastic depth (None: the variant's default).
         img_size: training resolution (linked from the data); sizes the attention-bias grids.
-        pretrained: weights to start from (any format `backbones.load_checkpoint` reads).
+        pretrained: weights to start from: a file of any format `backbones.load_checkpoint` reads, or
+            a hub spec (e.g. "hf-hub:timm/efficientformerv2_s0.snap_dist_in1k"). Bias tables of
+            another training size are resampled to img_size.
         pretrained_classifier: "load", "drop" or "resize" the pretrained heads.
         batch_size: per-device batch size (linked from the data); with the world size and
             gradient accumulation it gives the global batch for the lr scaling.
@@ -148,7 +183,7 @@ class ImageClassifier(LightningModule):
         else:
             self.model = create_model(model_name, **kwargs)
         if pretrained:
-            load_checkpoint(self.model, pretrained, classifier=pretrained_classifier)
+            load_pretrained_weights(self.model, pretrained, pretrained_classifier)
         self.model.set_distilled_training(distill)
         if distill:
             check_teacher_config(teacher)  # a config error now; its weights are read for fitting only
@@ -304,9 +339,16 @@ class ImageClassifier(LightningModule):
         # the frozen teacher is rebuilt from its own checkpoint: do not copy it into every file
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
                                     if not k.startswith("teacher.")}
+        # a digest of the weights, verified by every reader (backbones.read_state_dict, the resume)
+        checkpoint[DIGEST_KEY] = tensor_digest(checkpoint["state_dict"])
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         sd = checkpoint.get("state_dict", {})
+        # the file was read already: its digest (when it has one), values and kinds are checked
+        # here too, before Lightning copies the tensors into the model (e.g. `--ckpt_path last`)
+        unwrap_state_dict(checkpoint, "the checkpoint to resume from")
+        check_finite(sd, "the checkpoint to resume from")
+        check_dtypes(sd, self.state_dict(), "the checkpoint to resume from")
         head = sd.get("model.head.weight")
         names = checkpoint.get("class_names")
         data_classes = self._data_classes()

@@ -1,7 +1,9 @@
 """Where `python -m classification predict` puts its results: a CSV file in the run folder.
 
-One row per image: its path, its folder's class, then the top-k class names and their softmax
-scores, highest first. The CLI adds the writer to every run (`predictions:` keys); it acts only
+One row per image: its path, its folder's class (empty for an image outside class folders), then
+the top-k class names and their softmax scores, highest first. A model with 1000 classes is
+named with ImageNet-1K's classes (`timm.data.ImageNetInfo`) unless the data has 1000 names of
+its own; the images may be any folder, image file or list (`classification.image_files`). The CLI adds the writer to every run (`predictions:` keys); it acts only
 in `predict`, whose last line of output then names the file.
 """
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import IO, Any, Sequence
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from .image_files import class_names
+
 __all__ = ["PredictionWriter"]
 
 
@@ -22,7 +26,8 @@ class PredictionWriter(BasePredictionWriter):
     is (the CLI prints it last, after the progress bar's final line).
 
     Columns: `path`, `target`, then `top1`, `top1_score`, ... `top<k>`, `top<k>_score`.
-    Class names come from the DataModule's `classes` (class indices where it has none).
+    Class names: ImageNet-1K's for a 1000-class model (unless the DataModule names 1000 classes
+    of its own), else the DataModule's `classes`, else class indices (`image_files.class_names`).
 
     Args:
         output_dir: folder of the file; None: this command's log folder (`trainer.log_dir`: the
@@ -55,12 +60,16 @@ class PredictionWriter(BasePredictionWriter):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("w", newline="")
         self._writer = csv.writer(self._file)
-        self._classes = getattr(trainer.datamodule, "classes", None)
+        data_classes = getattr(trainer.datamodule, "classes", None)
+        num_classes = getattr(getattr(pl_module, "model", pl_module), "num_classes", None)
+        self._classes = class_names(num_classes, data_classes) if num_classes else data_classes
         self.rows = 0
         self.summary = None
 
     def _name(self, index: int) -> str:
-        return self._classes[index] if self._classes is not None else str(index)
+        if index < 0:  # an image outside class folders: no target
+            return ""
+        return self._classes[index] if self._classes is not None and index < len(self._classes) else str(index)
 
     def write_on_batch_end(self, trainer: Trainer, pl_module: LightningModule, prediction: Any,
                            batch_indices: Sequence[int] | None, batch: Any, batch_idx: int,
