@@ -232,3 +232,57 @@ def test_predict_path_without_images_is_one_line_and_writes_nothing(tmp_path, to
              "--model.pretrained", toy_checkpoint, "--trainer.default_root_dir", tmp_path / "run")
     _assert_one_line_error(r, CLS, "no image to predict on")
     assert not (tmp_path / "run").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Lightning checkpoints: a digest written on save, checked before a resume
+# --------------------------------------------------------------------------------------------
+def _lightning_checkpoint(num_classes: int = 4) -> dict:
+    from classification.module import ImageClassifier
+
+    m = ImageClassifier(num_classes=num_classes, img_size=64)
+    checkpoint = {"epoch": 0, "global_step": 1, "state_dict": m.state_dict()}
+    m.on_save_checkpoint(checkpoint)
+    return checkpoint
+
+
+def test_lightning_checkpoints_carry_a_digest_checked_on_load():
+    from backbones.checkpoint import DIGEST_KEY, CheckpointError
+    from classification.module import ImageClassifier
+
+    checkpoint = _lightning_checkpoint()
+    assert DIGEST_KEY in checkpoint
+    m = ImageClassifier(num_classes=4, img_size=64)
+    m.on_load_checkpoint(checkpoint)  # sound
+    tampered = {**checkpoint, "state_dict": dict(checkpoint["state_dict"])}
+    tampered["state_dict"]["model.head.weight"] = tampered["state_dict"]["model.head.weight"] + 1
+    with pytest.raises(CheckpointError, match="damaged: its tensors do not match the digest"):
+        m.on_load_checkpoint(tampered)
+    ints = {k: v for k, v in checkpoint.items() if k != DIGEST_KEY}
+    ints["state_dict"] = {**checkpoint["state_dict"], "model.head.bias": torch.zeros(4, dtype=torch.int64)}
+    with pytest.raises(CheckpointError, match=r"model\.head\.bias is int64 but the model's is float32"):
+        m.on_load_checkpoint(ints)
+
+
+@pytest.mark.parametrize("damage", ["digest", "nan", "crc"])
+def test_damaged_ckpt_path_is_refused_before_lightning_reads_it(tmp_path, toy, capsys, damage):
+    classes = sorted(p.name for p in (toy / "train").iterdir())
+    checkpoint = _lightning_checkpoint(len(classes))
+    key = "model.stages.2.blocks.1.mlp.fc1.conv.weight"
+    weight = checkpoint["state_dict"][key]
+    path = tmp_path / "last.ckpt"
+    if damage == "digest":
+        checkpoint["state_dict"][key] = weight + 0.5
+    elif damage == "nan":
+        checkpoint["state_dict"][key] = torch.full_like(weight, float("nan"))
+        checkpoint.pop("state_dict_sha256")
+    torch.save(checkpoint, path)
+    if damage == "crc":
+        data = bytearray(path.read_bytes())
+        data[data.find(weight.numpy().tobytes()[:64]) + 7] ^= 0x11
+        path.write_bytes(bytes(data))
+    fragment = {"digest": "do not match the digest", "nan": "NaN or Inf values in " + key,
+                "crc": "fails its CRC check"}[damage]
+    r = _cls(capsys, "validate", "--config", TOY_CONFIG, "--data.root", toy, "--ckpt_path", path,
+             "--trainer.default_root_dir", tmp_path / "run")
+    _assert_one_line_error(r, CLS, "damaged", fragment)
