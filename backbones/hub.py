@@ -15,7 +15,9 @@ against that name, so a file damaged in the cache is refused rather than loaded.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 import re
 from pathlib import Path
@@ -64,12 +66,16 @@ def hub_file(spec: str, filenames: tuple[str, ...] = WEIGHT_FILES) -> Path:
         raise CheckpointError(f"{spec}: weights from the hub need the huggingface_hub package "
                               "(pip install huggingface_hub), or pass a local file") from e
     offline = hub_offline()
+    unreachable = False  # the hub did not answer: the other files are looked for in the cache only
     not_cached: list[str] = []
     for filename in filenames:
         try:
-            path = hf_hub_download(repo_id, filename, revision=revision, local_files_only=offline)
+            with _quiet_retries():
+                path = hf_hub_download(repo_id, filename, revision=revision,
+                                       local_files_only=offline or unreachable)
         except errors.LocalEntryNotFoundError:  # not in the cache, and the hub is off or unreachable
             not_cached.append(filename)
+            unreachable = True
             continue
         except errors.EntryNotFoundError:  # the repository has no such file: try the next
             continue
@@ -97,6 +103,28 @@ def hub_file(spec: str, filenames: tuple[str, ...] = WEIGHT_FILES) -> Path:
                           f"reached ({why}): fetch {url} (e.g. `{fetch}` on a connected machine) and pass the "
                           f"downloaded file's path instead of {spec}, or copy that machine's cache folder "
                           f"{folder.name} into {cache}")
+
+
+class _RetryNoise(logging.Filter):
+    """Drops huggingface_hub's per-attempt warnings while it retries an unreachable hub: the
+    outcome is one error line of ours."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("thrown while requesting" in message or message.startswith("Retrying in "))
+
+
+@contextlib.contextmanager
+def _quiet_retries():
+    loggers = [logging.getLogger(name) for name in ("huggingface_hub.utils._http", "huggingface_hub.file_download")]
+    noise = _RetryNoise()
+    for logger in loggers:
+        logger.addFilter(noise)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(noise)
 
 
 def _verify_blob(path: Path, spec: str, filename: str) -> None:
