@@ -1,9 +1,11 @@
-"""The design-space configs (Tables 1, 7, 8 and the Table 2 / Table 6 recipes) and tools/ablate.py:
+"""The design-space configs (Tables 1, 7, 8 and the Table 2 / Table 6 recipes), the study's library
+(`classification.ablation`) and its command line tools/ablate.py:
 every config parses on top of its variant config and builds; parameter counts against hand-derived
 values; the tool's JSON/Markdown without and with a short training; bad input."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,10 +16,12 @@ import torch
 import yaml
 
 from backbones import EfficientFormerV2, efficientformerv2_s1
+from classification import ablation as ablate
 from classification.__main__ import ClassificationCLI
 from classification.data import ImageNetDataModule
 from classification.module import ImageClassifier
 from classification.toy_data import make_toy_classification
+from conftest import REFERENCE_PARAMS
 from deploy.profile import count_params
 from tool_runner import run_tool
 
@@ -26,10 +30,6 @@ CONFIGS = REPO / "configs" / "classification"
 ABLATIONS = CONFIGS / "ablations"
 RECIPES = CONFIGS / "recipes"
 TOOL = REPO / "tools" / "ablate.py"
-sys.path.insert(0, str(REPO / "tools"))
-
-import ablate  # noqa: E402  (tools/ is not a package)
-
 ABLATION_CONFIGS = sorted(ABLATIONS.glob("*.yaml"))
 
 
@@ -80,14 +80,14 @@ def test_table1_last_row_is_s2_and_the_switches_change_the_model():
     s2 = count_params(EfficientFormerV2("s2"))
     params = {c.stem[:8]: count_params(EfficientFormerV2(ablate.read_config(c).arch))
               for c in ABLATION_CONFIGS if c.stem.startswith("table1")}
-    assert params["table1_5"] == s2 == 12_710_112
+    assert params["table1_5"] == s2 == REFERENCE_PARAMS["efficientformerv2_s2"]
     assert len(set(params.values())) == len(params)  # each row differs from the one before
 
 
 def test_table7_no_bias_removes_exactly_the_bias_tables():
     with_bias = EfficientFormerV2(ablate.read_config(ABLATIONS / "table7_s1_attention-bias.yaml").arch)
     without = EfficientFormerV2(ablate.read_config(ABLATIONS / "table7_s1_no-attention-bias.yaml").arch)
-    assert count_params(with_bias) == count_params(efficientformerv2_s1()) == 6_185_560
+    assert count_params(with_bias) == count_params(efficientformerv2_s1()) == REFERENCE_PARAMS["efficientformerv2_s1"]
     # hand-derived at 224: 8 heads x 7x7 offsets in the 2 stride-attention blocks of stage 3 and the
     # 2 blocks of stage 4, and 8 heads x 14x14 in the downsampling attention (queries at 7x7)
     tables = 4 * 8 * 7 * 7 + 8 * 14 * 14
@@ -241,6 +241,17 @@ def test_bad_baseline(tmp_path):
                       "--baseline", "mobilenetv2_10O", "mobilenetv2_100")  # with what the user may have meant
     _assert_bad_input(_run_tool(config, "--baseline", "s0_no-mhsa", cwd=tmp_path), "s0_no-mhsa", "rename")
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_tool_is_a_thin_script_over_the_package():
+    """The study lives in the package; the tool imports no other tool and no library code of its own."""
+    text = TOOL.read_text()
+    assert "from classification.ablation import" in text and "def measure" not in text
+    assert not re.search(r"^\s*(from ablate import|import ablate\b)", (REPO / "tools/demo_ablate.py").read_text(),
+                         re.M)
+    with pytest.raises(ablate.AblationError, match="train_config") as info:
+        ablate.ablate([ABLATIONS / "s0_no-mhsa.yaml"], Path("unused"), data=CONFIGS)   # data without a recipe
+    assert info.value.option == "train_config"
 
 
 def test_missing_data_folder(tmp_path):

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, NoReturn, Sequence
 
 __all__ = ["ArgumentParser", "UsageError", "BAD_INPUT", "is_bad_input", "run", "fail", "positive_int",
-           "check_writable"]
+           "require_positive", "check_writable"]
 
 
 class UsageError(Exception):
@@ -75,6 +75,13 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def require_positive(**options: int) -> None:
+    """Raise UsageError naming the first option (keyword: its name, `_` for `-`) that is below 1."""
+    for name, value in options.items():
+        if value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
 
 
 def check_writable(path: Path, option: str) -> None:

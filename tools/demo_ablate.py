@@ -1,6 +1,6 @@
 """Ablation demo on the generated toy set: the rows of the paper's Table 7 (S1 with and without
 attention bias) and Table 8 (expansion ratio 4, 2, 1 at the same parameter count), measured and
-trained side by side on the CPU with tools/ablate.py.
+trained side by side on the CPU with `classification.ablation` (tools/ablate.py's library).
 
     python tools/demo_ablate.py [--data data] [--out artifacts/ablate_toy] [--epochs 4] [--img-size 32]
 
@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from _cli import ArgumentParser, run
+from _cli import ArgumentParser, require_positive, run
 
 ROOT = Path(__file__).resolve().parents[1]
 ABLATIONS = ROOT / "configs" / "classification" / "ablations"
@@ -31,11 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--img-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads of the latency runs")
     args = parser.parse_args(argv)
-    from ablate import ablate, require_positive
-
     require_positive(epochs=args.epochs, img_size=args.img_size, threads=args.threads)
     start = time.perf_counter()
 
+    from classification.ablation import ablate
     from classification.toy_data import make_toy_classification
 
     toy = args.data / "toy_cls"
@@ -44,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         make_toy_classification(toy)
     result = ablate([ABLATIONS / f"{name}.yaml" for name in ROWS], args.out, backends=("torch",),
                     threads=args.threads, runs=10, warmup=3, data=toy, epochs=args.epochs, train_threads=1,
-                    img_size=args.img_size, batch_size=32,
+                    img_size=args.img_size, batch_size=32, train_config=ROOT / "configs/classification/toy.yaml",
                     log=lambda s: print(f"demo-ablate: {s}", flush=True))
     print(result["markdown"])
     print(f"demo-ablate: table in {result['files']['markdown']}, plot in {result['files']['plot']}")
