@@ -5,12 +5,19 @@
 
 Logs and checkpoints go to the run folder RUN (see `classification.run_folder`); `predict` writes
 each image's top-k classes and scores to RUN/tb/version_<n>/predictions.csv (`predictions:` keys).
+`fit` prints the peak learning rate once (with the global batch it was scaled from) and ends with
+`fit: best val/top1 <percent> at epoch <E>; checkpoints in RUN/checkpoints (best: <file>)`.
+Trainer settings this machine cannot run are one line, exit status 2, saying what to pass (on a
+CPU: `--trainer.accelerator cpu --trainer.devices 1`, or configs/classification/toy.yaml). Known
+third-party messages (worker and pin_memory hints, precision switched, device banner) are hidden;
+`EFV2_VERBOSE=1` shows them.
 Also installed as the `efficientformerv2-cls` console script.
 """
 from __future__ import annotations
 
 import sys
 
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser
 
@@ -22,10 +29,44 @@ from .run_folder import RunFolderCLI, exit_status
 PROG = "python -m classification"
 
 
+class LearningRateReport(Callback):
+    """Prints the peak learning rate once, at the start of `fit` (global rank 0): the model's
+    `learning_rate()` and, when scaled by the paper's rule, the global batch it was scaled from."""
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.is_global_zero or not hasattr(pl_module, "learning_rate"):
+            return
+        h = pl_module.hparams
+        batch = pl_module.global_batch_size()
+        if h.get("lr") is None:
+            devices = f"{trainer.world_size} device{'s' if trainer.world_size != 1 else ''}"
+            how = (f"= base_lr {h.base_lr:g} x global batch {batch} / {h.lr_base_batch}; the global batch is "
+                   f"{h.batch_size} per device x {devices} x {trainer.accumulate_grad_batches} accumulated")
+        else:
+            how = f"(model.lr as set; global batch {batch})"
+        print(f"fit: learning rate {pl_module.learning_rate():.3g} {how}", flush=True)
+
+
 class ClassificationCLI(RunFolderCLI):
     """LightningCLI with the data-to-model links, an always-on checkpoint callback
     (`checkpoint:` keys; best epoch by val/top1 and last) and an always-on prediction writer
-    (`predictions:` keys; acts in `predict` only)."""
+    (`predictions:` keys; acts in `predict` only). `fit` prints its learning rate once and ends
+    with its best `checkpoint.monitor` metric and where the checkpoints went."""
+
+    prog = "fit"
+    cpu_config = "configs/classification/toy.yaml"
+
+    @property
+    def summary_monitor(self) -> tuple[str, str] | None:
+        """The checkpoint callback's metric and mode: the best of it is what `fit` reports."""
+        checkpoint = self._get(self.config_init, "checkpoint")
+        if checkpoint is None or not checkpoint.monitor:
+            return None
+        return checkpoint.monitor, checkpoint.mode
+
+    def before_fit(self) -> None:
+        super().before_fit()
+        self.trainer.callbacks.append(LearningRateReport())
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")

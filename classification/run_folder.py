@@ -14,17 +14,32 @@ it is refused with `RunFolderError`, which says how to resume or where else to g
 file is read safely before any command uses it (`backbones.read_state_dict`'s errors).
 
 `exit_status` runs either command line the way a console script does: bad input is one line on
-stderr and exit status 2, any other error keeps its traceback.
+stderr and exit status 2, any other error keeps its traceback. Trainer settings this machine cannot
+run (an accelerator it lacks, more devices than it has, a precision or strategy that needs a GPU)
+are bad input too (`TrainerSettingError`): the line names the settings and what to pass instead
+(`--trainer.accelerator cpu --trainer.devices 1`, or a CPU config such as
+configs/classification/toy.yaml).
+
+What a run says: `fit` ends with one line, the run's metric and where its checkpoints went
+(`fit: best val/top1 63.2% at epoch 4; checkpoints in RUN/checkpoints`); the supernet CLI's the
+same with its own metrics. Known third-party messages that say nothing about the run (the
+worker-count and pin_memory hints, the precision switched on a CPU, Lightning's device banner
+and tips) are kept out of the output; set the environment variable `EFV2_VERBOSE=1` to see them
+(`quiet_third_party`).
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
 import sys
+import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-from lightning.pytorch import Trainer
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
@@ -32,7 +47,77 @@ from backbones import CheckpointError, read_state_dict
 
 from .data import DataError
 
-__all__ = ["RunFolderCLI", "RunFolderError", "SettingError", "default_loggers", "exit_status"]
+__all__ = ["RunFolderCLI", "RunFolderError", "SettingError", "TrainerSettingError", "MetricHistory",
+           "default_loggers", "exit_status", "quiet_third_party", "verbose", "NOISE", "VERBOSE_ENV"]
+
+#: the environment variable that shows the third-party messages `quiet_third_party` hides
+VERBOSE_ENV = "EFV2_VERBOSE"
+
+# Known third-party messages that say nothing about this run's result (regular expressions,
+# matched at the start of a warning's or a log record's text). Anything else still shows.
+NOISE: tuple[str, ...] = (
+    r"The '\w+' does not have many workers",                      # worker-count hint
+    r"Consider setting `persistent_workers=True`",
+    r"The combination of `DataLoader\(`pin_memory=True`",
+    r".*'pin_memory' argument is set as true but no accelerator is found",   # torch's DataLoader on a CPU
+    r"You passed `Trainer\(accelerator='cpu', precision='16-mixed'\)`",  # precision switched on a CPU
+    r"Using (16bit|bfloat16) Automatic Mixed Precision",
+    r"(GPU|TPU|HPU|IPU) available: ",                            # the device banner
+    r"💡 Tip: ",
+    r"You are using a CUDA device .* that has Tensor Cores",
+    r"Seed set to ",
+    r"LOCAL_RANK: \d+ - CUDA_VISIBLE_DEVICES",
+    r"The number of training batches \(\d+\) is smaller than the logging interval",
+    r"`Trainer.fit` stopped: ",                                     # the CLI's own last line says more
+    r"LightningCLI's args parameter is intended to run from within Python",
+    r"Checkpoint directory .* exists and is not empty",            # refused by RunFolderCLI unless resuming
+    r"Experiment logs directory .* exists and is not empty",
+    r"Trying to infer the `batch_size` from an ambiguous collection",
+    r"This DataLoader will create \d+ worker processes in total",     # torch's worker-count hint
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",              # Lightning against torch 2.14's pytree
+    r"Precision [\w-]+ is not supported by the model summary",
+    r"It is recommended to use `self.log\('[^']*', \.\.\., sync_dist=True\)`",
+    r"Loading `\w+_dataloader` to estimate number of stepping batches",
+    r"Initializing distributed: GLOBAL_RANK",                        # the one-process DDP banner
+    r"-+\s*distributed_backend=",
+    r"Cosine annealing scheduler will have no effect",                # timm, a schedule of one step
+)
+_NOISE = re.compile("|".join(f"(?:{p})" for p in NOISE))
+# Lightning's loggers that print the banner, tips and the seed
+_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+            "lightning.fabric.utilities.seed", "lightning.pytorch.accelerators.cuda",
+            "lightning.pytorch.utilities.seed", "lightning.fabric.utilities.distributed",
+            "timm.scheduler.cosine_lr")
+
+
+def verbose() -> bool:
+    """Whether the user asked for every third-party message (`EFV2_VERBOSE=1`)."""
+    return os.environ.get(VERBOSE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _NOISE.match(record.getMessage()) is None
+
+
+@contextlib.contextmanager
+def quiet_third_party() -> Iterator[None]:
+    """Within the block, the known third-party warnings and log lines of `NOISE` are not shown
+    (unless `EFV2_VERBOSE=1`); warning filters and loggers are restored afterwards."""
+    if verbose():
+        yield
+        return
+    drop = _DropNoise()
+    loggers = [logging.getLogger(name) for name in _LOGGERS]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="|".join(f"(?:{p})" for p in NOISE))
+        for logger in loggers:
+            logger.addFilter(drop)
+        try:
+            yield
+        finally:
+            for logger in loggers:
+                logger.removeFilter(drop)
 
 
 class RunFolderError(FileExistsError):
@@ -42,6 +127,60 @@ class RunFolderError(FileExistsError):
 class SettingError(ValueError):
     """A setting from which the model, the data or the trainer cannot be built; the message
     is the reason the class gave."""
+
+
+class TrainerSettingError(SettingError):
+    """Trainer settings this machine cannot run; the message names them and what to pass instead."""
+
+
+def _devices_here() -> str:
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return f"{count} CUDA GPU{'s' if count != 1 else ''}" if count else "no GPU"
+
+
+def trainer_setting_error(exc: BaseException, config: dict[str, Any], cpu_config: str | None) -> TrainerSettingError:
+    """The one-line error for a Trainer that cannot be built from `config` (the trainer section)."""
+    reason = " ".join(str(exc).split()) or type(exc).__name__
+    given = ", ".join(f"{key} {config.get(key)}" for key in ("accelerator", "devices", "strategy", "precision")
+                      if config.get(key) is not None)
+    message = f"the trainer cannot be built from these settings ({given}) on this machine ({_devices_here()}): {reason}"
+    if str(config.get("accelerator", "auto")) not in ("cpu",):
+        message += " To train on the CPU, pass --trainer.accelerator cpu --trainer.devices 1"
+        if cpu_config:
+            message += f", or start from {cpu_config}"
+    return TrainerSettingError(message)
+
+
+class MetricHistory(Callback):
+    """Records, at the end of every validation epoch (not the sanity check), the logged metrics
+    whose names start with `prefix`, by epoch: what the last line of `fit` reports."""
+
+    def __init__(self, prefix: str = "val/") -> None:
+        self.prefix = prefix
+        self.epochs: dict[int, dict[str, float]] = {}
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(self.prefix)}
+        if values:
+            self.epochs[trainer.current_epoch] = values
+
+
+def _metric(name: str, value: float) -> str:
+    """A metric as the summary line shows it: accuracies in percent."""
+    return f"{name} {100 * value:.1f}%" if "top" in name or "acc" in name else f"{name} {value:.4g}"
+
+
+def _place(path: str | Path) -> str:
+    """`path` relative to the working folder when it lies inside it."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def default_loggers(root: str | Path) -> list[Any]:
@@ -55,7 +194,22 @@ def default_loggers(root: str | Path) -> list[Any]:
 
 class RunFolderCLI(LightningCLI):
     """LightningCLI whose logs and checkpoints follow `trainer.default_root_dir` (see the module
-    docstring) and whose `fit` never overwrites an earlier run's checkpoints silently."""
+    docstring), whose `fit` never overwrites an earlier run's checkpoints silently and ends with a
+    line saying its metric and where its checkpoints went, and which keeps the known third-party
+    messages (`NOISE`) out of its output unless `EFV2_VERBOSE=1`.
+
+    Subclasses set `prog` (the summary line's first word is its subcommand), `cpu_config` (the
+    config a trainer error suggests) and `summary_monitor` (the metric `fit` reports its best of;
+    None: every `val/top1*` metric of the last validation epoch)."""
+
+    prog: str = "fit"
+    cpu_config: str | None = None
+    summary_monitor: tuple[str, str] | None = None   # (metric, "max" or "min")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.history = MetricHistory()
+        with quiet_third_party():
+            super().__init__(*args, **kwargs)
 
     def instantiate_classes(self) -> None:
         """Build the model, data and trainer; a ValueError or OSError they raise from their
@@ -70,7 +224,12 @@ class RunFolderCLI(LightningCLI):
         root = Path(config.get("default_root_dir") or os.getcwd())
         if "logger" not in kwargs and config.get("logger") in (None, True):
             kwargs["logger"] = default_loggers(root)
-        trainer = super().instantiate_trainer(**kwargs)
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except (MisconfigurationException, ValueError, RuntimeError, ImportError) as exc:
+            # raised while the Trainer picks its accelerator, devices, strategy and precision
+            raise trainer_setting_error(exc, {**config, **kwargs}, self.cpu_config) from exc
+        trainer.callbacks.append(self.history)
         for callback in trainer.checkpoint_callbacks:
             if callback.dirpath is None:  # Lightning would pick the logger's version folder: per command, not per run
                 callback.dirpath = os.path.realpath(root / "checkpoints")
@@ -105,6 +264,39 @@ class RunFolderCLI(LightningCLI):
                     f"{', ...' if len(existing) > 3 else ''}) that this run would overwrite: resume it with "
                     "--ckpt_path last, or place this run elsewhere with --trainer.default_root_dir DIR "
                     "(or delete the folder)")
+
+    def after_fit(self) -> None:
+        """The last line of `fit`: its metric and where its checkpoints went (global rank 0 only)."""
+        if self.trainer.is_global_zero:
+            print(self.fit_summary(), flush=True)
+
+    def fit_summary(self) -> str:
+        """`<subcommand>: <metric> at epoch E; checkpoints in DIR` for the finished (or stopped) fit."""
+        trainer = self.trainer
+        head = f"{self.prog}{' (interrupted)' if trainer.interrupted else ''}:"
+        epochs = self.history.epochs
+        if self.summary_monitor is not None:
+            name, mode = self.summary_monitor
+            scored = {e: m[name] for e, m in epochs.items() if name in m}
+            if scored:
+                pick = max if mode == "max" else min
+                epoch = pick(scored, key=lambda e: (scored[e], -e) if mode == "max" else (scored[e], e))
+                what = f"best {_metric(name, scored[epoch])} at epoch {epoch}"
+            else:
+                what = f"no {name} (no validation epoch ran)"
+        elif epochs:
+            epoch = max(epochs)
+            metrics = epochs[epoch]
+            names = [n for n in metrics if n.startswith("val/top1")] or sorted(metrics)
+            what = f"{', '.join(_metric(n, metrics[n]) for n in names)} at epoch {epoch} (the last)"
+        else:
+            what = "no validation metric (no validation epoch ran)"
+        folders = list(dict.fromkeys(_place(c.dirpath) for c in trainer.checkpoint_callbacks if c.dirpath))
+        place = f"checkpoints in {', '.join(folders)}" if folders else "no checkpoints written"
+        best = next((c.best_model_path for c in trainer.checkpoint_callbacks if c.best_model_path), "")
+        if best and self.summary_monitor is not None:
+            place += f" (best: {Path(best).name})"
+        return f"{head} {what}; {place}"
 
 
 def exit_status(run: Callable[[], Any], prog: str) -> int:

@@ -192,6 +192,10 @@ def main(args: Any = None, run: bool = True):
     Data: the classification `ImageNetDataModule` (`data:` keys as in configs/classification).
     A `checkpoint:` section configures the always-on ModelCheckpoint (last.ckpt at every epoch end).
     Logs and checkpoints follow `--trainer.default_root_dir` as in `classification.run_folder`.
+    `fit` ends with `supernet fit: val/top1_largest <percent>, val/top1_smallest <percent> at epoch
+    <E> (the last); checkpoints in DIR`; trainer settings this machine cannot run are one line
+    (exit status 2) that says what to pass (`--trainer.accelerator cpu --trainer.devices 1`, or
+    configs/search/supernet_toy.yaml); `EFV2_VERBOSE=1` shows the hidden third-party messages.
     """
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.cli import LightningArgumentParser
@@ -200,6 +204,9 @@ def main(args: Any = None, run: bool = True):
     from .run_folder import RunFolderCLI
 
     class SupernetCLI(RunFolderCLI):
+        prog = "supernet fit"
+        cpu_config = "configs/search/supernet_toy.yaml"
+
         def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
             parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
             parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0,

@@ -24,6 +24,16 @@ REFERENCE_PARAMS = {"efficientformerv2_s0": 3_600_256, "efficientformerv2_s1": 6
                     "efficientformerv2_s2": 12_710_112, "efficientformerv2_l": 26_322_288}
 REFERENCE_GMACS = {"efficientformerv2_s0": 0.396, "efficientformerv2_s1": 0.652,
                    "efficientformerv2_s2": 1.247, "efficientformerv2_l": 2.553}
+# parameters of the deploy form (`model.fuse()`: BatchNorm and layer scales folded, the two heads
+# merged) at 224 with 1000 classes, as tools/model_profile.py prints them
+DEPLOY_PARAMS = {"efficientformerv2_s0": 3_371_960, "efficientformerv2_s1": 5_886_296,
+                 "efficientformerv2_s2": 12_293_176, "efficientformerv2_l": 25_730_088}
+# stage widths of the variants, and the short names configs use (arch: s0, ...)
+WIDTHS = {"efficientformerv2_s0": [32, 48, 96, 176], "efficientformerv2_s1": [32, 48, 120, 224],
+          "efficientformerv2_s2": [32, 64, 144, 288], "efficientformerv2_l": [40, 80, 192, 384]}
+SHORT_NAMES = {name: name.removeprefix("efficientformerv2_") for name in REFERENCE_PARAMS}
+# a tiny architecture (two attention stages) for tests that need any network fast
+TINY_ARCH = {"widths": [16, 24, 32, 48], "expansions": [[2], [2], [2, 2], [2, 2]], "attention": [0, 0, 1, 1]}
 
 
 def _randomize(model: torch.nn.Module) -> torch.nn.Module:

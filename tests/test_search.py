@@ -18,7 +18,8 @@ from backbones import Arch, EfficientFormerV2
 from backbones.supernet import EfficientFormerV2Supernet, SearchSpace, StageConfig, SubnetConfig
 from classification.proxy import run_proxy_check, spread_configs
 from classification.search import (MesSpec, SearchSettings, SettingsError, SubnetEvaluator, Target, arch_dict,
-                                   evaluate, fixed_expansion, frontier, greedy_search, load_settings, load_supernet,
+                                   evaluate, fixed_expansion, frontier, greedy_search, load_searched, load_settings,
+                                   load_supernet,
                                    plot_trajectory, random_baseline, random_cloud, recalibrate_bn, run_search)
 from classification.toy_data import make_toy_classification
 from deploy.latency_lut import LatencyTable, table_entries
@@ -101,6 +102,12 @@ def test_greedy_search_reaches_target(evaluator, tmp_path):
         assert target.mes <= r["mes"] <= target.mes * 1.3 and 0 <= r["top1"] <= 100
     png = plot_trajectory(result, randoms, tmp_path / "trajectory.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_greedy_search_step_limit_is_its_reason(evaluator):
+    result = greedy_search(evaluator, Target(params=1), max_steps=1)
+    assert not result.reached and len(result.steps) == 2
+    assert result.reason == "step limit reached (max_steps 1)" and "after" not in result.reason
 
 
 def test_greedy_search_stops_when_target_unreachable(evaluator):
@@ -221,6 +228,16 @@ def test_run_search_writes_its_outputs(supernet_ckpt, toy_root, tmp_path):
     net = EfficientFormerV2(Arch.from_dict(arch), num_classes=NUM_CLASSES, distillation=False, img_size=32).eval()
     assert net(torch.randn(1, 3, 32, 32)).shape == (1, NUM_CLASSES)
     assert sum(p.numel() for p in net.parameters()) == log["steps"][-1]["params"]
+    # the training size is the search's (the base config's is 64), and the record of the network
+    # is what every tool builds: the count the search reported
+    assert config["data"]["img_size"] == 32
+    assert log["network"] == {"arch": arch, "img_size": 32, "num_classes": NUM_CLASSES, "distillation": False,
+                              "params": log["steps"][-1]["params"]}
+    for written in ("search.json", "searched.yaml"):
+        network = load_searched(tmp_path / written)
+        assert (network.arch, network.img_size, network.num_classes, network.distillation) == (arch, 32, NUM_CLASSES,
+                                                                                              False), written
+        assert sum(p.numel() for p in network.build().parameters()) == log["steps"][-1]["params"], written
     randoms = json.loads((tmp_path / "random.json").read_text())
     assert len(randoms["at_budget"]) == 2
     assert all(log["steps"][-1]["mes"] <= r["mes"] <= 1.5 * log["steps"][-1]["mes"] for r in randoms["at_budget"])
@@ -279,7 +296,7 @@ def test_package_exports_its_public_names():
     used = {"MesSpec", "SubnetEvaluator", "Target", "arch_dict", "evaluate", "frontier", "greedy_search",
             "load_supernet", "plot_trajectory", "random_baseline", "recalibrate_bn", "run_search", "image_batches",
             "ProxyReport", "proxy_correlation", "classification_config", "Action", "SearchStep", "SearchResult",
-            "random_cloud", "sample_at_budget"}
+            "random_cloud", "sample_at_budget", "SearchedNetwork", "load_searched"}
     assert used <= set(search.__all__)
 
 

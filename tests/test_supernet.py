@@ -8,8 +8,10 @@ import torch
 from backbones import VARIANTS, EfficientFormerV2
 from backbones.supernet import (EfficientFormerV2Supernet, SearchSpace, StageConfig, SubnetConfig,
                                 count_subnet_params)
+from conftest import REFERENCE_PARAMS as _BY_NAME
+from conftest import SHORT_NAMES
 
-REFERENCE_PARAMS = {"s0": 3_600_256, "s1": 6_185_560, "s2": 12_710_112, "l": 26_322_288}
+REFERENCE_PARAMS = {SHORT_NAMES[name]: count for name, count in _BY_NAME.items()}   # by the short names (s0, ...)
 
 TOY_SPACE = SearchSpace(widths=((16, 24), (24, 32), (32, 40, 48), (48, 64)), depths=(2, 2, 3, 3),
                         expansions=(2, 3, 4), stem_widths=(8, 12))

@@ -1,4 +1,4 @@
-"""Bad input to tools/convert_checkpoint.py, profile.py, make_toy_data.py and the demos: one line
+"""Bad input to tools/convert_checkpoint.py, model_profile.py, make_toy_data.py and the demos: one line
 on stderr that names the problem (tools/_cli.py's `prog: error: ...`), exit status 2, no traceback.
 
 Every case runs the tool's `__main__` in this process (`tool_runner.run_tool`); one case also runs
@@ -24,11 +24,11 @@ CASES: dict[str, tuple[str, list[str], str]] = {
     "convert-pickled-code": ("convert_checkpoint", ["module.pth", "out.safetensors"], "could run code when unpickled"),
     "convert-missing": ("convert_checkpoint", ["missing.pth", "out.safetensors"], "does not exist"),
     "convert-dst-suffix": ("convert_checkpoint", ["weights.pth", "out.pth"], "DST must end in .safetensors"),
-    "profile-zero-resolution": ("profile", ["--resolution", "0", "0"], "positive number of pixels, got 0 0"),
-    "profile-three-sides": ("profile", ["--resolution", "1", "2", "3"], "one side or a height and a width"),
-    "profile-negative-classes": ("profile", ["--num-classes", "-1"], "--num-classes must be 0"),
-    "profile-arch-not-json": ("profile", ["--arch", "notes.pth"], "is not JSON"),
-    "profile-arch-malformed": ("profile", ["--arch", "stage_ratios.json"], "expansions 4 lists of ratios"),
+    "profile-zero-resolution": ("model_profile", ["--resolution", "0", "0"], "positive number of pixels, got 0 0"),
+    "profile-three-sides": ("model_profile", ["--resolution", "1", "2", "3"], "one side or a height and a width"),
+    "profile-negative-classes": ("model_profile", ["--num-classes", "-1"], "--num-classes must be 0"),
+    "profile-arch-not-json": ("model_profile", ["--arch", "notes.pth"], "is not JSON"),
+    "profile-arch-malformed": ("model_profile", ["--arch", "stage_ratios.json"], "expansions 4 lists of ratios"),
     "edge-missing-checkpoint": ("demo_edge", ["--checkpoint", "missing.safetensors"], "missing.safetensors does not exist"),
     "ablate-demo-threads": ("demo_ablate", ["--threads", "0"], "--threads must be >= 1"),
     "toy-out-is-a-file": ("make_toy_data", ["--task", "cls", "--out", "notes.pth/toy"], "is a file, not a folder"),
@@ -87,3 +87,29 @@ def test_tools_offer_the_packages_choices():
     export = load_tool("export")
     assert tuple(export.FORMATS) == FORMATS
     assert (export.CALIBRATION_IMAGES, export.MIN_AGREEMENT) == (CALIBRATION_COUNT, INT8_MIN_AGREEMENT)
+
+
+def test_tools_import_no_other_tool_and_packages_import_no_tool():
+    """Tools reach shared code through the packages and the two helper modules `_cli` and `_demo`
+    (tools/ is first on sys.path when a script runs); no tool imports another tool's script, no
+    package imports tools/, and no script shadows a standard-library module (the old profile.py)."""
+    import ast
+
+    scripts = {p.stem for p in (REPO / "tools").glob("*.py")}
+    helpers = {"_cli", "_demo"}
+    assert not scripts & set(sys.stdlib_module_names), scripts & set(sys.stdlib_module_names)
+
+    def imported(path: Path) -> set[str]:
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+        return names
+
+    for path in sorted((REPO / "tools").glob("*.py")):
+        assert not (imported(path) & scripts) - helpers, (path.name, (imported(path) & scripts) - helpers)
+    for package in ("backbones", "classification", "deploy", "openmmlab", "detection", "segmentation"):
+        for path in sorted((REPO / package).rglob("*.py")):
+            assert not imported(path) & (scripts | {"tools"}), path

@@ -11,7 +11,8 @@ One concern per module:
 - `random_search`: the random baseline at a budget and random clouds (`random_baseline`, ...).
 - `correlation`: inherited against stand-alone accuracy (`proxy_correlation`, `ProxyReport`).
 - `plots`: the trajectory plot (`plot_trajectory`).
-- `io`: supernet checkpoints, image batches, the searched network's training config.
+- `io`: supernet checkpoints, image batches, the searched network's training config, the
+  searched network itself (`SearchedNetwork`, `load_searched`: what every tool builds).
 - `settings`: the typed, strictly read search config (`SearchSettings`, `load_settings`).
 - `pipeline`: the search tool's job end to end (`run_search`).
 """
@@ -21,7 +22,7 @@ from .calibration import evaluate, recalibrate_bn
 from .correlation import ProxyReport, proxy_correlation
 from .evaluator import SubnetEvaluator
 from .greedy import SearchResult, SearchStep, greedy_search
-from .io import arch_dict, classification_config, image_batches, load_supernet
+from .io import SearchedNetwork, arch_dict, classification_config, image_batches, load_searched, load_supernet
 from .moves import EXPANSION_MODES, Action, fixed_expansion, frontier
 from .objective import MesSpec, Target
 from .pipeline import run_search
@@ -34,5 +35,6 @@ __all__ = ["Action", "frontier", "EXPANSION_MODES", "fixed_expansion", "recalibr
            "MesSpec", "SubnetEvaluator", "SearchStep", "SearchResult", "arch_dict", "greedy_search",
            "random_baseline", "random_cloud", "sample_at_budget", "plot_trajectory", "ProxyReport",
            "proxy_correlation", "load_supernet", "image_batches", "classification_config", "run_search",
+           "SearchedNetwork", "load_searched",
            "SearchSettings", "GreedySettings", "TargetSettings", "RandomSettings", "LutSettings", "SettingsError",
            "load_settings"]

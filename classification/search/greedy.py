@@ -89,7 +89,7 @@ def greedy_search(evaluator: SubnetEvaluator, target: Target, start: SubnetConfi
     reason = "target reached"
     while not target.reached(params, latency, mes):
         if len(steps) > max_steps:
-            reason = f"stopped after {max_steps} steps"
+            reason = f"step limit reached (max_steps {max_steps})"
             break
         best = None
         candidates = 0

@@ -1,19 +1,25 @@
-"""What the search reads and writes: the supernet checkpoint, image batches of a data folder, and
-the classification config (searched.yaml) that trains a sub-network from scratch."""
+"""What the search reads and writes: the supernet checkpoint, image batches of a data folder, the
+classification config (searched.yaml) that trains a sub-network from scratch, and the searched
+network itself (`SearchedNetwork`: architecture, image size, classes, distillation head), which
+every tool builds through `load_searched` from what the search wrote."""
 from __future__ import annotations
 
 import copy
+import json
 import pickle
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
+from backbones import EfficientFormerV2
 from backbones.supernet import EfficientFormerV2Supernet, SubnetConfig
 
 from .calibration import Batches
 
-__all__ = ["arch_dict", "load_supernet", "image_batches", "read_config", "classification_config"]
+__all__ = ["arch_dict", "load_supernet", "image_batches", "read_config", "classification_config",
+           "SearchedNetwork", "load_searched"]
 
 
 def arch_dict(config: SubnetConfig) -> dict[str, Any]:
@@ -21,6 +27,158 @@ def arch_dict(config: SubnetConfig) -> dict[str, Any]:
     arch = config.to_arch()
     return {"widths": arch.widths, "depths": arch.depths, "expansions": [list(s.expansions) for s in arch.stages],
             "attention": [s.attention for s in arch.stages], "stem_width": arch.stem_width}
+
+
+@dataclass(frozen=True)
+class SearchedNetwork:
+    """A searched network as the search built and counted it: what every tool builds.
+
+    Args:
+        arch: the architecture (`arch_dict`, `Arch.from_dict` reads it).
+        img_size: the search's (and training's) image size: it sizes the attention-bias tables,
+            hence the parameter count. None: not recorded (a bare architecture).
+        num_classes: classes of the head. None: not recorded (the data decides).
+        distillation: whether it has a distillation head. None: not recorded.
+        params: the parameter count the search reported (None: not from a search).
+        source: where it was read from (for messages).
+    """
+
+    arch: dict[str, Any]
+    img_size: int | None = None
+    num_classes: int | None = None
+    distillation: bool | None = None
+    params: int | None = None
+    source: str = ""
+
+    @classmethod
+    def of_subnet(cls, config: SubnetConfig, supernet: EfficientFormerV2Supernet,
+                  params: int | None = None) -> "SearchedNetwork":
+        """The plain network of sub-network `config` as the supernet's search counts it (its
+        image size, classes and distillation head)."""
+        return cls(arch_dict(config), supernet.img_size, supernet.num_classes, supernet.distillation, params)
+
+    def build(self, **overrides: Any) -> EfficientFormerV2:
+        """The `EfficientFormerV2` (fresh weights) with the recorded image size, classes and
+        distillation head; `overrides` (e.g. num_classes) replace them or fill those not recorded."""
+        kwargs = {k: v for k, v in (("img_size", self.img_size), ("num_classes", self.num_classes),
+                                    ("distillation", self.distillation)) if v is not None}
+        kwargs.update(overrides)
+        return EfficientFormerV2(self.arch, **kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record search.json keeps under "network" (without `source`)."""
+        out = asdict(self)
+        out.pop("source")
+        return out
+
+    def describe(self) -> str:
+        """E.g. "64px, 10 classes, no distillation head" (the recorded fields only)."""
+        parts = [f"{self.img_size}px" if self.img_size else "",
+                 f"{self.num_classes} classes" if self.num_classes is not None else "",
+                 "" if self.distillation is None else ("distillation head" if self.distillation
+                                                       else "no distillation head")]
+        return ", ".join(p for p in parts if p)
+
+
+_NETWORK_KEYS = {"arch", "img_size", "num_classes", "distillation", "params"}
+
+
+def _record(data: Mapping[str, Any], source: str) -> SearchedNetwork:
+    unknown = set(data) - _NETWORK_KEYS
+    if unknown or not isinstance(data.get("arch"), Mapping):
+        raise ValueError(f"{source}: not a searched-network record (keys {sorted(data)}; expected "
+                         f"{sorted(_NETWORK_KEYS)})")
+    return SearchedNetwork(**{k: data.get(k) for k in _NETWORK_KEYS}, source=source)
+
+
+def _from_search_json(data: Mapping[str, Any], source: str) -> SearchedNetwork:
+    if isinstance(data.get("network"), Mapping):
+        return _record(data["network"], source)
+    # written before the record existed: the architecture, the final step's count, nothing else
+    steps = data.get("steps") or [{}]
+    return SearchedNetwork(dict(data["arch"]), params=steps[-1].get("params"), source=source)
+
+
+def _from_classification_config(config: Mapping[str, Any], source: Path) -> SearchedNetwork:
+    model = config.get("model") or {}
+    data = config.get("data") or {}
+    if not isinstance(model.get("arch"), Mapping):
+        raise ValueError(f"{source} has no model.arch: give the searched.yaml or search.json the search wrote, "
+                         "or an architecture dict")
+    beside = source.parent / "search.json"   # written with it: the classes and count of the search
+    if beside.is_file():
+        found = load_searched(beside)
+        if found.arch == dict(model["arch"]):
+            return SearchedNetwork(found.arch, data.get("img_size", found.img_size), found.num_classes,
+                                   model.get("teacher") is not None, found.params, str(source))
+    return SearchedNetwork(dict(model["arch"]), data.get("img_size"), None, model.get("teacher") is not None,
+                           None, str(source))
+
+
+def load_searched(spec: str | Path | Mapping[str, Any]) -> SearchedNetwork:
+    """The searched network from what the search wrote, or from a bare architecture.
+
+    Args:
+        spec: search.json (its "network" record), searched.yaml (its `model.arch`, `data.img_size`
+            and, without a teacher, no distillation head; the classes from the search.json beside
+            it), a JSON file or inline JSON text holding an architecture dict or a network record,
+            or such a dict itself.
+
+    Raises:
+        FileNotFoundError: a path that does not exist.
+        ValueError: text or a file that holds neither a network nor an architecture (the message
+            says what was expected); an architecture `Arch.from_dict` refuses.
+    """
+    source = "the architecture dict"
+    if isinstance(spec, Mapping):
+        data: Any = dict(spec)
+    else:
+        text = str(spec).strip()
+        if text.startswith("{"):
+            source = "the inline architecture"
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{source} {text!r} is not JSON ({e}): give a dict such as "
+                                 '{"base": "s0", "attention": [0, 0, 2, 2]}') from None
+        else:
+            path = Path(text)
+            source = str(path)
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} does not exist: give the search's search.json or searched.yaml, "
+                                        "an architecture JSON file, or an inline JSON dict")
+            raw = path.read_text()
+            if path.suffix in (".yaml", ".yml"):
+                import yaml
+
+                try:
+                    data = yaml.safe_load(raw)
+                except yaml.YAMLError as e:
+                    raise ValueError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
+                if isinstance(data, Mapping) and "model" in data:
+                    return _from_classification_config(data, path)
+            else:
+                try:
+                    data = json.loads(raw)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path} is not JSON ({e}): give the search's search.json or searched.yaml, "
+                                     'or an architecture dict such as {"base": "s0", "attention": [0, 0, 2, 2]}') \
+                        from None
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{source} holds a {type(data).__name__}, not an architecture dict or a searched network")
+    if "steps" in data and "arch" in data:          # search.json
+        network = _from_search_json(data, source)
+    elif isinstance(data.get("arch"), Mapping):     # a network record
+        network = _record(data, source)
+    else:                                           # a bare architecture
+        network = SearchedNetwork(dict(data), source=source)
+    from backbones import resolve_arch
+
+    try:
+        resolve_arch(network.arch)   # an unknown key or value names itself now
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{source}: {e}") from None
+    return network
 
 
 def load_supernet(checkpoint: str | Path) -> EfficientFormerV2Supernet:
@@ -104,7 +262,7 @@ def read_config(config: str | Path | Mapping[str, Any], what: str = "base config
 
 
 def classification_config(result: Any, base_config: str | Path | Mapping[str, Any] | None = None,
-                          run_dir: str | Path | None = None) -> dict[str, Any]:
+                          run_dir: str | Path | None = None, img_size: int | None = None) -> dict[str, Any]:
     """A `python -m classification fit` config that trains a sub-network from scratch.
 
     Args:
@@ -113,6 +271,8 @@ def classification_config(result: Any, base_config: str | Path | Mapping[str, An
             the sub-network's architecture, replacing `model.model_name`. None: only `model.arch`.
         run_dir: where its logs and checkpoints go (not into the base config's run folder, whose
             checkpoints they would overwrite).
+        img_size: the training size (`data.img_size`): the search's, which sized the attention
+            biases it counted. None: the base config's.
     """
     config = read_config(base_config) if base_config is not None else {}
     model = config.setdefault("model", {}) or {}
@@ -120,6 +280,10 @@ def classification_config(result: Any, base_config: str | Path | Mapping[str, An
     subnet = result if isinstance(result, SubnetConfig) else result.config
     model.pop("model_name", None)
     model["arch"] = arch_dict(subnet)
+    if img_size is not None:
+        data = config.setdefault("data", {}) or {}
+        config["data"] = data
+        data["img_size"] = int(img_size)
     if run_dir is not None:
         run_dir = str(run_dir)
         trainer = config.setdefault("trainer", {}) or {}

@@ -12,7 +12,7 @@ from deploy.latency_lut import LatencyTable
 
 from .evaluator import SubnetEvaluator
 from .greedy import greedy_search
-from .io import classification_config, image_batches
+from .io import SearchedNetwork, classification_config, image_batches
 from .objective import Target
 from .plots import plot_trajectory
 from .random_search import random_baseline, random_cloud
@@ -25,8 +25,10 @@ def run_search(supernet: EfficientFormerV2Supernet, data_root: str | Path, table
                settings: SearchSettings | Mapping[str, Any], out: str | Path,
                log: Callable[[str], None] = print) -> dict[str, Any]:
     """Greedy search to the target, the random baseline at the same budget, and their outputs in
-    `out`: search.json (settings and every step), searched.yaml (a classification config training
-    the result from scratch, its runs in `out/train`), random.json and trajectory.png.
+    `out`: search.json (settings, every step, and under "network" the searched network as counted:
+    `SearchedNetwork`, read back by `load_searched`), searched.yaml (a classification config
+    training the result from scratch at the supernet's image size, its runs in `out/train`),
+    random.json and trajectory.png.
 
     Args:
         supernet: the trained supernet.
@@ -56,13 +58,15 @@ def run_search(supernet: EfficientFormerV2Supernet, data_root: str | Path, table
     result = greedy_search(evaluator, target, max_steps=s.max_steps, expansions=s.expansions, log=lambda st: log(
         f"  step {st.step:3d} {st.action:40s} params {st.params / 1e6:7.3f}M latency {st.latency_ms:8.3f} ms "
         f"MES {st.mes:9.2f} top-1 {st.top1:6.2f} ({st.candidates} candidates, {st.seconds:.0f} s)"))
-    log(f"search: {result.reason} after {len(result.steps) - 1} steps, {result.evaluations} evaluations")
+    log(f"search: {result.reason}; {len(result.steps) - 1} steps, {result.evaluations} evaluations")
+    network = SearchedNetwork.of_subnet(result.config, supernet, params=result.final.params)
     (out / "search.json").write_text(json.dumps({"target": asdict(target), "settings": settings.to_dict(),
-                                                 **result.to_dict()}, indent=1))
+                                                 "network": network.to_dict(), **result.to_dict()}, indent=1))
     import yaml
 
     (out / "searched.yaml").write_text(yaml.safe_dump(classification_config(result, settings.base_config,
-                                                                            run_dir=out / "train"),
+                                                                            run_dir=out / "train",
+                                                                            img_size=supernet.img_size),
                                                      sort_keys=False))
     budget = Target(mes=result.final.mes) if target.mes is not None else target
     randoms = random_baseline(evaluator, budget, r.count, r.seed, r.tolerance, s.expansions)
