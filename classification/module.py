@@ -120,7 +120,8 @@ def load_pretrained_weights(model: EfficientFormerV2, spec: str, classifier: str
         raise CheckpointError(f"--model.pretrained {spec}: the checkpoint is {e.checkpoint_name}, but the model "
                               f"is {e.model_name}: {fix} to build the model the weights are for") from e
     except CheckpointError as e:
-        raise CheckpointError(f"--model.pretrained {spec}: {e}") from e
+        text = str(e)
+        raise CheckpointError(f"--model.pretrained {text if text.startswith(str(spec)) else f'{spec}: {text}'}") from e
 
 
 class ImageClassifier(LightningModule):
@@ -346,9 +347,10 @@ class ImageClassifier(LightningModule):
         sd = checkpoint.get("state_dict", {})
         # the file was read already: its digest (when it has one), values and kinds are checked
         # here too, before Lightning copies the tensors into the model (e.g. `--ckpt_path last`)
-        unwrap_state_dict(checkpoint, "the checkpoint to resume from")
-        check_finite(sd, "the checkpoint to resume from")
-        check_dtypes(sd, self.state_dict(), "the checkpoint to resume from")
+        if sd:
+            unwrap_state_dict(checkpoint, "the checkpoint to resume from")
+            check_finite(sd, "the checkpoint to resume from")
+            check_dtypes(sd, self.state_dict(), "the checkpoint to resume from")
         head = sd.get("model.head.weight")
         names = checkpoint.get("class_names")
         data_classes = self._data_classes()

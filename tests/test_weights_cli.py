@@ -286,3 +286,20 @@ def test_damaged_ckpt_path_is_refused_before_lightning_reads_it(tmp_path, toy, c
     r = _cls(capsys, "validate", "--config", TOY_CONFIG, "--data.root", toy, "--ckpt_path", path,
              "--trainer.default_root_dir", tmp_path / "run")
     _assert_one_line_error(r, CLS, "damaged", fragment)
+
+
+def test_pretrained_hub_spec_offline_and_damaged_files_are_one_line(tmp_path, toy, capsys, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    common = ["--config", TOY_CONFIG, "--data.root", toy, "--trainer.default_root_dir", tmp_path / "run"]
+    r = _cls(capsys, "validate", *common, "--model.pretrained", "hf-hub:" + S0_REPO)
+    _assert_one_line_error(r, CLS, f"--model.pretrained hf-hub:{S0_REPO}: model.safetensors is not in the Hugging "
+                                   "Face cache", f"https://huggingface.co/{S0_REPO}/resolve/main/model.safetensors")
+    sd = create_model("efficientformerv2_s0", num_classes=4, img_size=64).state_dict()
+    sd["stem.conv1.conv.weight"] = torch.full_like(sd["stem.conv1.conv.weight"], float("inf"))
+    bad = save_checkpoint(sd, tmp_path / "inf.safetensors")
+    r = _cls(capsys, "validate", *common, "--model.pretrained", bad)
+    _assert_one_line_error(r, CLS, f"--model.pretrained {bad}: damaged: NaN or Inf values in stem.conv1.conv.weight")
+    assert not (tmp_path / "run").exists()
