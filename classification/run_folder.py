@@ -275,6 +275,12 @@ class RunFolderCLI(LightningCLI):
         trainer = self.trainer
         head = f"{self.prog}{' (interrupted)' if trainer.interrupted else ''}:"
         epochs = self.history.epochs
+        if not epochs:  # validation ran in other processes (ddp_spawn): their last metrics came back
+            last = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(self.history.prefix)}
+            if last:
+                names = [n for n in last if n.startswith("val/top1")] or sorted(last)
+                what = f"{', '.join(_metric(n, last[n]) for n in names)} at the last validation"
+                return self._with_place(f"{head} {what}")
         if self.summary_monitor is not None:
             name, mode = self.summary_monitor
             scored = {e: m[name] for e, m in epochs.items() if name in m}
@@ -291,12 +297,17 @@ class RunFolderCLI(LightningCLI):
             what = f"{', '.join(_metric(n, metrics[n]) for n in names)} at epoch {epoch} (the last)"
         else:
             what = "no validation metric (no validation epoch ran)"
-        folders = list(dict.fromkeys(_place(c.dirpath) for c in trainer.checkpoint_callbacks if c.dirpath))
+        return self._with_place(f"{head} {what}")
+
+    def _with_place(self, text: str) -> str:
+        """`text; checkpoints in DIR (best: FILE)`: where the run's checkpoints went."""
+        callbacks = self.trainer.checkpoint_callbacks
+        folders = list(dict.fromkeys(_place(c.dirpath) for c in callbacks if c.dirpath))
         place = f"checkpoints in {', '.join(folders)}" if folders else "no checkpoints written"
-        best = next((c.best_model_path for c in trainer.checkpoint_callbacks if c.best_model_path), "")
+        best = next((c.best_model_path for c in callbacks if c.best_model_path), "")
         if best and self.summary_monitor is not None:
             place += f" (best: {Path(best).name})"
-        return f"{head} {what}; {place}"
+        return f"{text}; {place}"
 
 
 def exit_status(run: Callable[[], Any], prog: str) -> int:
