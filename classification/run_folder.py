@@ -146,10 +146,14 @@ def trainer_setting_error(exc: BaseException, config: dict[str, Any], cpu_config
     given = ", ".join(f"{key} {config.get(key)}" for key in ("accelerator", "devices", "strategy", "precision")
                       if config.get(key) is not None)
     message = f"the trainer cannot be built from these settings ({given}) on this machine ({_devices_here()}): {reason}"
+    if not message.endswith((".", "!", "?")):
+        message += "."
     if str(config.get("accelerator", "auto")) not in ("cpu",):
         message += " To train on the CPU, pass --trainer.accelerator cpu --trainer.devices 1"
         if cpu_config:
             message += f", or start from {cpu_config}"
+    elif "strateg" in reason.lower() and config.get("strategy") not in (None, "auto"):
+        message += " On the CPU, pass --trainer.strategy auto (or ddp for several processes)"
     return TrainerSettingError(message)
 
 

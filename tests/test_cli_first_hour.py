@@ -109,11 +109,15 @@ def test_paper_config_on_a_cpu_is_one_line_saying_what_to_pass(toy, entry, confi
     assert "--trainer.accelerator cpu --trainer.devices 1" in line and cpu_config in line
 
 
-def test_an_accelerator_the_machine_lacks_names_the_flag(toy):
-    status, _, err, _ = _run(_classification, ["fit", "--config", str(TOY), "--data.root", str(toy),
-                                               "--trainer.accelerator", "mps"])
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU strategy runs where there are GPUs")
+@pytest.mark.parametrize("flags, given, advice", [
+    (["--trainer.accelerator", "mps"], "accelerator mps", "pass --trainer.accelerator cpu --trainer.devices 1"),
+    (["--trainer.strategy", "fsdp"], "strategy fsdp", "pass --trainer.strategy auto"),
+], ids=["accelerator", "strategy"])
+def test_a_trainer_setting_the_machine_lacks_names_the_flag_to_pass(toy, flags, given, advice):
+    status, _, err, _ = _run(_classification, ["fit", "--config", str(TOY), "--data.root", str(toy), *flags])
     assert status == 2 and len(err.strip().splitlines()) == 1, err[-3000:]
-    assert "accelerator mps" in err and "--trainer.accelerator cpu" in err
+    assert given in err and advice in err, err
 
 
 # --------------------------------------------------------------------------------------------
