@@ -1,35 +1,51 @@
-# Every target installs what is missing first (tools/setup_env.sh is idempotent).
+# Every target first installs what its job needs and is missing (tools/setup_env.sh is
+# idempotent): `make demo` only the classification stack; the OpenMMLab stack (and its mmcv
+# build) comes with demo-det/demo-seg, the export runtimes with demo-export/demo-edge, and
+# `make test` installs everything.
 PY := .venv/bin/python
 DATA ?= data
+SETUP := bash tools/setup_env.sh
 
-.PHONY: install demo demo-det demo-seg demo-search demo-export demo-edge demo-ablate test clean
+.PHONY: install demo demo-det demo-seg demo-search demo-export demo-edge demo-ablate test records clean
 
 install:
-	@bash tools/setup_env.sh
+	@$(SETUP) all
 
-demo: install
+demo:
+	@$(SETUP) classification
 	$(PY) tools/demo_cls.py --data $(DATA)/toy_cls
 
-demo-det: install
+demo-det:
+	@$(SETUP) classification dense
 	$(PY) tools/demo_dense.py det --data $(DATA)
 
-demo-seg: install
+demo-seg:
+	@$(SETUP) classification dense
 	$(PY) tools/demo_dense.py seg --data $(DATA)
 
-demo-search: install
+demo-search:
+	@$(SETUP) classification
 	$(PY) tools/demo_search.py --data $(DATA)/toy_cls
 
-demo-export: install
+demo-export:
+	@$(SETUP) classification export
 	$(PY) tools/demo_export.py --data $(DATA)
 
-demo-edge: install
+demo-edge:
+	@$(SETUP) classification export
 	$(PY) tools/demo_edge.py --data $(DATA)
 
-demo-ablate: install
+demo-ablate:
+	@$(SETUP) classification
 	$(PY) tools/demo_ablate.py --data $(DATA)
 
-test: install
+test:
+	@$(SETUP) all
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+records:
+	@$(SETUP) core
+	$(PY) tools/make_records.py
 
 clean:
 	rm -rf work_dirs runs artifacts lightning_logs

@@ -1,0 +1,98 @@
+"""The records page and the README's model table are generated from the JSON records only."""
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from deploy.records import (MODEL_TABLE_BEGIN, MODEL_TABLE_END, load_record_dir, load_record_file, provenance,
+                            render_model_table, render_page, replace_between_markers)
+from tool_runner import run_tool
+
+PROV = {"command": "python tools/benchmark.py --models efficientformerv2_s0 mobilenetv2_100 --backend executorch",
+        "date": "2026-12-07 01:00 UTC", "cpu": "Test CPU"}
+
+
+def _record(model: str, backend: str, ms: float, **extra) -> dict:
+    return {"model": model, "backend": backend, "precision": "fp32", "batch_size": 1, "threads": 1,
+            "resolution": 224, "latency_ms_median": ms, "latency_ms_p90": ms * 1.1, "params": 3_600_256,
+            "gmacs": 0.396, "top1_paper": 75.7, "max_abs_diff": 1e-6, **PROV, **extra}
+
+
+def _write(folder: Path, name: str, records: list) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(json.dumps(records))
+    return path
+
+
+def test_provenance_names_command_date_and_cpu():
+    p = provenance(["tools/benchmark.py", "--models", "a b"])
+    assert p["command"] == "python tools/benchmark.py --models 'a b'"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", p["date"])
+    assert p["cpu"]
+
+
+def test_page_has_each_file_with_its_provenance_and_figures(tmp_path):
+    folder = tmp_path / "records"
+    _write(folder, "xnnpack_1thread.json", [_record("efficientformerv2_s0", "executorch", 12.345),
+                                            _record("mobilenetv2_100", "executorch", 9.0)])
+    page = render_page(load_record_dir(folder))
+    assert "## xnnpack 1thread" in page
+    assert f"- command: `{PROV['command']}`" in page
+    assert "- date: 2026-12-07 01:00 UTC" in page and "- CPU: Test CPU" in page
+    assert "| efficientformerv2_s0 | executorch | fp32 | 1 | 1 | 224 | 3.60 | 0.396 | 12.35 |" in page
+
+
+def test_model_table_ratio_comes_from_the_same_run(tmp_path):
+    folder = tmp_path / "records"
+    _write(folder, "a.json", [_record("efficientformerv2_s0", "executorch", 12.0),
+                              _record("mobilenetv2_100", "executorch", 8.0, params=3_504_872, top1_paper=71.8),
+                              _record("efficientformerv2_s0", "executorch", 1.0, threads=2)])
+    table = render_model_table(load_record_dir(folder))
+    s0 = next(line for line in table.splitlines() if line.startswith("| efficientformerv2_s0"))
+    assert "12.00 (1.50x)" in s0 and "75.7" in s0
+    assert "(docs/benchmarks.md#a)" in table
+
+
+def test_bad_record_files_are_refused_with_the_file_named(tmp_path):
+    bad = _write(tmp_path, "bad.json", [{"model": "x"}])
+    with pytest.raises(ValueError, match="bad.json is not a benchmark record file"):
+        load_record_file(bad)
+    no_prov = _write(tmp_path / "r", "np.json", [{**_record("m", "torch", 1.0), "command": None}])
+    with pytest.raises(ValueError, match="carry no 'command'"):
+        load_record_dir(no_prov.parent)
+    with pytest.raises(ValueError, match="no record folder"):
+        load_record_dir(tmp_path / "missing")
+
+
+def test_markers_replace_only_the_table():
+    text = f"intro\n{MODEL_TABLE_BEGIN}\nold\n{MODEL_TABLE_END}\noutro\n"
+    assert replace_between_markers(text, "new\n") == f"intro\n{MODEL_TABLE_BEGIN}\nnew\n{MODEL_TABLE_END}\noutro\n"
+    with pytest.raises(ValueError, match="markers"):
+        replace_between_markers("no markers", "x")
+
+
+def test_make_records_writes_and_checks(tmp_path):
+    folder = tmp_path / "records"
+    _write(folder, "b.json", [_record("efficientformerv2_s0", "openvino", 10.0),
+                              _record("mobilenetv2_100", "openvino", 8.0)])
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n{MODEL_TABLE_BEGIN}\n{MODEL_TABLE_END}\n")
+    page = tmp_path / "benchmarks.md"
+    args = ["--records", str(folder), "--page", str(page), "--readme", str(readme)]
+    assert run_tool("make_records", *args, "--check").returncode == 1
+    result = run_tool("make_records", *args)
+    assert result.returncode == 0, result.stderr
+    assert "10.00 (1.25x)" in readme.read_text() and "## b" in page.read_text()
+    assert run_tool("make_records", *args, "--check").returncode == 0
+
+
+def test_repository_records_page_is_current():
+    """docs/benchmarks.md and the README's table are what `make records` gives from the records."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "benchmarks" / "records").is_dir():
+        pytest.skip("no benchmark records in the repository")
+    result = run_tool("make_records", "--records", "benchmarks/records", "--page", "docs/benchmarks.md",
+                      "--readme", "README.md", "--check", cwd=root)
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,52 @@
+"""Generate the benchmark records page and the README's model table from the JSON records.
+
+    python tools/make_records.py            # docs/benchmarks.md and README.md's model table
+    python tools/make_records.py --check    # exit 1 when either is not what the records give
+
+Reads every `benchmarks/records/*.json` (written by tools/benchmark.py --json,
+tools/benchmark_peers.py and the other benchmark tools, each record with its command, date and
+CPU), writes one section per file onto the records page, and replaces the README's model table
+(between its markers) with the variants' and MobileNetV2's figures from the same records.
+Also `make records`.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from _cli import ArgumentParser, run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(prog="make_records", description=__doc__)
+    parser.add_argument("--records", type=Path, default=Path("benchmarks/records"),
+                        help="folder of JSON record files (default: benchmarks/records)")
+    parser.add_argument("--page", type=Path, default=Path("docs/benchmarks.md"), help="records page to write")
+    parser.add_argument("--readme", type=Path, default=Path("README.md"),
+                        help="README whose model table (between its markers) is replaced")
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 when the page or the README table differ from the records")
+    args = parser.parse_args(argv)
+    from deploy.records import load_record_dir, render_model_table, render_page, replace_between_markers
+
+    files = load_record_dir(args.records)
+    page = render_page(files)
+    readme = args.readme.read_text()
+    new_readme = replace_between_markers(readme, render_model_table(files, page=args.page.as_posix()))
+    stale = [p for p, text in ((args.page, page), (args.readme, new_readme))
+             if not p.is_file() or p.read_text() != text]
+    if args.check:
+        for p in stale:
+            print(f"make_records: {p} is not what the records give: run `make records`", file=sys.stderr)
+        return 1 if stale else 0
+    args.page.parent.mkdir(parents=True, exist_ok=True)
+    args.page.write_text(page)
+    args.readme.write_text(new_readme)
+    print(f"make_records: {len(files)} record files -> {args.page} and the model table of {args.readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main, "make_records"))
