@@ -1,23 +1,22 @@
 """EfficientFormerV2 backbones: the model family, its factories and checkpoint loading.
 
-Depends on torch and timm only.
+Depends on torch, timm and huggingface_hub only. The architecture description lives in
+`backbones.arch`, the network in `backbones.efficientformer_v2`; the registered names of
+`create_model` are the factories of `backbones.arch.RELEASED`.
 """
 from __future__ import annotations
 
 from typing import Any, Callable
 
+from .arch import RELEASED, Variant
 from .checkpoint import (CheckpointError, LoadReport, infer_arch, is_deploy_state_dict, load_checkpoint,
                          read_state_dict, save_checkpoint, to_project_keys)
-from .efficientformer_v2 import (SWITCHES, VARIANTS, Arch, EfficientFormerV2, StageArch, StagePlan,
-                                 efficientformerv2_l, efficientformerv2_s0, efficientformerv2_s1,
-                                 efficientformerv2_s2, feature_grids, resolve_arch, stage_plans)
+from .efficientformer_v2 import (MODEL_FACTORIES, SWITCHES, VARIANTS, Arch, EfficientFormerV2, StageArch,
+                                 StagePlan, efficientformerv2_l, efficientformerv2_s0, efficientformerv2_s1,
+                                 efficientformerv2_s2, feature_grids, load_pretrained, pretrained_cfg_for,
+                                 resolve_arch, stage_plans)
 
-_MODELS: dict[str, Callable[..., EfficientFormerV2]] = {
-    "efficientformerv2_s0": efficientformerv2_s0,
-    "efficientformerv2_s1": efficientformerv2_s1,
-    "efficientformerv2_s2": efficientformerv2_s2,
-    "efficientformerv2_l": efficientformerv2_l,
-}
+_MODELS: dict[str, Callable[..., EfficientFormerV2]] = MODEL_FACTORIES
 
 
 def list_models() -> list[str]:
@@ -25,24 +24,28 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
-def create_model(name: str, checkpoint: str | None = None, **kwargs: Any) -> EfficientFormerV2:
-    """Build a registered variant by name, optionally loading weights (see `load_checkpoint`).
+def create_model(name: str, pretrained: bool | str = False, checkpoint: str | None = None,
+                 **kwargs: Any) -> EfficientFormerV2:
+    """Build a registered variant by name, optionally with weights (see `load_checkpoint`).
 
     Args:
         name: one of `list_models()`.
-        checkpoint: optional weights file; loaded strictly.
+        pretrained: True loads the variant's ImageNet weights from the Hugging Face Hub
+            (`model.pretrained_cfg["hf_hub_id"]`, read from huggingface_hub's cache when offline;
+            heads dropped when `num_classes` is not 1000); a string is a checkpoint spec (a local
+            file or `hf-hub:ORG/REPO`) loaded strictly.
+        checkpoint: a checkpoint spec loaded strictly (the older name of `pretrained=SPEC`).
         **kwargs: passed to `EfficientFormerV2` (num_classes, distillation, drop_path_rate, ...).
     """
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
-    model = _MODELS[name](**kwargs)
-    if checkpoint is not None:
-        load_checkpoint(model, checkpoint)
-    return model
+    if checkpoint is not None and pretrained not in (False, None):
+        raise ValueError("pass either pretrained or checkpoint, not both")
+    return _MODELS[name](pretrained=checkpoint if checkpoint is not None else pretrained, **kwargs)
 
 
 __all__ = ["Arch", "StageArch", "StagePlan", "SWITCHES", "stage_plans", "feature_grids", "EfficientFormerV2",
-           "VARIANTS", "is_deploy_state_dict", "efficientformerv2_s0",
+           "VARIANTS", "RELEASED", "Variant", "is_deploy_state_dict", "efficientformerv2_s0",
            "efficientformerv2_s1", "efficientformerv2_s2", "efficientformerv2_l", "create_model",
-           "list_models", "load_checkpoint", "save_checkpoint", "read_state_dict", "to_project_keys",
-           "infer_arch", "resolve_arch", "CheckpointError", "LoadReport"]
+           "list_models", "load_checkpoint", "load_pretrained", "pretrained_cfg_for", "save_checkpoint",
+           "read_state_dict", "to_project_keys", "infer_arch", "resolve_arch", "CheckpointError", "LoadReport"]

@@ -1,27 +1,35 @@
 """EfficientFormerV2 ("Rethinking Vision Transformers for MobileNet Size and Speed", Li et al.).
 
-The architecture is data: an `Arch` lists, per stage, the width, one FFN expansion ratio per
-block and how many trailing blocks carry multi-head self-attention. The four released variants
-and any searched network are built from such a description by the same code.
+The network built from an architecture description (`backbones.arch`: `Arch`, `VARIANTS`); the
+four released variants and any searched network are built by the same code. The model follows
+timm's model contract (`pretrained_cfg`, `forward_intermediates`, `prune_intermediate_layers`,
+`reset_classifier`, `set_grad_checkpointing`, `group_matcher`, `no_weight_decay`), scripts with
+TorchScript and traces with torch.fx and torch.compile.
 
-Order of this file: blocks -> stage -> stage layout and architecture (`StagePlan`, `Arch`) ->
-model -> variant table -> factories.
+Order of this file: blocks -> stage -> model -> factories (one per `backbones.arch.RELEASED`);
+the attention token mixers are in `backbones.layers`.
+The architecture names are re-exported here for existing imports.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, trunc_normal_
+from timm.models._features import feature_take_indices
+from timm.models._manipulate import checkpoint_seq
 from torch import nn
 
-from .layers import ConvNorm, LayerScale, OffsetAttentionBias, grid_size, resize_bilinear
+from .arch import (ATTENTION_STAGES, DOWNSAMPLING, HUB_TAG, RELEASED, SWITCHES, VARIANTS, Arch, StageArch, StagePlan,
+                   Variant, feature_grids, find_variant, resolve_arch, stage_plans)
+from .arch import _arch  # noqa: F401  (re-exported: it lived here)
+from .layers import Attention2d, Attention2dDownsample, ConvNorm, LayerScale
+from .layers import LocalGlobalQuery  # noqa: F401  (re-exported: it lived here)
 
 __all__ = ["Arch", "StageArch", "StagePlan", "SWITCHES", "ATTENTION_STAGES", "DOWNSAMPLING", "stage_plans",
-           "feature_grids", "EfficientFormerV2", "VARIANTS", "efficientformerv2_s0",
-           "efficientformerv2_s1", "efficientformerv2_s2", "efficientformerv2_l"]
+           "feature_grids", "resolve_arch", "EfficientFormerV2", "VARIANTS", "MODEL_FACTORIES",
+           "pretrained_cfg_for", *(v.model_name for v in RELEASED)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -50,281 +58,6 @@ class ConvMlp(nn.Module):
         for m in (self.fc1, self.mid, self.fc2):
             m.fuse()
         return self
-
-
-class Attention2d(nn.Module):
-    """MHSA on a 2-D token grid with locality in V, talking heads and an offset bias.
-
-    With `stride=2` (stage 3) Q/K/V are computed on a grid halved by a strided depth-wise
-    conv and the result is upsampled bilinearly back to the input grid.
-
-    Args:
-        dim: channels. resolution: side of the token grid at the training input size (before
-        the stride). key_dim, num_heads, attn_ratio: head geometry. stride: 1 or 2.
-        attention_bias: learned offset bias added to the attention logits.
-        talking_heads: 1x1 convolutions across heads before and after the softmax.
-        local_v: a 3x3 depth-wise conv on V added to the attention output (locality in V).
-    """
-
-    def __init__(self, dim: int, resolution: int, key_dim: int = 32, num_heads: int = 8,
-                 attn_ratio: int = 4, stride: int = 1, act_layer: type[nn.Module] = nn.GELU,
-                 attention_bias: bool = True, talking_heads: bool = True, local_v: bool = True) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.key_dim = key_dim
-        self.val_dim = attn_ratio * key_dim
-        self.scale = key_dim ** -0.5
-        self.stride_conv = ConvNorm(dim, dim, 3, stride=2, padding=1, groups=dim) if stride == 2 else None
-        qk_dim, v_dim = key_dim * num_heads, self.val_dim * num_heads
-        self.q = ConvNorm(dim, qk_dim, 1)
-        self.k = ConvNorm(dim, qk_dim, 1)
-        self.v = ConvNorm(dim, v_dim, 1)
-        self.v_local = ConvNorm(v_dim, v_dim, 3, padding=1, groups=v_dim) if local_v else None
-        self.talking_head1 = nn.Conv2d(num_heads, num_heads, 1) if talking_heads else None
-        self.talking_head2 = nn.Conv2d(num_heads, num_heads, 1) if talking_heads else None
-        self.act = act_layer()
-        self.proj = ConvNorm(v_dim, dim, 1)
-        self.pos_bias = OffsetAttentionBias(num_heads, grid_size(resolution, stride)) if attention_bias else None
-        self.attn_grid = grid_size(resolution, stride)
-        # deploy form (set by fuse()): the attention scale folded into q, and the attention-logit
-        # bias at the training grid precomputed (through the first talking head)
-        self.register_buffer("logit_bias", None, persistent=False)
-        self.fused = False
-        self.generic_resize = False  # set by shape_generic()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused:
-            return self._forward_deploy(x)
-        in_hw = x.shape[-2:]
-        if self.stride_conv is not None:
-            x = self.stride_conv(x)
-        b, _, h, w = x.shape
-        n = h * w
-        q = self.q(x).reshape(b, self.num_heads, self.key_dim, n).transpose(-1, -2)
-        k = self.k(x).reshape(b, self.num_heads, self.key_dim, n)
-        v = self.v(x)
-        v_local = self.v_local(v) if self.v_local is not None else None
-        v = v.reshape(b, self.num_heads, self.val_dim, n).transpose(-1, -2)
-        attn = (q @ k) * self.scale
-        if self.pos_bias is not None:
-            attn = attn + self.pos_bias((h, w), (h, w))
-        if self.talking_head1 is not None:
-            attn = self.talking_head1(attn)
-        attn = attn.softmax(dim=-1)
-        if self.talking_head2 is not None:
-            attn = self.talking_head2(attn)
-        x = (attn @ v).transpose(-1, -2).reshape(b, -1, h, w)
-        if v_local is not None:
-            x = x + v_local
-        if self.stride_conv is not None:  # a resampling, not MACs of the network (FlopCounterMode skips it)
-            x = F.interpolate(x, size=in_hw, mode="bilinear", align_corners=False)
-        return self.proj(self.act(x))
-
-    # -- deploy form ---------------------------------------------------------------------------
-    @torch.no_grad()
-    def fuse(self) -> "Attention2d":
-        """Deploy form, in place (idempotent): conv-BN units folded, the attention scale folded
-        into q, and the logit bias at the training grid passed through the first talking head
-        ahead of time: th1(s * q.k + bias) = th1(q'.k) + (W1 bias + b1). Returns self."""
-        if self.fused:
-            return self
-        for m in (self.stride_conv, self.q, self.k, self.v, self.v_local, self.proj):
-            if m is not None:
-                m.fuse()
-        w = self.q.conv.weight
-        self.q.scale_output(torch.full((w.shape[0],), self.scale, device=w.device, dtype=w.dtype))
-        self.fused = True
-        self.refresh_cache()
-        return self
-
-    @torch.no_grad()
-    def refresh_cache(self) -> None:
-        """Deploy form: compute the precomputed logit bias from the current weights (by `fuse()`,
-        and anew after a weight load); nothing to do before `fuse()` or after `shape_generic()`."""
-        if not self.fused or self.generic_resize:
-            return
-        if self.pos_bias is not None:
-            self.pos_bias.fuse()
-        self.logit_bias = self._logit_bias((self.attn_grid, self.attn_grid))
-
-    def shape_generic(self) -> None:
-        """No precomputed bias, and the upsampling as matrix products of interpolation weights
-        computed in the graph: the graph is the same for every input size (symbolic export)."""
-        self.logit_bias = None
-        self.generic_resize = True
-        if self.pos_bias is not None:
-            self.pos_bias.shape_generic()
-
-    def _logit_bias(self, hw: tuple[int, int]) -> torch.Tensor | None:
-        """What the deploy form adds to th1(q'.k) on a (h, w) grid: W1 bias + b1 with talking
-        heads, the bias itself without; (heads, N, N) or (heads, 1, 1), None if nothing."""
-        bias = self.pos_bias(hw, hw) if self.pos_bias is not None else None
-        th = self.talking_head1
-        if th is None:
-            return bias
-        if bias is None:
-            return th.bias.view(-1, 1, 1)
-        return F.conv2d(bias.unsqueeze(0), th.weight, th.bias).squeeze(0)
-
-    def _forward_deploy(self, x: torch.Tensor) -> torch.Tensor:
-        in_hw = x.shape[-2:]
-        if self.stride_conv is not None:
-            x = self.stride_conv(x)
-        b, _, h, w = x.shape
-        # channel-major tokens, batch and heads merged: (B*heads, dim, N); 3-D products (bmm)
-        # need no broadcasting copies in runtimes that lower 4-D matmuls with expands
-        q = self.q(x).flatten(2).unflatten(1, (self.num_heads, self.key_dim)).flatten(0, 1)
-        k = self.k(x).flatten(2).unflatten(1, (self.num_heads, self.key_dim)).flatten(0, 1)
-        v = self.v(x)
-        v_local = self.v_local(v) if self.v_local is not None else None
-        v = v.flatten(2).unflatten(1, (self.num_heads, self.val_dim)).flatten(0, 1)
-        if self.logit_bias is not None and (h, w) == (self.attn_grid, self.attn_grid):
-            bias = self.logit_bias
-        else:
-            bias = self._logit_bias((h, w))
-        attn = torch.bmm(q.transpose(1, 2), k).unflatten(0, (b, self.num_heads))
-        if self.talking_head1 is not None:
-            attn = F.conv2d(attn, self.talking_head1.weight)
-        if bias is not None:
-            attn = attn + bias
-        attn = attn.softmax(dim=-1)
-        if self.talking_head2 is not None:
-            attn = self.talking_head2(attn)
-        # a reshape, not unflatten: coremltools converts it with symbolic sizes
-        x = torch.bmm(v, attn.flatten(0, 1).transpose(1, 2)).reshape(b, -1, h, w)
-        if v_local is not None:
-            x = x + v_local
-        if self.stride_conv is not None:
-            if self.generic_resize:
-                x = resize_bilinear(x, in_hw, align_corners=False)
-            else:
-                x = F.interpolate(x, size=in_hw, mode="bilinear", align_corners=False)
-        return self.proj(self.act(x))
-
-
-class LocalGlobalQuery(nn.Module):
-    """Query of the downsampling attention: strided 1x1 pooling plus a strided depth-wise conv."""
-
-    def __init__(self, in_dim: int, out_dim: int) -> None:
-        super().__init__()
-        self.pool = nn.AvgPool2d(1, 2, 0)
-        self.local = nn.Conv2d(in_dim, in_dim, 3, 2, 1, groups=in_dim)
-        self.proj = ConvNorm(in_dim, out_dim, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.pool is None:  # deploy form
-            return self.proj(self.local(x))
-        return self.proj(self.local(x) + self.pool(x))
-
-    @torch.no_grad()
-    def fuse(self) -> "LocalGlobalQuery":
-        """Deploy form (idempotent): the strided 1x1 pooling picks the centre tap of the strided
-        3x3 depth-wise conv's window, so it folds into that tap's weight (+1). Returns self."""
-        if self.pool is not None:
-            self.local.weight[:, :, 1, 1] += 1.0
-            self.pool = None
-        self.proj.fuse()
-        return self
-
-
-class Attention2dDownsample(nn.Module):
-    """Attention that halves the grid: queries on the strided grid attend to every input token.
-
-    Args:
-        dim, out_dim: input and output channels. resolution: side of the input token grid at the
-        training input size. key_dim, num_heads, attn_ratio: head geometry.
-        attention_bias: learned offset bias added to the attention logits.
-        local_v: a strided 3x3 depth-wise conv on V added to the attention output.
-    """
-
-    def __init__(self, dim: int, out_dim: int, resolution: int, key_dim: int = 16, num_heads: int = 8,
-                 attn_ratio: int = 4, act_layer: type[nn.Module] = nn.GELU, attention_bias: bool = True,
-                 local_v: bool = True) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.key_dim = key_dim
-        self.val_dim = attn_ratio * key_dim
-        self.scale = key_dim ** -0.5
-        qk_dim, v_dim = key_dim * num_heads, self.val_dim * num_heads
-        self.q = LocalGlobalQuery(dim, qk_dim)
-        self.k = ConvNorm(dim, qk_dim, 1)
-        self.v = ConvNorm(dim, v_dim, 1)
-        self.v_local = ConvNorm(v_dim, v_dim, 3, stride=2, padding=1, groups=v_dim) if local_v else None
-        self.act = act_layer()
-        self.proj = ConvNorm(v_dim, out_dim, 1)
-        self.pos_bias = OffsetAttentionBias(num_heads, resolution, query_stride=2) if attention_bias else None
-        self.fused = False
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused:
-            return self._forward_deploy(x)
-        b, _, h, w = x.shape
-        hq, wq = grid_size(h, 2), grid_size(w, 2)
-        q = self.q(x).reshape(b, self.num_heads, self.key_dim, hq * wq).transpose(-1, -2)
-        k = self.k(x).reshape(b, self.num_heads, self.key_dim, h * w)
-        v = self.v(x)
-        v_local = self.v_local(v) if self.v_local is not None else None
-        v = v.reshape(b, self.num_heads, self.val_dim, h * w).transpose(-1, -2)
-        attn = (q @ k) * self.scale
-        if self.pos_bias is not None:
-            attn = attn + self.pos_bias((hq, wq), (h, w))
-        x = (attn.softmax(dim=-1) @ v).transpose(-1, -2).reshape(b, -1, hq, wq)
-        if v_local is not None:
-            x = x + v_local
-        return self.proj(self.act(x))
-
-    # -- deploy form ---------------------------------------------------------------------------
-    @torch.no_grad()
-    def fuse(self) -> "Attention2dDownsample":
-        """Deploy form, in place (idempotent): conv-BN units folded, the attention scale folded
-        into the query projection, the query's pooling folded, the bias at the training grid
-        precomputed. Returns self."""
-        if self.fused:
-            return self
-        self.q.fuse()
-        for m in (self.k, self.v, self.v_local, self.proj):
-            if m is not None:
-                m.fuse()
-        w = self.q.proj.conv.weight
-        self.q.proj.scale_output(torch.full((w.shape[0],), self.scale, device=w.device, dtype=w.dtype))
-        self.fused = True
-        self.refresh_cache()
-        return self
-
-    @torch.no_grad()
-    def refresh_cache(self) -> None:
-        """Deploy form: compute the precomputed bias from the current weights (by `fuse()`, and
-        anew after a weight load); nothing to do before `fuse()` or after `shape_generic()`."""
-        if self.fused and self.pos_bias is not None and not self.pos_bias.always_resample:
-            self.pos_bias.fuse()
-
-    def shape_generic(self) -> None:
-        """No precomputed bias: the graph is the same for every input size (symbolic export)."""
-        if self.pos_bias is not None:
-            self.pos_bias.shape_generic()
-
-    def _forward_deploy(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        q = self.q(x)
-        hq, wq = q.shape[-2:]
-        # channel-major tokens, batch and heads merged: (B*heads, dim, N), 3-D products (bmm)
-        q = q.flatten(2).unflatten(1, (self.num_heads, self.key_dim)).flatten(0, 1)
-        k = self.k(x).flatten(2).unflatten(1, (self.num_heads, self.key_dim)).flatten(0, 1)
-        v = self.v(x)
-        v_local = self.v_local(v) if self.v_local is not None else None
-        v = v.flatten(2).unflatten(1, (self.num_heads, self.val_dim)).flatten(0, 1)
-        attn = torch.bmm(q.transpose(1, 2), k)
-        if self.pos_bias is not None:
-            attn = (attn.unflatten(0, (-1, self.num_heads)) + self.pos_bias((hq, wq), (h, w))).flatten(0, 1)
-        x = torch.bmm(v, attn.softmax(dim=-1).transpose(1, 2))
-        x = x.unflatten(0, (-1, self.num_heads)).flatten(1, 2)
-        x = x.reshape(x.shape[0], -1, hq, wq)  # a reshape: coremltools converts it with symbolic sizes
-        if v_local is not None:
-            x = x + v_local
-        return self.proj(self.act(x))
-
-
-DOWNSAMPLING = ("dual", "attention", "conv")
 
 
 class Downsample(nn.Module):
@@ -429,216 +162,15 @@ class EfficientFormerV2Stage(nn.Module):
                                    drop_path=drop_path[i], layer_scale_init=layer_scale_init,
                                    attention_options=options)
             for i in range(depth)])
+        self.grad_checkpointing = False  # set by the model's set_grad_checkpointing()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.downsample is not None:
             x = self.downsample(x)
+        # TorchScript cannot script the checkpoint function; without autograd it saves nothing
+        if self.grad_checkpointing and not torch.jit.is_scripting() and torch.is_grad_enabled():
+            return checkpoint_seq(self.blocks, x)
         return self.blocks(x)
-
-
-# --------------------------------------------------------------------------------------------
-# Architecture description
-# --------------------------------------------------------------------------------------------
-ATTENTION_STAGES = (2, 3)  # stages 3 and 4 (0-based 2, 3) may carry MHSA
-
-
-@dataclass(frozen=True)
-class StagePlan:
-    """Where a stage sits in the network, the same for every width and depth: the single
-    description of the stage layout that the model, the supernet and the latency table use.
-
-    index: 0..3. stride: of its feature map (4, 8, 16, 32). in_grid: token-grid side at its
-    input (before downsampling) for the training input size; grid: inside the stage.
-    downsample: None (stage 1), "conv", "attention" or "dual". attention: whether its blocks may
-    carry MHSA. attn_stride: 2 where that MHSA is stride attention; attn_grid: the grid its
-    queries and keys live on.
-    """
-
-    index: int
-    stride: int
-    in_grid: int
-    grid: int
-    downsample: str | None
-    attention: bool
-    attn_stride: int
-
-    @property
-    def attn_grid(self) -> int:
-        return grid_size(self.grid, self.attn_stride)
-
-
-def stage_plans(img_size: int = 224, stride_attention: bool = True, downsampling: str = "dual") -> tuple[StagePlan, ...]:
-    """The four `StagePlan`s of EfficientFormerV2 at a training input side `img_size`: a stride-4
-    stem; stages 2-4 downsampled by a stride-2 conv, except stage 4 (`downsampling`: the
-    dual-path attention downsampling by default); MHSA possible in stages 3 and 4, strided in
-    stage 3 when `stride_attention`."""
-    if downsampling not in DOWNSAMPLING:
-        raise ValueError(f"downsampling must be one of {', '.join(DOWNSAMPLING)}, not {downsampling!r}")
-    grid = grid_size(grid_size(img_size, 2), 2)
-    plans = []
-    for i in range(4):
-        in_grid = grid
-        if i > 0:
-            grid = grid_size(grid, 2)
-        downsample = None if i == 0 else (downsampling if i == 3 else "conv")
-        plans.append(StagePlan(i, 2 ** (i + 2), in_grid, grid, downsample, i in ATTENTION_STAGES,
-                               2 if i == 2 and stride_attention else 1))
-    return tuple(plans)
-
-
-def feature_grids(height: int, width: int) -> list[tuple[int, int]]:
-    """(h, w) token grid of each stage's output for an input of height x width (any size)."""
-    h, w = grid_size(grid_size(height, 2), 2), grid_size(grid_size(width, 2), 2)
-    out = [(h, w)]
-    for _ in range(3):
-        h, w = grid_size(h, 2), grid_size(w, 2)
-        out.append((h, w))
-    return out
-
-
-@dataclass(frozen=True)
-class StageArch:
-    """One stage: `width` channels, one FFN expansion ratio per block (the depth is their number),
-    and `attention` trailing blocks that carry MHSA before their FFN (stages 3 and 4 only)."""
-
-    width: int
-    expansions: tuple[float, ...]
-    attention: int = 0
-
-    @property
-    def depth(self) -> int:
-        return len(self.expansions)
-
-
-# design switches of the paper's Section 3 (Tables 1 and 7): name -> accepted values; the first
-# value is the paper's choice and the default
-SWITCHES: dict[str, tuple[Any, ...]] = {
-    "attention_bias": (True, False),      # learned offset bias in the attention logits (Table 7)
-    "talking_heads": (True, False),       # 1x1 convs across heads around the softmax (Sec. 3.3)
-    "local_v": (True, False),             # 3x3 depth-wise conv on V (locality in V, Sec. 3.3)
-    "stride_attention": (True, False),    # stage-3 MHSA on a stride-2 grid, else full resolution (Sec. 3.4)
-    "downsampling": DOWNSAMPLING,         # stage 3->4: conv + attention (dual), attention, conv (Sec. 3.5)
-}
-_ARCH_KEYS = ("widths", "depths", "expansions", "attention", "stem_width", "drop_path_rate")
-
-
-@dataclass(frozen=True)
-class Arch:
-    """Architecture of an EfficientFormerV2 network: four stages, a stem width and the design
-    switches of the paper's Section 3 (defaults: the paper's choices, see `SWITCHES`).
-
-    Build from a dict with `Arch.from_dict({"widths": [...], "expansions": [[...], ...],
-    "attention": [0, 0, 2, 2]})` ("depths" optional, checked against the expansions), or on top of
-    a variant: `Arch.from_dict({"base": "s1", "attention_bias": False})`.
-    """
-
-    stages: tuple[StageArch, ...]
-    stem_width: int = 0  # 0: half of the first stage width
-    drop_path_rate: float = 0.0
-    attention_bias: bool = True
-    talking_heads: bool = True
-    local_v: bool = True
-    stride_attention: bool = True
-    downsampling: str = "dual"
-
-    def __post_init__(self) -> None:
-        if len(self.stages) != 4:
-            raise ValueError(f"EfficientFormerV2 has 4 stages, the architecture gives {len(self.stages)}")
-        for name, accepted in SWITCHES.items():
-            value = getattr(self, name)
-            if value not in accepted or type(value) is not type(accepted[0]):
-                raise ValueError(f"architecture switch {name}={value!r} is not accepted; use one of "
-                                 f"{', '.join(map(repr, accepted))}")
-        for i, s in enumerate(self.stages):
-            if s.width <= 0 or s.depth < 1:
-                raise ValueError(f"stage {i + 1}: width must be > 0 and depth >= 1, got width "
-                                 f"{s.width} and {s.depth} blocks")
-            if any(e <= 0 for e in s.expansions):
-                raise ValueError(f"stage {i + 1}: expansion ratios must be > 0, got {list(s.expansions)}")
-            if not 0 <= s.attention <= s.depth:
-                raise ValueError(f"stage {i + 1}: {s.attention} attention blocks but only {s.depth} blocks")
-            if i not in ATTENTION_STAGES and s.attention:
-                raise ValueError(f"stage {i + 1}: attention blocks are only possible in stages 3 and 4")
-        if self.stem_width == 0:
-            object.__setattr__(self, "stem_width", self.stages[0].width // 2)
-
-    @property
-    def widths(self) -> list[int]:
-        return [s.width for s in self.stages]
-
-    @property
-    def depths(self) -> list[int]:
-        return [s.depth for s in self.stages]
-
-    @property
-    def switches(self) -> dict[str, Any]:
-        """The design switches and their values."""
-        return {name: getattr(self, name) for name in SWITCHES}
-
-    def non_default_switches(self) -> dict[str, Any]:
-        """The switches that differ from the paper's choice."""
-        return {k: v for k, v in self.switches.items() if v != SWITCHES[k][0]}
-
-    @property
-    def attention_options(self) -> dict[str, bool]:
-        """Keyword arguments of the attention modules."""
-        return {"attention_bias": self.attention_bias, "talking_heads": self.talking_heads,
-                "local_v": self.local_v}
-
-    def plans(self, img_size: int = 224) -> tuple[StagePlan, ...]:
-        """The stage layout (`stage_plans`) of this architecture at a training input side."""
-        return stage_plans(img_size, self.stride_attention, self.downsampling)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Arch":
-        """From `to_dict()` output, or `{"base": variant, ...overrides}`; unknown keys or values are
-        errors that name them and list the accepted ones."""
-        d = dict(d)
-        accepted = ("base",) + _ARCH_KEYS + tuple(SWITCHES)
-        unknown = sorted(set(d) - set(accepted))
-        if unknown:
-            raise ValueError(f"unknown architecture keys {unknown}; accepted: {', '.join(accepted)}")
-        base = d.pop("base", None)
-        if base is not None:
-            if not isinstance(base, str):
-                raise ValueError(f"architecture 'base' must be a variant name ({', '.join(VARIANTS)}), "
-                                 f"not {base!r}")
-            base_dict = resolve_arch(base).to_dict()
-            if "expansions" in d and "depths" not in d:
-                base_dict.pop("depths")
-            if "widths" in d and "stem_width" not in d:
-                base_dict.pop("stem_width")  # half the new first width
-            d = {**base_dict, **d}
-        missing = [k for k in ("widths", "expansions") if k not in d]
-        if missing:
-            raise ValueError(f"architecture needs {missing[0]!r}: widths (4 ints) and expansions "
-                             "(4 lists, one ratio per block), or a 'base' variant")
-        try:
-            widths = [int(w) for w in d["widths"]]
-            expansions = [tuple(e) for e in d["expansions"]]
-            if not all(isinstance(r, (int, float)) and not isinstance(r, bool) for e in expansions for r in e):
-                raise TypeError("expansion ratios must be numbers")
-            attention = [int(a) for a in d.get("attention", [0, 0, 0, 0])]
-            depths = [int(n) for n in d["depths"]] if "depths" in d else None
-            stem_width, drop_path_rate = int(d.get("stem_width", 0)), float(d.get("drop_path_rate", 0.0))
-        except (TypeError, ValueError):
-            raise ValueError("architecture: widths and attention take 4 ints, expansions 4 lists of ratios "
-                             "(one per block), stem_width an int and drop_path_rate a number; got "
-                             f"{ {k: d[k] for k in _ARCH_KEYS if k in d} }") from None
-        if not len(widths) == len(expansions) == len(attention):
-            raise ValueError("widths, expansions and attention must each have one entry per stage")
-        if depths is not None and depths != [len(e) for e in expansions]:
-            raise ValueError(f"depths {depths} disagree with the number of expansion "
-                             f"ratios per stage {[len(e) for e in expansions]}")
-        stages = tuple(StageArch(w, e, a) for w, e, a in zip(widths, expansions, attention))
-        switches = {k: d[k] for k in SWITCHES if k in d}
-        return cls(stages, stem_width, drop_path_rate, **switches)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"widths": self.widths, "depths": self.depths,
-                "expansions": [list(s.expansions) for s in self.stages],
-                "attention": [s.attention for s in self.stages],
-                "stem_width": self.stem_width, "drop_path_rate": self.drop_path_rate, **self.switches}
 
 
 # --------------------------------------------------------------------------------------------
@@ -647,7 +179,10 @@ class Arch:
 class ClassifierForward:
     """`forward_features`, `forward_head` and `set_distilled_training` of a network with `stem`,
     `stages`, `norm`, `head`, `head_dist` and `distilled_training`: the plain model's, shared by
-    the supernet (its elastic parts have the same names) and the latency table's head entry."""
+    the supernet (its elastic parts have the same names) and the latency table's head entry.
+    `global_pool` is "avg" (timm's name) or "" (no pooling: `forward_head` returns the map)."""
+
+    global_pool = "avg"  # a class default, so the supernet and the latency table share it
 
     def set_distilled_training(self, enable: bool = True) -> None:
         """In training mode, return (head, distillation head) logits separately."""
@@ -660,7 +195,8 @@ class ClassifierForward:
         return self.norm(x) if self.norm is not None else x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
-        x = x.mean((2, 3), keepdim=True).flatten(1)  # the 4-D global mean XNNPACK delegates
+        if self.global_pool == "avg":
+            x = x.mean((2, 3), keepdim=True).flatten(1)  # the 4-D global mean XNNPACK delegates
         if pre_logits:
             return x
         logits = self.head(x)
@@ -687,6 +223,8 @@ class EfficientFormerV2(ClassifierForward, nn.Module):
         out_indices: which stages `features_only` returns.
         layer_scale_init: initial value of the layer scales.
     """
+
+    __jit_unused_properties__ = ["is_fused"]  # Python-side state, not part of a scripted model
 
     def __init__(self, arch: Arch | Mapping[str, Any] | str, num_classes: int = 1000,
                  distillation: bool = True, drop_path_rate: float | None = None, drop_rate: float = 0.0,
@@ -724,7 +262,13 @@ class EfficientFormerV2(ClassifierForward, nn.Module):
             prev, start = s.width, start + s.depth
             self.feature_info.append(dict(num_chs=s.width, reduction=plan.stride, module=f"stages.{plan.index}"))
         self.stages = nn.ModuleList(stages)
-        self.num_features = prev
+        self.num_features = self.head_hidden_size = prev
+        self.global_pool = "avg"
+        # the stages `forward` returns in features_only mode, as TorchScript-typed attributes
+        self._take_indices: List[int] = list(self.out_indices)
+        self._last_index = max(self.out_indices)
+        # timm's data and weights configuration (`timm.data.resolve_model_data_config`)
+        self.pretrained_cfg = self.default_cfg = pretrained_cfg_for(arch, img_size, distillation)
 
         if features_only:
             self.norm = self.head = self.head_dist = None
@@ -743,14 +287,21 @@ class EfficientFormerV2(ClassifierForward, nn.Module):
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
-    # -- timm-style interface ----------------------------------------------------------------
+    # -- timm's model contract ------------------------------------------------------------------
+    @torch.jit.ignore
     def get_classifier(self) -> nn.Module | None:
         return self.head
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the head(s) for `num_classes` classes (fresh weights)."""
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the head(s) for `num_classes` classes (fresh weights, on the model's device and
+        dtype); 0 leaves identities (`forward` returns pooled features). `global_pool`: "avg" or
+        "" (no pooling; with `num_classes=0` the model returns the final feature map)."""
         if self.features_only:
             raise RuntimeError("a features_only model has no classifier")
+        if global_pool is not None:
+            if global_pool not in ("avg", ""):
+                raise ValueError(f"global_pool must be 'avg' or '', not {global_pool!r}")
+            self.global_pool = global_pool
         self.num_classes = num_classes
         like = self.stem.conv1.conv.weight  # the new heads on the model's device and dtype
         self.head = nn.Linear(self.num_features, num_classes, device=like.device, dtype=like.dtype) \
@@ -761,22 +312,97 @@ class EfficientFormerV2(ClassifierForward, nn.Module):
         for m in (self.head, self.head_dist):
             if m is not None:
                 self._init_weights(m)
+                m.train(self.training)
 
-    def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Outputs of the stages in `out_indices` (strides 4, 8, 16, 32)."""
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass instead of storing them (less
+        memory, the same gradients; the stem and the downsampling layers are not recomputed)."""
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Parameter groups for layer-wise learning rates (timm's `group_parameters`): the stem,
+        then one group per stage, the final norm last; the heads fall into the last group. timm's
+        grouping of this network, fine or coarse alike."""
+        return {"stem": r"^stem", "blocks": [(r"^stages\.(\d+)", None), (r"^norm", (99999,))]}
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Parameters timm's optimizer factory exempts from weight decay besides the 1-D ones: the
+        attention-bias tables, as in timm's model. (The Lightning recipe follows the official
+        training instead and decays them: `classification.optim`.)"""
+        return {name for name, _ in self.named_parameters() if "attention_biases" in name}
+
+    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
+                              norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False
+                              ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Stage outputs, timm's semantics.
+
+        Args:
+            x: images (B, 3, H, W), any H and W.
+            indices: stages to return: None all, an int n the last n, a list those (negative
+                counts from the end).
+            norm: apply the final norm to the last stage's output (where the model has one).
+            stop_early: run no stage after the last one asked for.
+            output_fmt: "NCHW" only.
+            intermediates_only: return only the list of stage outputs.
+        Returns:
+            the list of stage outputs (strides 4, 8, 16, 32), or (final features, that list); the
+            final features are normed when the last stage ran.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW', not {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        final = len(self.stages) - 1
+        x, intermediates = self._run_stages(x, take_indices, max_index if stop_early else final, norm)
+        if intermediates_only:
+            return intermediates
+        if not stop_early or max_index == final:
+            x = self._final_norm(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """Drop the stages after the last of `indices` (timm's semantics); `prune_norm` replaces
+        the final norm by an identity, `prune_head` the heads (`reset_classifier(0, '')`). A
+        features_only model then returns the `indices` stages. Returns the absolute indices."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[:max_index + 1]
+        if prune_norm and self.norm is not None:
+            self.norm = nn.Identity()
+        if prune_head and not self.features_only:
+            self.reset_classifier(0, "")
+        if self.features_only:
+            self.out_indices = tuple(take_indices)
+            self._take_indices, self._last_index = list(take_indices), max_index
+        return take_indices
+
+    def _run_stages(self, x: torch.Tensor, take_indices: List[int], last: int,
+                    norm: bool) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """Stem and the stages up to `last`; the outputs of `take_indices` (the last stage's
+        normed if `norm`)."""
         x = self.stem(x)
-        outs = []
+        final = len(self.stages) - 1
+        intermediates: List[torch.Tensor] = []
+        # no break and no slicing: TorchScript unrolls the loop over the stages
         for i, stage in enumerate(self.stages):
-            x = stage(x)
-            if i in self.out_indices:
-                outs.append(x)
-            if i >= max(self.out_indices) and self.features_only:
-                break
-        return outs
+            if i <= last:
+                x = stage(x)
+                if i in take_indices:
+                    intermediates.append(self._final_norm(x) if norm and i == final else x)
+        return x, intermediates
+
+    def _final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        if self.norm is None:
+            return x
+        return self.norm(x)
 
     def forward(self, x: torch.Tensor):
-        if self.features_only:
-            return self.forward_intermediates(x)
+        if self.head is None:  # features_only (TorchScript resolves the test statically)
+            return self._run_stages(x, self._take_indices, self._last_index, False)[1]
         return self.forward_head(self.forward_features(x))
 
     # -- deployment ----------------------------------------------------------------------------
@@ -840,59 +466,74 @@ def _refresh_deploy_caches(model: EfficientFormerV2, incompatible_keys: Any) -> 
     model.refresh_deploy_caches()
 
 
-def resolve_arch(arch: Arch | Mapping[str, Any] | str) -> Arch:
-    """An `Arch` from an Arch, a dict, or a variant name (s0, s1, s2, l or efficientformerv2_*)."""
-    if isinstance(arch, Arch):
-        return arch
-    if isinstance(arch, str):
-        key = arch.lower().removeprefix("efficientformerv2_")
-        if key not in VARIANTS:
-            raise ValueError(f"unknown EfficientFormerV2 variant {arch!r}; known: {sorted(VARIANTS)}")
-        return VARIANTS[key]
-    if isinstance(arch, Mapping):
-        return Arch.from_dict(arch)
-    raise TypeError(f"arch must be an Arch, a dict or a variant name, not {type(arch).__name__}")
+def pretrained_cfg_for(arch: Arch | Mapping[str, Any] | str, img_size: int = 224,
+                       distillation: bool = True) -> dict[str, Any]:
+    """timm's `pretrained_cfg` of a network: the eval transform of the paper (resize the shorter
+    side to img_size / 0.95, bicubic, centre crop, ImageNet mean and std), the names of the
+    classifier and first convolution, and, for a released variant, its hub weights
+    (`hf_hub_id`, 1000 ImageNet classes). `input_size` is the training side `img_size`; any
+    input size runs (`fixed_input_size` False)."""
+    arch = resolve_arch(arch)
+    variant = find_variant(arch)
+    return {
+        "url": "",
+        "hf_hub_id": variant.hf_hub_id if variant is not None else None,
+        "architecture": variant.model_name if variant is not None else None,
+        "tag": HUB_TAG if variant is not None else None,
+        "num_classes": 1000,
+        "input_size": (3, img_size, img_size),
+        "pool_size": None,
+        "fixed_input_size": False,
+        "crop_pct": 0.95,
+        "crop_mode": "center",
+        "interpolation": "bicubic",
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "classifier": ("head", "head_dist") if distillation else "head",
+        "first_conv": "stem.conv1.conv",
+        "license": "apache-2.0",
+    }
 
 
 # --------------------------------------------------------------------------------------------
-# Variant table (paper Table 12; expansion ratios per block as released)
+# Factories: one per released variant (`backbones.arch.RELEASED`), named after it
 # --------------------------------------------------------------------------------------------
-def _arch(widths: Sequence[int], expansions: Sequence[Sequence[float]], attention: Sequence[int],
-          drop_path_rate: float) -> Arch:
-    return Arch(tuple(StageArch(w, tuple(e), a) for w, e, a in zip(widths, expansions, attention)),
-                drop_path_rate=drop_path_rate)
+def load_pretrained(model: EfficientFormerV2, pretrained: bool | str) -> None:
+    """Load the weights `pretrained` names into `model`: True the variant's hub weights
+    (`pretrained_cfg["hf_hub_id"]`; heads dropped if the class count differs), a string any spec
+    `load_checkpoint` reads (a local file or `hf-hub:ORG/REPO`), False nothing."""
+    from .checkpoint import load_checkpoint  # checkpoint.py imports this module
+
+    if pretrained is False or pretrained is None or pretrained == "":
+        return
+    if pretrained is True:
+        hub_id = model.pretrained_cfg.get("hf_hub_id")
+        if not hub_id:
+            raise ValueError("pretrained=True needs a released variant (s0, s1, s2, l); this architecture "
+                             "has no published weights: pass pretrained='FILE' or 'hf-hub:ORG/REPO'")
+        same_classes = model.features_only or model.num_classes == model.pretrained_cfg["num_classes"]
+        load_checkpoint(model, "hf-hub:" + hub_id, classifier="load" if same_classes else "drop")
+    elif isinstance(pretrained, str):
+        load_checkpoint(model, pretrained)
+    else:
+        raise TypeError(f"pretrained must be a bool or a checkpoint spec, not {type(pretrained).__name__}")
 
 
-VARIANTS: dict[str, Arch] = {
-    "s0": _arch([32, 48, 96, 176],
-                [[4, 4], [4, 4], [4, 3, 3, 3, 4, 4], [4, 3, 3, 4]], [0, 0, 2, 2], 0.0),
-    "s1": _arch([32, 48, 120, 224],
-                [[4] * 3, [4] * 3, [4, 4, 3, 3, 3, 3, 4, 4, 4], [4, 4, 3, 3, 4, 4]], [0, 0, 2, 2], 0.0),
-    "s2": _arch([32, 64, 144, 288],
-                [[4] * 4, [4] * 4, [4, 4] + [3] * 6 + [4] * 4, [4, 4, 3, 3, 3, 3, 4, 4]], [0, 0, 4, 4], 0.02),
-    "l": _arch([40, 80, 192, 384],
-               [[4] * 5, [4] * 5, [4] * 4 + [3] * 7 + [4] * 4, [4, 4, 4] + [3] * 4 + [4] * 3], [0, 0, 6, 6], 0.1),
-}
+def _factory(variant: Variant) -> Callable[..., EfficientFormerV2]:
+    def factory(pretrained: bool | str = False, **kwargs: Any) -> EfficientFormerV2:
+        model = EfficientFormerV2(variant.arch, **kwargs)
+        load_pretrained(model, pretrained)
+        return model
+
+    factory.__name__ = factory.__qualname__ = variant.model_name
+    factory.__module__ = __name__
+    factory.__doc__ = (f"EfficientFormerV2-{variant.key.upper()} ({variant.summary}).\n\n"
+                       "Args:\n    pretrained: True for the hub weights, or a checkpoint spec (see "
+                       "`load_pretrained`).\n    **kwargs: of `EfficientFormerV2` (num_classes, "
+                       "distillation, features_only, ...).")
+    return factory
 
 
-# --------------------------------------------------------------------------------------------
-# Factories
-# --------------------------------------------------------------------------------------------
-def efficientformerv2_s0(**kwargs: Any) -> EfficientFormerV2:
-    """EfficientFormerV2-S0 (3.6M parameters, 0.40 GMACs at 224)."""
-    return EfficientFormerV2(VARIANTS["s0"], **kwargs)
-
-
-def efficientformerv2_s1(**kwargs: Any) -> EfficientFormerV2:
-    """EfficientFormerV2-S1 (6.2M parameters, 0.65 GMACs at 224)."""
-    return EfficientFormerV2(VARIANTS["s1"], **kwargs)
-
-
-def efficientformerv2_s2(**kwargs: Any) -> EfficientFormerV2:
-    """EfficientFormerV2-S2 (12.7M parameters, 1.25 GMACs at 224)."""
-    return EfficientFormerV2(VARIANTS["s2"], **kwargs)
-
-
-def efficientformerv2_l(**kwargs: Any) -> EfficientFormerV2:
-    """EfficientFormerV2-L (26.3M parameters, 2.56 GMACs at 224)."""
-    return EfficientFormerV2(VARIANTS["l"], **kwargs)
+MODEL_FACTORIES: dict[str, Callable[..., EfficientFormerV2]] = {v.model_name: _factory(v) for v in RELEASED}
+# efficientformerv2_s0, _s1, _s2, _l as module attributes: importable by name, picklable
+globals().update(MODEL_FACTORIES)

@@ -1,9 +1,12 @@
-"""Primitives shared by the EfficientFormerV2 family: conv-BN units that fold for deployment,
-layer scale, and the resolution-free relative-offset attention bias."""
+"""Primitives shared by the EfficientFormerV2 family (the network and the supernet): conv-BN units
+that fold for deployment, layer scale, the resolution-free relative-offset attention bias, and the
+attention token mixers built on them (`Attention2d`, `Attention2dDownsample`), each with its
+training forward and its deploy form (`fuse()`)."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
@@ -81,6 +84,9 @@ def grid_size(size: int, stride: int) -> int:
     return (size - 1) // stride + 1
 
 
+# a leaf for torch.fx (timm's feature extraction): which table it returns depends on the grid size,
+# control flow that symbolic tracing cannot follow; as a leaf the traced graph works at any size
+@register_notrace_module
 class OffsetAttentionBias(nn.Module):
     """Learned attention bias per head, a function of the absolute token offset (|dy|, |dx|).
 
@@ -148,3 +154,277 @@ class OffsetAttentionBias(nn.Module):
         self.cached = None
         self.always_resample = True
 
+
+# --------------------------------------------------------------------------------------------
+# Attention token mixers
+# --------------------------------------------------------------------------------------------
+class Attention2d(nn.Module):
+    """MHSA on a 2-D token grid with locality in V, talking heads and an offset bias.
+
+    With `stride=2` (stage 3) Q/K/V are computed on a grid halved by a strided depth-wise
+    conv and the result is upsampled bilinearly back to the input grid.
+
+    Args:
+        dim: channels. resolution: side of the token grid at the training input size (before
+        the stride). key_dim, num_heads, attn_ratio: head geometry. stride: 1 or 2.
+        attention_bias: learned offset bias added to the attention logits.
+        talking_heads: 1x1 convolutions across heads before and after the softmax.
+        local_v: a 3x3 depth-wise conv on V added to the attention output (locality in V).
+    """
+
+    def __init__(self, dim: int, resolution: int, key_dim: int = 32, num_heads: int = 8,
+                 attn_ratio: int = 4, stride: int = 1, act_layer: type[nn.Module] = nn.GELU,
+                 attention_bias: bool = True, talking_heads: bool = True, local_v: bool = True) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.key_dim = key_dim
+        self.val_dim = attn_ratio * key_dim
+        self.scale = key_dim ** -0.5
+        self.stride_conv = ConvNorm(dim, dim, 3, stride=2, padding=1, groups=dim) if stride == 2 else None
+        qk_dim, v_dim = key_dim * num_heads, self.val_dim * num_heads
+        self.q = ConvNorm(dim, qk_dim, 1)
+        self.k = ConvNorm(dim, qk_dim, 1)
+        self.v = ConvNorm(dim, v_dim, 1)
+        self.v_local = ConvNorm(v_dim, v_dim, 3, padding=1, groups=v_dim) if local_v else None
+        self.talking_head1 = nn.Conv2d(num_heads, num_heads, 1) if talking_heads else None
+        self.talking_head2 = nn.Conv2d(num_heads, num_heads, 1) if talking_heads else None
+        self.act = act_layer()
+        self.proj = ConvNorm(v_dim, dim, 1)
+        self.pos_bias = OffsetAttentionBias(num_heads, grid_size(resolution, stride)) if attention_bias else None
+        self.attn_grid = grid_size(resolution, stride)
+        # deploy form (set by fuse()): the attention scale folded into q, and the attention-logit
+        # bias at the training grid precomputed (through the first talking head)
+        self.register_buffer("logit_bias", None, persistent=False)
+        self.fused = False
+        self.generic_resize = False  # set by shape_generic()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            return self._forward_deploy(x)
+        in_hw = x.shape[-2:]
+        if self.stride_conv is not None:
+            x = self.stride_conv(x)
+        b, _, h, w = x.shape
+        n = h * w
+        q = self.q(x).reshape(b, self.num_heads, self.key_dim, n).transpose(-1, -2)
+        k = self.k(x).reshape(b, self.num_heads, self.key_dim, n)
+        v = self.v(x)
+        v_local = self.v_local(v) if self.v_local is not None else None
+        v = v.reshape(b, self.num_heads, self.val_dim, n).transpose(-1, -2)
+        attn = (q @ k) * self.scale
+        if self.pos_bias is not None:
+            attn = attn + self.pos_bias((h, w), (h, w))
+        if self.talking_head1 is not None:
+            attn = self.talking_head1(attn)
+        attn = attn.softmax(dim=-1)
+        if self.talking_head2 is not None:
+            attn = self.talking_head2(attn)
+        x = (attn @ v).transpose(-1, -2).reshape(b, -1, h, w)
+        if v_local is not None:
+            x = x + v_local
+        if self.stride_conv is not None:  # a resampling, not MACs of the network (FlopCounterMode skips it)
+            x = F.interpolate(x, size=in_hw, mode="bilinear", align_corners=False)
+        return self.proj(self.act(x))
+
+    # -- deploy form ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def fuse(self) -> "Attention2d":
+        """Deploy form, in place (idempotent): conv-BN units folded, the attention scale folded
+        into q, and the logit bias at the training grid passed through the first talking head
+        ahead of time: th1(s * q.k + bias) = th1(q'.k) + (W1 bias + b1). Returns self."""
+        if self.fused:
+            return self
+        for m in (self.stride_conv, self.q, self.k, self.v, self.v_local, self.proj):
+            if m is not None:
+                m.fuse()
+        w = self.q.conv.weight
+        self.q.scale_output(torch.full((w.shape[0],), self.scale, device=w.device, dtype=w.dtype))
+        self.fused = True
+        self.refresh_cache()
+        return self
+
+    @torch.no_grad()
+    def refresh_cache(self) -> None:
+        """Deploy form: compute the precomputed logit bias from the current weights (by `fuse()`,
+        and anew after a weight load); nothing to do before `fuse()` or after `shape_generic()`."""
+        if not self.fused or self.generic_resize:
+            return
+        if self.pos_bias is not None:
+            self.pos_bias.fuse()
+        self.logit_bias = self._logit_bias((self.attn_grid, self.attn_grid))
+
+    def shape_generic(self) -> None:
+        """No precomputed bias, and the upsampling as matrix products of interpolation weights
+        computed in the graph: the graph is the same for every input size (symbolic export)."""
+        self.logit_bias = None
+        self.generic_resize = True
+        if self.pos_bias is not None:
+            self.pos_bias.shape_generic()
+
+    def _logit_bias(self, hw: tuple[int, int]) -> torch.Tensor | None:
+        """What the deploy form adds to th1(q'.k) on a (h, w) grid: W1 bias + b1 with talking
+        heads, the bias itself without; (heads, N, N) or (heads, 1, 1), None if nothing."""
+        bias = self.pos_bias(hw, hw) if self.pos_bias is not None else None
+        th = self.talking_head1
+        if th is None:
+            return bias
+        if bias is None:
+            return th.bias.view(-1, 1, 1)
+        return F.conv2d(bias.unsqueeze(0), th.weight, th.bias).squeeze(0)
+
+    def _forward_deploy(self, x: torch.Tensor) -> torch.Tensor:
+        in_hw = x.shape[-2:]
+        if self.stride_conv is not None:
+            x = self.stride_conv(x)
+        b, _, h, w = x.shape
+        # channel-major tokens, batch and heads merged: (B*heads, dim, N); 3-D products (bmm)
+        # need no broadcasting copies in runtimes that lower 4-D matmuls with expands
+        q = self.q(x).flatten(2).unflatten(1, (self.num_heads, self.key_dim)).flatten(0, 1)
+        k = self.k(x).flatten(2).unflatten(1, (self.num_heads, self.key_dim)).flatten(0, 1)
+        v = self.v(x)
+        v_local = self.v_local(v) if self.v_local is not None else None
+        v = v.flatten(2).unflatten(1, (self.num_heads, self.val_dim)).flatten(0, 1)
+        if self.logit_bias is not None and (h, w) == (self.attn_grid, self.attn_grid):
+            bias = self.logit_bias
+        else:
+            bias = self._logit_bias((h, w))
+        attn = torch.bmm(q.transpose(1, 2), k).unflatten(0, (b, self.num_heads))
+        if self.talking_head1 is not None:
+            attn = F.conv2d(attn, self.talking_head1.weight)
+        if bias is not None:
+            attn = attn + bias
+        attn = attn.softmax(dim=-1)
+        if self.talking_head2 is not None:
+            attn = self.talking_head2(attn)
+        # a reshape, not unflatten: coremltools converts it with symbolic sizes
+        x = torch.bmm(v, attn.flatten(0, 1).transpose(1, 2)).reshape(b, -1, h, w)
+        if v_local is not None:
+            x = x + v_local
+        if self.stride_conv is not None:
+            if self.generic_resize:
+                x = resize_bilinear(x, (in_hw[0], in_hw[1]), align_corners=False)
+            else:
+                x = F.interpolate(x, size=in_hw, mode="bilinear", align_corners=False)
+        return self.proj(self.act(x))
+
+
+class LocalGlobalQuery(nn.Module):
+    """Query of the downsampling attention: strided 1x1 pooling plus a strided depth-wise conv."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.pool = nn.AvgPool2d(1, 2, 0)
+        self.local = nn.Conv2d(in_dim, in_dim, 3, 2, 1, groups=in_dim)
+        self.proj = ConvNorm(in_dim, out_dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pool is None:  # deploy form
+            return self.proj(self.local(x))
+        return self.proj(self.local(x) + self.pool(x))
+
+    @torch.no_grad()
+    def fuse(self) -> "LocalGlobalQuery":
+        """Deploy form (idempotent): the strided 1x1 pooling picks the centre tap of the strided
+        3x3 depth-wise conv's window, so it folds into that tap's weight (+1). Returns self."""
+        if self.pool is not None:
+            self.local.weight[:, :, 1, 1] += 1.0
+            self.pool = None
+        self.proj.fuse()
+        return self
+
+
+class Attention2dDownsample(nn.Module):
+    """Attention that halves the grid: queries on the strided grid attend to every input token.
+
+    Args:
+        dim, out_dim: input and output channels. resolution: side of the input token grid at the
+        training input size. key_dim, num_heads, attn_ratio: head geometry.
+        attention_bias: learned offset bias added to the attention logits.
+        local_v: a strided 3x3 depth-wise conv on V added to the attention output.
+    """
+
+    def __init__(self, dim: int, out_dim: int, resolution: int, key_dim: int = 16, num_heads: int = 8,
+                 attn_ratio: int = 4, act_layer: type[nn.Module] = nn.GELU, attention_bias: bool = True,
+                 local_v: bool = True) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.key_dim = key_dim
+        self.val_dim = attn_ratio * key_dim
+        self.scale = key_dim ** -0.5
+        qk_dim, v_dim = key_dim * num_heads, self.val_dim * num_heads
+        self.q = LocalGlobalQuery(dim, qk_dim)
+        self.k = ConvNorm(dim, qk_dim, 1)
+        self.v = ConvNorm(dim, v_dim, 1)
+        self.v_local = ConvNorm(v_dim, v_dim, 3, stride=2, padding=1, groups=v_dim) if local_v else None
+        self.act = act_layer()
+        self.proj = ConvNorm(v_dim, out_dim, 1)
+        self.pos_bias = OffsetAttentionBias(num_heads, resolution, query_stride=2) if attention_bias else None
+        self.fused = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            return self._forward_deploy(x)
+        b, _, h, w = x.shape
+        hq, wq = grid_size(h, 2), grid_size(w, 2)
+        q = self.q(x).reshape(b, self.num_heads, self.key_dim, hq * wq).transpose(-1, -2)
+        k = self.k(x).reshape(b, self.num_heads, self.key_dim, h * w)
+        v = self.v(x)
+        v_local = self.v_local(v) if self.v_local is not None else None
+        v = v.reshape(b, self.num_heads, self.val_dim, h * w).transpose(-1, -2)
+        attn = (q @ k) * self.scale
+        if self.pos_bias is not None:
+            attn = attn + self.pos_bias((hq, wq), (h, w))
+        x = (attn.softmax(dim=-1) @ v).transpose(-1, -2).reshape(b, -1, hq, wq)
+        if v_local is not None:
+            x = x + v_local
+        return self.proj(self.act(x))
+
+    # -- deploy form ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def fuse(self) -> "Attention2dDownsample":
+        """Deploy form, in place (idempotent): conv-BN units folded, the attention scale folded
+        into the query projection, the query's pooling folded, the bias at the training grid
+        precomputed. Returns self."""
+        if self.fused:
+            return self
+        self.q.fuse()
+        for m in (self.k, self.v, self.v_local, self.proj):
+            if m is not None:
+                m.fuse()
+        w = self.q.proj.conv.weight
+        self.q.proj.scale_output(torch.full((w.shape[0],), self.scale, device=w.device, dtype=w.dtype))
+        self.fused = True
+        self.refresh_cache()
+        return self
+
+    @torch.no_grad()
+    def refresh_cache(self) -> None:
+        """Deploy form: compute the precomputed bias from the current weights (by `fuse()`, and
+        anew after a weight load); nothing to do before `fuse()` or after `shape_generic()`."""
+        if self.fused and self.pos_bias is not None and not self.pos_bias.always_resample:
+            self.pos_bias.fuse()
+
+    def shape_generic(self) -> None:
+        """No precomputed bias: the graph is the same for every input size (symbolic export)."""
+        if self.pos_bias is not None:
+            self.pos_bias.shape_generic()
+
+    def _forward_deploy(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        q = self.q(x)
+        hq, wq = q.shape[-2:]
+        # channel-major tokens, batch and heads merged: (B*heads, dim, N), 3-D products (bmm)
+        q = q.flatten(2).unflatten(1, (self.num_heads, self.key_dim)).flatten(0, 1)
+        k = self.k(x).flatten(2).unflatten(1, (self.num_heads, self.key_dim)).flatten(0, 1)
+        v = self.v(x)
+        v_local = self.v_local(v) if self.v_local is not None else None
+        v = v.flatten(2).unflatten(1, (self.num_heads, self.val_dim)).flatten(0, 1)
+        attn = torch.bmm(q.transpose(1, 2), k)
+        if self.pos_bias is not None:
+            attn = (attn.unflatten(0, (-1, self.num_heads)) + self.pos_bias((hq, wq), (h, w))).flatten(0, 1)
+        x = torch.bmm(v, attn.softmax(dim=-1).transpose(1, 2))
+        x = x.unflatten(0, (-1, self.num_heads)).flatten(1, 2)
+        x = x.reshape(x.shape[0], -1, hq, wq)  # a reshape: coremltools converts it with symbolic sizes
+        if v_local is not None:
+            x = x + v_local
+        return self.proj(self.act(x))
