@@ -8,9 +8,8 @@ import torch
 from backbones import (VARIANTS, Arch, EfficientFormerV2, StageArch, create_model, list_models,
                        load_checkpoint)
 from backbones.layers import OffsetAttentionBias, resize_bilinear
+from conftest import REFERENCE_PARAMS
 
-REFERENCE_PARAMS = {"efficientformerv2_s0": 3_600_256, "efficientformerv2_s1": 6_185_560,
-                    "efficientformerv2_s2": 12_710_112, "efficientformerv2_l": 26_322_288}
 WIDTHS = {"efficientformerv2_s0": [32, 48, 96, 176], "efficientformerv2_s1": [32, 48, 120, 224],
           "efficientformerv2_s2": [32, 64, 144, 288], "efficientformerv2_l": [40, 80, 192, 384]}
 NAMES = sorted(REFERENCE_PARAMS)
@@ -18,6 +17,28 @@ NAMES = sorted(REFERENCE_PARAMS)
 
 def test_registered_names():
     assert list_models() == NAMES
+
+
+def test_each_variant_is_named_once():
+    """The factories and create_model's registry derive from the one table of backbones.arch;
+    the names that moved there still import from backbones.efficientformer_v2."""
+    import backbones
+    import backbones.arch as arch_module
+    import backbones.efficientformer_v2 as model_module
+    from backbones.efficientformer_v2 import (ATTENTION_STAGES, DOWNSAMPLING, SWITCHES, Arch, StageArch,  # noqa: F401
+                                              StagePlan, _arch, feature_grids, resolve_arch, stage_plans)
+
+    assert [v.model_name for v in arch_module.RELEASED] == [f"efficientformerv2_{k}" for k in VARIANTS]
+    assert sorted(model_module.MODEL_FACTORIES) == NAMES
+    for v in arch_module.RELEASED:
+        factory = getattr(backbones, v.model_name)
+        assert factory is getattr(model_module, v.model_name) is model_module.MODEL_FACTORIES[v.model_name]
+        assert factory.__name__ == v.model_name and v.summary in factory.__doc__
+        with torch.device("meta"):
+            assert factory().arch == VARIANTS[v.key] == resolve_arch(v.model_name)
+    for name in ("Arch", "StageArch", "StagePlan", "SWITCHES", "ATTENTION_STAGES", "DOWNSAMPLING", "VARIANTS",
+                 "stage_plans", "feature_grids", "resolve_arch", "_arch"):
+        assert getattr(model_module, name) is getattr(arch_module, name), name
 
 
 @pytest.mark.parametrize("name", NAMES)
