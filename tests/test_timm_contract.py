@@ -274,10 +274,11 @@ def test_any_device_and_dtype(name, randomize_):
         out = copy.deepcopy(model).double()(x.double())
         assert out.dtype == torch.float64
         torch.testing.assert_close(out.float(), want, rtol=1e-4, atol=1e-4)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = model(x)
-        assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
-        assert (out.float() - want).abs().max().item() < 0.1 * want.abs().max().item() + 0.05
+        for dtype in (torch.bfloat16, torch.float16):
+            with torch.autocast("cpu", dtype=dtype):
+                out = model(x)
+            assert out.dtype == dtype and torch.isfinite(out).all()
+            assert (out.float() - want).abs().max().item() < 0.1 * want.abs().max().item() + 0.05
         out = copy.deepcopy(model).to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last))
         assert (out - want).abs().max().item() < 1e-4
 
