@@ -3,10 +3,11 @@
 An `Arch` lists, per stage, the width, one FFN expansion ratio per block and how many trailing
 blocks carry multi-head self-attention, plus the design switches of the paper's Section 3
 (`SWITCHES`). `stage_plans` is the stage layout (strides, grids, downsampling) shared by the
-model, the supernet and the latency table. `VARIANTS` is the one table of the released variants:
-the factories `efficientformerv2_*`, `create_model`'s names and the hub weights derive from it.
+model, the supernet and the latency table. `RELEASED` is the one table of the released variants
+(each named once there): `VARIANTS` (key -> Arch), the factories `efficientformerv2_*`,
+`create_model`'s names and the hub weights (`Variant.hf_hub_id`) derive from it.
 
-Depends on the standard library only (and `grid_size` of `.layers`).
+Plain data: no network code here (it only uses `grid_size` of `.layers` for the grids).
 """
 from __future__ import annotations
 
