@@ -240,7 +240,7 @@ def benchmark_accelerated(model: str | nn.Module = "efficientformerv2_s0", batch
                     s = stats[runtime]
                     rec.update(latency_ms_median=round(s.median, 4), latency_ms_p90=round(s.p90, 4),
                                latency_ms_min=round(s.min, 4), runs=s.runs,
-                               images_per_s=round(1e3 * batch / s.median, 1),
+                               images_per_s=float(f"{1e3 * batch / s.median:.4g}"),
                                prepare_s=round(ready[runtime].prepare_s, 2), **ready[runtime].info)
                 rec.update(outcome.get(runtime, {}))
                 records.append(rec)

@@ -134,27 +134,34 @@ PEERS: tuple[Peer, ...] = (
 FAMILIES: tuple[str, ...] = tuple(dict.fromkeys(p.family for p in PEERS))
 
 
+def _family_matches(given: str, family: str) -> bool:
+    """`given` names `family` case-insensitively, or its stem (`EfficientViT` for both EfficientViT
+    families)."""
+    given, family = given.lower(), family.lower()
+    return given in (family, family.split(" (")[0])
+
+
 def select_peers(names: Iterable[str] | None = None, families: Iterable[str] | None = None,
                  peers: Sequence[Peer] = PEERS) -> list[Peer]:
-    """The peers named (model names) and/or of the families given (case-insensitive); all when
-    neither is given. Order: that of `peers`.
+    """The peers named (model names) and/or of the families given (case-insensitive; a family's
+    stem, e.g. `EfficientViT`, takes all its kinds); all when neither is given. Order: that of
+    `peers`.
 
     Raises:
         ValueError: a name or family that is not in `peers`, with the known ones.
     """
     names = list(names or [])
-    families = [f.lower() for f in families or []]
+    families = list(families or [])
     known = {p.name for p in peers}
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ValueError(f"unknown peer(s) {unknown}: choose from {', '.join(p.name for p in peers)}")
-    known_families = {p.family.lower(): p.family for p in peers}
-    bad = [f for f in families if f not in known_families]
+    bad = [f for f in families if not any(_family_matches(f, p.family) for p in peers)]
     if bad:
-        raise ValueError(f"unknown family(ies) {bad}: choose from {', '.join(dict.fromkeys(known_families.values()))}")
+        raise ValueError(f"unknown family(ies) {bad}: choose from {', '.join(dict.fromkeys(p.family for p in peers))}")
     if not names and not families:
         return list(peers)
-    return [p for p in peers if p.name in names or p.family.lower() in families]
+    return [p for p in peers if p.name in names or any(_family_matches(f, p.family) for f in families)]
 
 
 def build_peer(peer: Peer) -> nn.Module:
@@ -323,6 +330,11 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
+# every family but EfficientFormerV2 (red) gets one of these, with its own marker
+_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:gray", "tab:olive",
+            "tab:cyan", "navy", "darkgoldenrod", "teal", "indigo")
+
+
 def plot_pareto(records: Sequence[dict], path: str | Path, runtime: str, failures: Sequence[dict] = ()) -> Path:
     """PNG of top-1 against median latency on `runtime`, one marker per family, EfficientFormerV2
     in red, the Pareto frontier drawn and its models filled; models the runtime could not take
@@ -330,6 +342,7 @@ def plot_pareto(records: Sequence[dict], path: str | Path, runtime: str, failure
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     pts = [r for r in records if r["backend"] == runtime and r.get("top1") is not None]
     if not pts:
         raise ValueError(f"no records with a top-1 on {runtime} to plot")
@@ -340,7 +353,7 @@ def plot_pareto(records: Sequence[dict], path: str | Path, runtime: str, failure
     for k, family in enumerate(families):
         rs = sorted((r for r in pts if r.get("family", r["model"]) == family), key=lambda r: r["latency_ms_median"])
         ours = family == _EFV2
-        colour = "tab:red" if ours else plt.get_cmap("tab20")(k % 20)
+        colour = "tab:red" if ours else _COLOURS[k % len(_COLOURS)]
         ax.plot([r["latency_ms_median"] for r in rs], [r["top1"] for r in rs], "-" if ours else ":",
                 color=colour, alpha=0.6 if not ours else 1.0, lw=1.5 if ours else 0.8)
         for r in rs:
@@ -355,6 +368,10 @@ def plot_pareto(records: Sequence[dict], path: str | Path, runtime: str, failure
             alpha=0.5, label="Pareto frontier (filled markers)")
     first = pts[0]
     ax.set_xscale("log")
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_xlabel(f"latency, ms (median, log scale; {runtime}, batch {first['batch_size']}, "
                   f"{first['threads']} thread{'s' if first['threads'] != 1 else ''}, native resolution)")
     ax.set_ylabel("ImageNet-1K top-1 (%, published)")

@@ -49,7 +49,8 @@ def test_throughput_meter_times_only_the_steps_after_the_warm_up():
         ThroughputMeter(-1)
 
 
-@pytest.mark.parametrize("precision,channels_last", [("32-true", False), ("bf16-mixed", True)])
+@pytest.mark.parametrize("precision,channels_last", [
+    ("32-true", True), pytest.param("bf16-mixed", False, marks=pytest.mark.slow)])  # CPU bf16: minutes here
 def test_fit_throughput_on_cpu(precision, channels_last):
     got = fit_throughput("cpu", precision=precision, channels_last=channels_last, batch_size=4, image_size=32,
                          steps=2, warmup_steps=1, num_classes=10)
@@ -60,10 +61,12 @@ def test_fit_throughput_on_cpu(precision, channels_last):
     assert "peak_memory_gib" not in got
 
 
-def test_tool_parts_fit_on_cpu(tmp_path):
+def test_tool_part_fit_on_cpu(tmp_path):
     tool = load_tool("gpu_check")
-    got = tool.run_fit("cpu", tmp_path, batch_size=4, image_size=32, steps=1, warmup_steps=1)
-    assert set(got) == {"bf16", "16-mixed+cl"}
+    assert [s[0] for s in tool.FIT_SETTINGS] == ["bf16", "16-mixed+cl"]
+    got = tool.run_fit("cpu", tmp_path, settings=(("fp32+cl", "32-true", True),), batch_size=2, image_size=32,
+                       steps=1, warmup_steps=1)
+    assert list(got) == ["fp32+cl"] and got["fp32+cl"]["channels_last"] and got["fp32+cl"]["images"] == 2
 
 
 @pytest.mark.mm

@@ -45,6 +45,8 @@ def test_select_peers():
     got = select_peers(["efficientformerv2_s0"], ["fastvit"])
     assert [p.name for p in got][0] == "efficientformerv2_s0"
     assert {p.family for p in got} == {"EfficientFormerV2", "FastViT"}
+    assert {p.family for p in select_peers(families=["efficientvit"])} == {"EfficientViT (MIT)",
+                                                                          "EfficientViT (Microsoft)"}
     with pytest.raises(ValueError, match="unknown peer"):
         select_peers(["resnet9000"])
     with pytest.raises(ValueError, match="unknown family"):

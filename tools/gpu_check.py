@@ -46,12 +46,15 @@ DENSE = dict(iterations=5, warmup=2)
 INFER = dict(batch_sizes=(1, 64), resolution=224, runs=50, warmup=10)
 
 
-def run_fit(device: str, workdir: Path, **sizes: Any) -> dict:
-    """S0 fit throughput in bf16-mixed and in 16-mixed with channels_last."""
+FIT_SETTINGS = (("bf16", "bf16-mixed", False), ("16-mixed+cl", "16-mixed", True))  # name, precision, channels_last
+
+
+def run_fit(device: str, workdir: Path, settings: tuple = FIT_SETTINGS, **sizes: Any) -> dict:
+    """S0 fit throughput in each setting (default: bf16-mixed, and 16-mixed with channels_last)."""
     from classification.throughput import fit_throughput
     sizes = {**FIT, **sizes}
-    return {"bf16": fit_throughput(device, precision="bf16-mixed", **sizes),
-            "16-mixed+cl": fit_throughput(device, precision="16-mixed", channels_last=True, **sizes)}
+    return {name: fit_throughput(device, precision=precision, channels_last=channels_last, **sizes)
+            for name, precision, channels_last in settings}
 
 
 def run_mask_rcnn(device: str, workdir: Path, input_size: tuple[int, int] = (800, 1333), **sizes: Any) -> dict:
@@ -182,7 +185,7 @@ def to_records(results: dict, info: dict, prov: dict) -> list[dict]:
         else:
             for r in infer:
                 note = r.get("skipped") or (f"failed: {r['error']}" if "error" in r else None)
-                out.append({"part": "infer", "backend": r["runtime"], "precision": "fp32",
+                out.append({"part": "infer", "model": "efficientformerv2_s0", "backend": r["runtime"], "precision": "fp32",
                             "latency_ms_median": None, **r, **({"note": note} if note else {}), **common})
     return out
 
