@@ -121,3 +121,16 @@ def s0_features(s0):
     model = create_model("efficientformerv2_s0", features_only=True).eval()
     model.load_state_dict({k: v for k, v in s0.state_dict().items() if not k.startswith(("head", "norm"))})
     return model
+
+
+def synthetic_table(space, img_size: int = 32, num_classes: int = 4, distillation: bool = True):
+    """A latency table of `space` whose entries grow with width and expansion (no timing needed):
+    what the search tests give the search in place of a measured one."""
+    from deploy.latency_lut import LatencyTable, table_entries
+
+    entries = {}
+    for key, _, shape in table_entries(space, img_size, num_classes=num_classes, distillation=distillation):
+        entries[key] = 0.01 * shape[1] + (0.2 if key.startswith("mhsa") else 0.0) + \
+            (0.005 * float(key.split("x")[-1]) * shape[1] if key.startswith("ffn") else 0.0)
+    return LatencyTable("synthetic", img_size, 1, entries, space.to_dict(), num_classes=num_classes,
+                        distillation=distillation)

@@ -26,7 +26,7 @@ import yaml
 
 from classification.run_folder import exit_status
 from classification.toy_data import make_toy_classification
-from conftest import DEPLOY_PARAMS, REFERENCE_PARAMS
+from conftest import DEPLOY_PARAMS, REFERENCE_PARAMS, synthetic_table
 from tool_runner import run_tool
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,7 +166,6 @@ def _search_inputs(folder: Path) -> tuple[Path, Path, Path]:
     """A SupernetModule-like checkpoint of a tiny untrained supernet at 32 px (10 classes, no
     distillation head), a synthetic latency table of its space, and a small search config."""
     from backbones.supernet import EfficientFormerV2Supernet, SearchSpace
-    from deploy.latency_lut import LatencyTable, table_entries
 
     space = SearchSpace(widths=((8, 16), (16,), (16, 24), (24, 32)), depths=(1, 1, 2, 2), expansions=(2, 4),
                         stem_widths=(8,))
@@ -175,10 +174,7 @@ def _search_inputs(folder: Path) -> tuple[Path, Path, Path]:
     torch.save({"state_dict": {f"supernet.{k}": v for k, v in net.state_dict().items()},
                 "hyper_parameters": {"space": space.to_dict(), "num_classes": NUM_CLASSES, "img_size": 32,
                                      "distillation": False}}, checkpoint)
-    entries = {key: 0.01 * shape[1] + (0.2 if key.startswith("mhsa") else 0.0)
-               for key, _, shape in table_entries(space, 32, num_classes=NUM_CLASSES, distillation=False)}
-    lut = LatencyTable("synthetic", 32, 1, entries, space.to_dict(), num_classes=NUM_CLASSES,
-                       distillation=False).save(folder / "lut.json")
+    lut = synthetic_table(space, 32, NUM_CLASSES, distillation=False).save(folder / "lut.json")
     config = folder / "search.yaml"
     config.write_text(yaml.safe_dump({"search": {"target": {"mes_factor": 1.5}, "batch_size": 10, "calib_batches": 3},
                                       "random": {"count": 5, "tolerance": 0.5}, "base_config": str(TOY)}))

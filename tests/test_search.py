@@ -22,7 +22,8 @@ from classification.search import (MesSpec, SearchSettings, SettingsError, Subne
                                    load_supernet,
                                    plot_trajectory, random_baseline, random_cloud, recalibrate_bn, run_search)
 from classification.toy_data import make_toy_classification
-from deploy.latency_lut import LatencyTable, table_entries
+from conftest import synthetic_table
+from deploy.latency_lut import LatencyTable
 from tool_runner import run_tool
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,11 +36,7 @@ SPACE = SearchSpace(widths=((8, 16), (16,), (16, 24), (24, 32)), depths=(1, 1, 2
 
 def _synthetic_table(space: SearchSpace, img_size: int = 32, num_classes: int = 4) -> LatencyTable:
     """A table whose entries grow with width and expansion (no timing needed)."""
-    entries = {}
-    for key, _, shape in table_entries(space, img_size, num_classes=num_classes):
-        entries[key] = 0.01 * shape[1] + (0.2 if key.startswith("mhsa") else 0.0) + \
-            (0.005 * float(key.split("x")[-1]) * shape[1] if key.startswith("ffn") else 0.0)
-    return LatencyTable("synthetic", img_size, 1, entries, space.to_dict(), num_classes=num_classes)
+    return synthetic_table(space, img_size, num_classes)
 
 
 @pytest.fixture(scope="module")
