@@ -9,14 +9,6 @@ from openmmlab.runner import build_runner, final_val_metrics, load_config, train
 from .toy_data import make_toy_coco
 
 
-def set_coco_root(cfg: Any, root: Path) -> None:
-    """Point every dataloader and COCO evaluator of a detection config at `root`."""
-    for name in ("train_dataloader", "val_dataloader", "test_dataloader"):
-        cfg[name].dataset.data_root = str(root)
-    for name in ("val_evaluator", "test_evaluator"):
-        cfg[name].ann_file = str(root / "annotations" / "instances_val2017.json")
-
-
 def run_det_demo(config: Path, data: Path, backbone_checkpoint: Path, work_dir: Path,
                  cfg_options: Mapping[str, Any] | None = None) -> dict[str, float]:
     """Generate the toy COCO set under `data` if missing, train `config` from the classification
@@ -24,8 +16,7 @@ def run_det_demo(config: Path, data: Path, backbone_checkpoint: Path, work_dir: 
     if not (data / "annotations" / "instances_val2017.json").is_file():
         print(f"demo-det: generating the toy COCO set in {data}", flush=True)
         make_toy_coco(data)
-    cfg = load_config(config, work_dir, cfg_options)
-    set_coco_root(cfg, data)
+    cfg = load_config(config, work_dir, cfg_options, data_root=data)
     cfg.model.backbone.init_cfg.checkpoint = str(backbone_checkpoint)
     runner = build_runner(cfg)
     runner.train()

@@ -38,18 +38,24 @@ class EfficientFormerV2(BaseModule):
         drop_path_rate: stochastic depth (None: the variant's own rate).
         img_size: the classification resolution of the pretrained weights; it sets the grid of
             the attention-bias tables (224 for ImageNet checkpoints). Inputs of any size work.
-        init_cfg: ``dict(type='Pretrained', checkpoint=PATH[, strict=True])`` loads ImageNet
+        with_cp: gradient checkpointing (mmdet's and mmseg's name for it): the blocks of each
+            stage keep no activations in training and recompute them in the backward pass
+            (`set_grad_checkpointing`); same outputs and gradients, less memory, more time.
+        init_cfg: ``dict(type='Pretrained', checkpoint=SPEC[, strict=True])`` loads ImageNet
             weights of the project, the official release, timm, Lightning or mmengine through
-            `backbones.load_checkpoint` (classifier dropped). With strict (default) any missing,
-            unexpected or mismatched key raises `backbones.CheckpointError`; otherwise they are
-            logged as a warning.
+            `backbones.load_checkpoint` (classifier dropped); SPEC is a local file or a hub
+            spec ``hf-hub:ORG/REPO`` (e.g. ``hf-hub:timm/efficientformerv2_s0.snap_dist_in1k``,
+            read from huggingface_hub's cache, fetched when missing). With strict (default)
+            any missing, unexpected or mismatched key raises `backbones.CheckpointError`;
+            otherwise they are logged as a warning.
     """
 
     def __init__(self, arch: str | Mapping[str, Any] = "s0", out_indices: Sequence[int] = (0, 1, 2, 3),
                  frozen_stages: int = -1, norm_eval: bool = False, drop_path_rate: float | None = None,
-                 img_size: int = 224, init_cfg: dict | None = None) -> None:
+                 img_size: int = 224, with_cp: bool = False, init_cfg: dict | None = None) -> None:
         if init_cfg is not None and init_cfg.get("type") == "Pretrained" and not init_cfg.get("checkpoint"):
-            raise ValueError("init_cfg=dict(type='Pretrained') needs checkpoint=PATH to an ImageNet checkpoint")
+            raise ValueError("init_cfg=dict(type='Pretrained') needs checkpoint=PATH (a local file or "
+                             "hf-hub:ORG/REPO) to ImageNet weights")
         super().__init__(init_cfg=init_cfg)
         if not -1 <= frozen_stages <= 4:
             raise ValueError(f"frozen_stages must be in -1..4 (4 = every stage), got {frozen_stages}")
@@ -60,6 +66,8 @@ class EfficientFormerV2(BaseModule):
         self.strides = [self.body.feature_info[i]["reduction"] for i in self.out_indices]
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
+        self.with_cp = bool(with_cp)
+        self.body.set_grad_checkpointing(self.with_cp)
         if norm_eval:
             for m in self.body.modules():
                 if isinstance(m, _BatchNorm):

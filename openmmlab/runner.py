@@ -6,14 +6,22 @@ package. Distributed runs go through torchrun with ``launcher='pytorch'``, as wi
 mmseg's own tools.
 
 Bad input is found before a run starts and raised as `ConfigError` (a `ValueError`) or
-`FileNotFoundError`, each naming the problem: a missing config, a config that does not parse,
-a key no component accepts or a type no registry holds (found by building the model and the
-dataloaders of the run up front), a missing data root, a missing or unreadable checkpoint.
+`FileNotFoundError`, each naming the problem and its config key: a missing config, a config that
+does not parse, a ``--cfg-options`` key that sets a variable of the file (for ``data_root=...``
+pass ``data_root``, ``--data-root`` at the command line), a key no component accepts or a type no registry holds (found by
+building the model and the dataloaders of the run up front), a missing data root, annotation
+file, image folder or Pretrained checkpoint, a dataset whose class names match none of its
+data's (`openmmlab.datasets`), a missing or unreadable checkpoint. A run that fails before its
+first iteration leaves nothing in its work dir: what it created there (the timestamped log
+folder, the dumped config, the work dir itself when it made it) is removed.
 """
 from __future__ import annotations
 
+import logging
+import os
 import pickle
 import resource
+import shutil
 import warnings
 import zipfile
 from pathlib import Path
@@ -21,32 +29,42 @@ from typing import Any, Mapping
 
 import torch
 from mmengine.config import Config
+from mmengine.hooks import Hook
+from mmengine.logging import MMLogger
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from .datasets import (ConfigError, apply_classes_from_data, check_built_datasets, check_cfg_options,
+                       check_classes, check_data_files, empty_dataset_message, init_checkpoints, set_data_root)
 from .safe_loading import allow_mmengine_checkpoints
 
-__all__ = ["LAUNCHERS", "ConfigError", "load_config", "check_data_roots", "read_checkpoint", "build_runner",
-           "train", "test", "train_measures", "final_val_metrics"]
+__all__ = ["LAUNCHERS", "ConfigError", "load_config", "check_data_roots", "check_init_checkpoints",
+           "read_checkpoint", "build_runner", "train", "test", "train_measures", "final_val_metrics"]
 
 LAUNCHERS = ("none", "pytorch", "slurm", "mpi")
 _DATALOADERS = {"train": ("train_dataloader", "val_dataloader"), "test": ("test_dataloader",)}
 _LOOPS = {"train": ("train_loop", "val_loop"), "test": ("test_loop",)}
-
-
-class ConfigError(ValueError):
-    """A config that cannot be run as written (the message names the file and the problem)."""
+_LOOP_LOADERS = {"train_loop": "train_dataloader", "val_loop": "val_dataloader", "test_loop": "test_dataloader"}
 
 
 def load_config(config: str | Path, work_dir: str | Path | None = None,
-                cfg_options: Mapping[str, Any] | None = None, launcher: str = "none") -> Config:
+                cfg_options: Mapping[str, Any] | None = None, launcher: str = "none",
+                data_root: str | Path | None = None, classes_from_data: str | None = None) -> Config:
     """The config file with overrides applied and a work_dir (default ``work_dirs/<config name>``).
 
     Args:
         config: an mmdet or mmseg config file.
         work_dir: where logs and checkpoints go.
-        cfg_options: overrides, dotted keys (``model.backbone.arch``) to values.
+        cfg_options: overrides, dotted keys (``model.backbone.arch``) to values. Keys that set a
+            variable of the file (``data_root``, ``metainfo``, ``max_epochs``, ...) are refused:
+            the file uses them only while it is parsed.
         launcher: one of `LAUNCHERS`.
+        data_root: the dataset folder for every loader, and the evaluators' annotation files
+            under it (`openmmlab.datasets.set_data_root`; an evaluator ``ann_file`` given in
+            `cfg_options` is kept).
+        classes_from_data: "train" or "test": take the class names of that loader's data (COCO
+            ``categories``, an ADE-format ``classes.txt``) into every loader and the heads'
+            ``num_classes`` (`openmmlab.datasets.apply_classes_from_data`).
     """
     path = Path(config)
     if not path.is_file():
@@ -59,7 +77,18 @@ def load_config(config: str | Path, work_dir: str | Path | None = None,
     except SyntaxError as exc:
         raise ConfigError(f"config {str(path)!r} is not valid Python: {exc.msg} (line {exc.lineno})") from exc
     if cfg_options:
+        check_cfg_options(cfg_options, cfg)
+        if data_root is not None:
+            both = sorted(k for k in cfg_options if str(k).split(".")[-1] == "data_root")
+            if both:
+                raise ConfigError(f"--data-root and --cfg-options {both[0]} both set a data root: pass one of them")
         cfg.merge_from_dict(dict(cfg_options))
+    if data_root is not None:
+        set_data_root(cfg, data_root, keep=cfg_options or ())
+    if classes_from_data is not None:
+        check_data_roots(cfg, classes_from_data)  # the files it reads, named with their keys
+        check_data_files(cfg, classes_from_data)
+        apply_classes_from_data(cfg, classes_from_data)
     cfg.launcher = launcher
     if work_dir is not None:
         cfg.work_dir = str(work_dir)
@@ -78,8 +107,20 @@ def check_data_roots(cfg: Config, mode: str) -> None:
         root = dataset.get("data_root") if dataset is not None else None
         if root and "://" not in str(root) and not Path(root).is_dir():  # URLs go to mmengine's file backends
             raise FileNotFoundError(
-                f"data root {str(root)!r} of {name} not found: generate a toy set with tools/make_toy_data.py or "
-                f"point the config at the data with --cfg-options {name}.dataset.data_root=DIR")
+                f"data root {str(root)!r} of {name} not found: pass --data-root DIR (every loader and evaluator "
+                "follows it), or generate a toy set there with tools/make_toy_data.py")
+
+
+def check_init_checkpoints(cfg: Config) -> None:
+    """Raise FileNotFoundError when an ``init_cfg=dict(type='Pretrained', checkpoint=...)`` of the
+    model names a local file that is not there (hub specs ``hf-hub:ORG/REPO`` and URLs are
+    fetched when the weights are loaded)."""
+    for key, checkpoint in init_checkpoints(cfg.get("model")):
+        if checkpoint.startswith("hf-hub:") or "://" in checkpoint or Path(checkpoint).is_file():
+            continue
+        raise FileNotFoundError(
+            f"checkpoint {checkpoint!r} of {key} not found: pass --cfg-options {key}=FILE, or a hub spec such as "
+            "hf-hub:timm/efficientformerv2_s0.snap_dist_in1k")
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -123,34 +164,130 @@ def _load_failure(exc: BaseException) -> str:
     return " ".join(text.split()) or type(exc).__name__
 
 
+class _WorkDirGuard(Hook):
+    """Remembers what a work dir held before a Runner was made in it, and removes what was
+    added (the timestamped log folder, the dumped config, the work dir itself and the parents
+    it needed) when the run fails before its first iteration; never what was there before."""
+
+    priority = "VERY_HIGH"
+
+    def __init__(self, work_dir: str | Path) -> None:
+        self.work_dir = Path(work_dir).absolute()
+        self.created = None  # the top-most folder that did not exist
+        for p in (self.work_dir, *self.work_dir.parents):
+            if p.exists():
+                break
+            self.created = p
+        self.before = set(os.listdir(self.work_dir)) if self.work_dir.is_dir() else set()
+        self.started = False
+
+    def before_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None) -> None:
+        self.started = True
+
+    def before_test_iter(self, runner: Any, batch_idx: int, data_batch: Any = None) -> None:
+        self.started = True
+
+    def undo(self) -> None:
+        """Remove what this run added to the work dir (no-op once the run has started)."""
+        if self.started:
+            return
+        for logger in list(getattr(MMLogger, "_instance_dict", {}).values()):
+            for handler in list(logger.handlers):
+                if isinstance(handler, logging.FileHandler) and \
+                        Path(handler.baseFilename).absolute().is_relative_to(self.work_dir):
+                    handler.close()
+                    logger.removeHandler(handler)
+        _forget_visualizers(self.work_dir)
+        if self.created is not None:
+            shutil.rmtree(self.created, ignore_errors=True)
+            return
+        for name in (set(os.listdir(self.work_dir)) if self.work_dir.is_dir() else set()) - self.before:
+            path = self.work_dir / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
+def _forget_visualizers(work_dir: Path) -> None:
+    """mmengine keeps a visualizer per name for the whole process (``name='visualizer'`` in
+    mmdet's and mmseg's configs), and the next Runner of the same name reuses it, with its save
+    folder: forget those that save under a removed work dir."""
+    from mmengine.visualization import Visualizer
+
+    classes = [Visualizer]
+    while classes:
+        cls = classes.pop()
+        classes += cls.__subclasses__()
+        instances = cls.__dict__.get("_instance_dict", {})
+        for name, visualizer in list(instances.items()):
+            for backend in getattr(visualizer, "_vis_backends", {}).values():
+                save_dir = getattr(backend, "_save_dir", None)
+                if save_dir and Path(save_dir).absolute().is_relative_to(work_dir):
+                    instances.pop(name, None)
+                    break
+
+
 def build_runner(cfg: Config, mode: str = "train") -> Runner:
     """A Runner (or the config's ``runner_type``) for the config, with the model and the loops of
-    `mode` ("train": train and val, "test": test) built now, so that a key no component accepts or
-    a type no registry holds is a `ConfigError` before the run starts."""
+    `mode` ("train": train and val, "test": test) built now, so that a key no component accepts,
+    a type no registry holds or a dataset that holds nothing is a `ConfigError` before the run
+    starts. What a failed build created in the work dir is removed."""
     if mode not in _LOOPS:
         raise ValueError(f"mode must be one of {sorted(_LOOPS)}, not {mode!r}")
     allow_mmengine_checkpoints()
     check_data_roots(cfg, mode)
+    check_data_files(cfg, mode)
+    check_classes(cfg, mode)
+    guard = _WorkDirGuard(cfg.work_dir)
     # Warnings the components raise while being built are held back until the whole run is built:
     # when it fails, they are about a run that will not happen, and only the error is reported.
     with warnings.catch_warnings(record=True) as held:
         try:
             runner = Runner.from_cfg(cfg) if "runner_type" not in cfg else RUNNERS.build(cfg)
+            datasets = {}
             for loop in _LOOPS[mode]:
                 # The Runner's loop properties build a loop (its dataloader, dataset and evaluator)
                 # on first access and keep it; train() and test() then reuse it.
-                getattr(runner, loop)
+                try:
+                    datasets[_LOOP_LOADERS[loop]] = getattr(runner, loop).dataloader.dataset
+                except ValueError as exc:  # mmengine's words for a dataset that came out empty
+                    why = "need at least one array" in str(exc) and empty_dataset_message(cfg, _LOOP_LOADERS[loop])
+                    if why:
+                        raise ConfigError(why) from exc
+                    raise
+            check_built_datasets(datasets)
+            if mode == "train":
+                check_init_checkpoints(cfg)
         except (KeyError, TypeError) as exc:  # what mmengine's builders raise for unknown types and keys
+            guard.undo()
             message = " ".join(str(exc.args[0] if exc.args else exc).split())
             raise ConfigError(f"{cfg.filename or 'the config'}: cannot build the run "
                               f"({type(exc).__name__}: {message})") from exc
+        except BaseException:
+            guard.undo()
+            raise
     for w in held:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    runner.register_hook(guard)
     return runner
 
 
+def _run(runner: Runner, mode: str) -> Any:
+    """``runner.train()`` or ``runner.test()``; a failure before the first iteration (e.g. the
+    Pretrained weights cannot be loaded) leaves no work-dir folders behind."""
+    try:
+        return runner.train() if mode == "train" else runner.test()
+    except BaseException:
+        for hook in runner.hooks:
+            if isinstance(hook, _WorkDirGuard):
+                hook.undo()
+        raise
+
+
 def train(config: str | Path, work_dir: str | Path | None = None, cfg_options: Mapping[str, Any] | None = None,
-          resume: str | None = None, amp: bool = False, launcher: str = "none") -> Runner:
+          resume: str | None = None, amp: bool = False, launcher: str = "none", data_root: str | Path | None = None,
+          classes_from_data: bool = False) -> Runner:
     """Train a config; returns the Runner after training.
 
     Args:
@@ -160,8 +297,10 @@ def train(config: str | Path, work_dir: str | Path | None = None, cfg_options: M
         resume: None (fresh run), "auto" (the latest checkpoint in the work_dir) or a checkpoint path.
         amp: mixed precision (AmpOptimWrapper).
         launcher: one of `LAUNCHERS`.
+        data_root: the dataset folder for every loader and evaluator (see `load_config`).
+        classes_from_data: take the class names of the training data (see `load_config`).
     """
-    cfg = load_config(config, work_dir, cfg_options, launcher)
+    cfg = load_config(config, work_dir, cfg_options, launcher, data_root, "train" if classes_from_data else None)
     if resume == "auto":
         cfg.resume, cfg.load_from = True, None
     elif resume is not None:
@@ -171,23 +310,26 @@ def train(config: str | Path, work_dir: str | Path | None = None, cfg_options: M
         cfg.optim_wrapper.type = "AmpOptimWrapper"
         cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
     runner = build_runner(cfg, "train")
-    runner.train()
+    _run(runner, "train")
     return runner
 
 
 def test(config: str | Path, checkpoint: str | Path, work_dir: str | Path | None = None,
-         cfg_options: Mapping[str, Any] | None = None, launcher: str = "none") -> dict[str, float]:
+         cfg_options: Mapping[str, Any] | None = None, launcher: str = "none", data_root: str | Path | None = None,
+         classes_from_data: bool = False) -> dict[str, float]:
     """Evaluate a checkpoint on the config's test set; returns the metrics (COCO mAP or mIoU).
 
     Args:
-        config: the config the checkpoint was trained with.
+        config: the config the checkpoint was trained with (or the one its run dumped in its
+            work dir, which holds every override).
         checkpoint: an mmengine checkpoint (.pth), read with torch's safe loading.
-        work_dir, cfg_options, launcher: as for `train`.
+        work_dir, cfg_options, launcher, data_root: as for `train`.
+        classes_from_data: take the class names of the test data (as the training run did).
     """
     read_checkpoint(checkpoint)
-    cfg = load_config(config, work_dir, cfg_options, launcher)
+    cfg = load_config(config, work_dir, cfg_options, launcher, data_root, "test" if classes_from_data else None)
     cfg.load_from = str(checkpoint)
-    return build_runner(cfg, "test").test()
+    return _run(build_runner(cfg, "test"), "test")
 
 
 def train_measures(runner: Runner) -> dict[str, float]:

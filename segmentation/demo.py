@@ -9,12 +9,6 @@ from openmmlab.runner import build_runner, final_val_metrics, load_config, train
 from .toy_data import make_toy_ade20k
 
 
-def set_ade20k_root(cfg: Any, root: Path) -> None:
-    """Point every dataloader of a segmentation config at `root`."""
-    for name in ("train_dataloader", "val_dataloader", "test_dataloader"):
-        cfg[name].dataset.data_root = str(root)
-
-
 def run_seg_demo(config: Path, data: Path, backbone_checkpoint: Path, work_dir: Path,
                  cfg_options: Mapping[str, Any] | None = None) -> dict[str, float]:
     """Generate the toy ADE20K set under `data` if missing, train `config` from the classification
@@ -22,8 +16,7 @@ def run_seg_demo(config: Path, data: Path, backbone_checkpoint: Path, work_dir: 
     if not (data / "annotations" / "validation").is_dir():
         print(f"demo-seg: generating the toy ADE20K set in {data}", flush=True)
         make_toy_ade20k(data)
-    cfg = load_config(config, work_dir, cfg_options)
-    set_ade20k_root(cfg, data)
+    cfg = load_config(config, work_dir, cfg_options, data_root=data)
     cfg.model.backbone.init_cfg.checkpoint = str(backbone_checkpoint)
     runner = build_runner(cfg)
     runner.train()

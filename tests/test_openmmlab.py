@@ -169,6 +169,85 @@ def test_pretrained_init_refuses_deploy_form_weights(tmp_path):
     assert not backbone.body.is_fused
 
 
+def test_with_cp_gives_the_same_outputs_and_gradients():
+    """mmdet's with_cp: the blocks are recomputed in the backward pass (they run twice), and
+    outputs and gradients are those of the plain backbone."""
+    plain = EfficientFormerV2("s0", drop_path_rate=0.0)
+    cp = EfficientFormerV2("s0", drop_path_rate=0.0, with_cp=True)
+    cp.load_state_dict(plain.state_dict())
+    assert cp.with_cp and not plain.with_cp
+    x = torch.randn(2, 3, 64, 96)
+    grads, calls = [], []
+    for model in (plain, cp):
+        model.train()
+        count = [0]
+        model.body.stages[2].blocks[0].register_forward_pre_hook(lambda *_: count.__setitem__(0, count[0] + 1))
+        feats = model(x)
+        sum((f * (i + 1)).mean() for i, f in enumerate(feats)).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        calls.append(count[0])
+        if model is plain:
+            expected = [f.detach() for f in feats]
+        else:
+            torch.testing.assert_close([f.detach() for f in feats], expected)
+    assert calls == [1, 2]  # recomputed in the backward pass
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 100
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=1e-5, atol=1e-6, msg=name)
+    with torch.no_grad():  # no recomputation without gradients
+        torch.testing.assert_close([f for f in cp.eval()(x)], [f for f in plain.eval()(x)])
+
+
+def _lay_out_hub_cache(cache: Path, repo: str, files: dict[str, bytes]) -> None:
+    """huggingface_hub's cache layout, as a download of `repo` (main) leaves it."""
+    import hashlib
+
+    folder = cache / ("models--" + repo.replace("/", "--"))
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(commit)
+    (folder / "snapshots" / commit).mkdir(parents=True)
+    (folder / "blobs").mkdir()
+    for name, data in files.items():
+        sha = hashlib.sha256(data).hexdigest()
+        (folder / "blobs" / sha).write_bytes(data)
+        (folder / "snapshots" / commit / name).symlink_to(Path("..", "..", "blobs", sha))
+
+
+def test_pretrained_init_from_a_hub_spec(tmp_path, monkeypatch, reference):
+    """init_cfg checkpoint='hf-hub:timm/...' goes through backbones.load_checkpoint and
+    huggingface_hub's own cache (laid out here, offline); the paper configs default to it."""
+    from huggingface_hub import constants
+    from safetensors.torch import save as safetensors_bytes
+
+    from openmmlab.runner import check_init_checkpoints
+
+    spec = "hf-hub:timm/efficientformerv2_s0.snap_dist_in1k"
+    cache = tmp_path / "hf-cache"
+    sd = {k: v.detach().contiguous().clone() for k, v in reference.state_dict().items()}
+    _lay_out_hub_cache(cache, spec.removeprefix("hf-hub:"), {"model.safetensors": safetensors_bytes(sd)})
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    for config in ("detection/mask-rcnn_efficientformerv2-s0_fpn_1x_coco.py",
+                   "segmentation/fpn_efficientformerv2-s0_ade20k-512x512_40k.py"):
+        cfg = load_config(ROOT / "configs" / config, tmp_path / "run")
+        assert cfg.model.backbone.init_cfg == dict(type="Pretrained", checkpoint=spec)
+        check_init_checkpoints(cfg)  # a spec, not a missing file
+    backbone = EfficientFormerV2("s0", init_cfg=dict(type="Pretrained", checkpoint=spec))
+    backbone.init_weights()
+    reference.eval()
+    backbone.eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(list(backbone(x)), reference.forward_intermediates(x, intermediates_only=True),
+                                   rtol=1e-4, atol=1e-4)
+    other = EfficientFormerV2("s0", init_cfg=dict(type="Pretrained",
+                                                  checkpoint="hf-hub:timm/efficientformerv2_s1.snap_dist_in1k"))
+    with pytest.raises(CheckpointError, match="efficientformerv2_s1.snap_dist_in1k"):  # not cached, offline
+        other.init_weights()
+
+
 # --- safe loading ----------------------------------------------------------------------------
 
 class _Sneaky:

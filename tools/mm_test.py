@@ -1,10 +1,13 @@
 """Evaluate an MMDetection or MMSegmentation checkpoint: COCO bbox/segm mAP or ADE20K mIoU.
 
-    python tools/mm_test.py CONFIG CHECKPOINT [--work-dir DIR] [--cfg-options k=v ...]
+    python tools/mm_test.py CONFIG CHECKPOINT [--data-root DIR] [--classes-from-data] [--work-dir DIR]
+                            [--cfg-options k=v ...]
     torchrun --nproc_per_node=8 tools/mm_test.py CONFIG CHECKPOINT --launcher pytorch
 
 A missing config or checkpoint, a checkpoint that is not an mmengine checkpoint, a config key no
-component accepts or a missing data root is reported in one line (exit status 2) before testing.
+component accepts, a --cfg-options key that sets a variable of the config file, a missing data
+root, annotation file or image folder, or class names that match none of the data's is reported
+in one line (exit status 2) before testing; such a failed attempt leaves no folder in the work dir.
 """
 from __future__ import annotations
 
@@ -28,12 +31,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config", help="the config the checkpoint was trained with")
     parser.add_argument("checkpoint", help="mmengine checkpoint (.pth), loaded with torch's safe loading")
     parser.add_argument("--work-dir", help="where the logs go (default work_dirs/<config name>)")
+    parser.add_argument("--data-root", metavar="DIR",
+                        help="the dataset folder for every loader (train, val, test) and the evaluators' annotation "
+                        "files under it (COCO: annotations/instances_{train,val}2017.json, {train,val}2017/; "
+                        "ADE20K: images/ and annotations/)")
+    parser.add_argument("--classes-from-data", action="store_true",
+                        help="take the class names of the test data (a COCO annotation file's categories, an "
+                        "ADE-format folder's classes.txt, one name per line from label 1) into every loader's "
+                        "metainfo.classes and set the heads' num_classes to their count")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
                         help="override config keys, e.g. test_dataloader.batch_size=2")
     parser.add_argument("--launcher", choices=LAUNCHERS, default="none", help="job launcher (pytorch for torchrun)")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    metrics = test(args.config, args.checkpoint, args.work_dir, args.cfg_options, args.launcher)
+    metrics = test(args.config, args.checkpoint, args.work_dir, args.cfg_options, args.launcher, args.data_root,
+                   args.classes_from_data)
     for name, value in metrics.items():
         print(f"{name}: {value}")
     return 0

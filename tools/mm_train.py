@@ -1,12 +1,16 @@
 """Train an MMDetection or MMSegmentation config (EfficientFormerV2 backbones).
 
-    python tools/mm_train.py CONFIG [--work-dir DIR] [--cfg-options k=v ...] [--resume [CKPT]] [--amp]
+    python tools/mm_train.py CONFIG [--data-root DIR] [--classes-from-data] [--work-dir DIR]
+                             [--cfg-options k=v ...] [--resume [CKPT]] [--amp]
     torchrun --nproc_per_node=8 tools/mm_train.py CONFIG --launcher pytorch     # multi-GPU
     torchrun --nnodes=2 --node_rank=R --master_addr=HOST --nproc_per_node=8 \\
         tools/mm_train.py CONFIG --launcher pytorch                              # multi-node
 
-A missing config, a config key no component accepts, a missing data root or a missing or
-unreadable checkpoint to resume from is reported in one line (exit status 2) before training.
+A missing config, a config key no component accepts, a --cfg-options key that sets a variable
+of the config file (data_root=...: use --data-root), a missing data root, annotation file, image
+folder or Pretrained checkpoint, class names that match none of the data's (see
+--classes-from-data) or a missing or unreadable checkpoint to resume from is reported in one
+line (exit status 2) before training; such a failed attempt leaves no folder in the work dir.
 """
 from __future__ import annotations
 
@@ -33,12 +37,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", nargs="?", const="auto", default=None,
                         help="resume from CKPT, or from the latest checkpoint of the work dir when no path is given")
     parser.add_argument("--amp", action="store_true", help="mixed-precision training")
+    parser.add_argument("--data-root", metavar="DIR",
+                        help="the dataset folder for every loader (train, val, test) and the evaluators' annotation "
+                        "files under it (COCO: annotations/instances_{train,val}2017.json, {train,val}2017/; "
+                        "ADE20K: images/ and annotations/)")
+    parser.add_argument("--classes-from-data", action="store_true",
+                        help="take the class names of the training data (a COCO annotation file's categories, an "
+                        "ADE-format folder's classes.txt, one name per line from label 1) into every loader's "
+                        "metainfo.classes and set the heads' num_classes to their count")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
                         help="override config keys, e.g. train_cfg.max_epochs=1 model.backbone.arch=s1")
     parser.add_argument("--launcher", choices=LAUNCHERS, default="none", help="job launcher (pytorch for torchrun)")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    train(args.config, args.work_dir, args.cfg_options, args.resume, args.amp, args.launcher)
+    train(args.config, args.work_dir, args.cfg_options, args.resume, args.amp, args.launcher, args.data_root,
+          args.classes_from_data)
     return 0
 
 

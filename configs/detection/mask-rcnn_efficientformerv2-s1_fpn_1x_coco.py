@@ -5,5 +5,5 @@ _base_ = './mask-rcnn_efficientformerv2-s0_fpn_1x_coco.py'
 model = dict(
     backbone=dict(
         arch='s1',
-        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/efficientformerv2_s1.pth')),
+        init_cfg=dict(type='Pretrained', checkpoint='hf-hub:timm/efficientformerv2_s1.snap_dist_in1k')),
     neck=dict(in_channels=[32, 48, 120, 224]))

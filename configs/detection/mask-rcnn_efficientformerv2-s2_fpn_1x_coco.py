@@ -5,5 +5,5 @@ _base_ = './mask-rcnn_efficientformerv2-s0_fpn_1x_coco.py'
 model = dict(
     backbone=dict(
         arch='s2',
-        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/efficientformerv2_s2.pth')),
+        init_cfg=dict(type='Pretrained', checkpoint='hf-hub:timm/efficientformerv2_s2.snap_dist_in1k')),
     neck=dict(in_channels=[32, 64, 144, 288]))

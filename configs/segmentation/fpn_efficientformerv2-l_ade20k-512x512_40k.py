@@ -5,5 +5,5 @@ _base_ = './fpn_efficientformerv2-s0_ade20k-512x512_40k.py'
 model = dict(
     backbone=dict(
         arch='l',
-        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/efficientformerv2_l.pth')),
+        init_cfg=dict(type='Pretrained', checkpoint='hf-hub:timm/efficientformerv2_l.snap_dist_in1k')),
     neck=dict(in_channels=[40, 80, 192, 384]))

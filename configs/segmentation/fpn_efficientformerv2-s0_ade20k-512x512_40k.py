@@ -1,8 +1,10 @@
 # Semantic FPN with an EfficientFormerV2-S0 backbone on ADE20K (150 classes), 512x512 crops,
 # 40k iterations at a global batch of 32 (8 GPUs x 4 images), AdamW lr 2e-4, weight decay 1e-4,
 # poly decay (power 0.9), single-scale test (paper Section 5.2). Model, data and runtime come
-# from mmseg's packaged bases; put the ImageNet checkpoint (project, official or timm format)
-# at the path below or override model.backbone.init_cfg.checkpoint.
+# from mmseg's packaged bases. The backbone starts from timm's ImageNet weights on the Hugging
+# Face Hub (the official ones, converted), fetched into huggingface_hub's cache on first use
+# (offline: HF_HUB_OFFLINE=1 reads the cache); a local file (project, official or timm format)
+# works too: --cfg-options model.backbone.init_cfg.checkpoint=FILE.
 _base_ = [
     'mmseg::_base_/models/fpn_r50.py',
     'mmseg::_base_/datasets/ade20k.py',
@@ -24,7 +26,7 @@ model = dict(
         out_indices=(0, 1, 2, 3),
         frozen_stages=-1,
         norm_eval=True,
-        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/efficientformerv2_s0.pth')),
+        init_cfg=dict(type='Pretrained', checkpoint='hf-hub:timm/efficientformerv2_s0.snap_dist_in1k')),
     neck=dict(in_channels=[32, 48, 96, 176], out_channels=256, num_outs=4),
     decode_head=dict(num_classes=150))
 
