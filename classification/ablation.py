@@ -75,16 +75,17 @@ class ArchConfig:
 
 
 def read_config(path: str | Path) -> ArchConfig:
-    """The architecture of a classification config; checks that it builds (`resolve_arch`), so an
-    unknown switch or value is reported with the config's name."""
-    import yaml
+    """The architecture of a classification config (with the configs it includes, as the CLI reads
+    it); checks that it builds (`resolve_arch`), so an unknown switch or value is reported with the
+    config's name."""
+    from .search.io import read_config as resolved
 
     path = Path(path)
-    try:
-        config = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise AblationError(f"{path} is not valid YAML: {e}") from None
-    model = config.get("model") if isinstance(config, dict) else None
+    try:  # the configs it includes merged in, dotted keys nested (as the CLI reads it)
+        config = resolved(path, what="config")
+    except ValueError as e:
+        raise AblationError(str(e)) from None
+    model = config.get("model")
     if not isinstance(model, dict) or not (model.get("arch") or model.get("model_name")):
         raise AblationError(f"{path} names no architecture: expected model.arch (e.g. {{base: s1, "
                          "attention_bias: false}) or model.model_name (a variant config)")

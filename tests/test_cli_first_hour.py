@@ -229,6 +229,16 @@ def test_profile_takes_an_inline_arch_dict():
     assert bad.returncode == 2 and "is not JSON" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
+def test_profile_reads_a_classification_config_as_its_training_builds_the_network():
+    """A variant config (an overlay including the recipe) names its model; without a teacher the
+    training builds no distillation head, and the count says so."""
+    from_config = run_tool("model_profile", "--arch", ROOT / "configs/classification/efficientformerv2_s1.yaml")
+    by_name = run_tool("model_profile", "--model", "efficientformerv2_s1", "--no-distillation")
+    assert from_config.returncode == by_name.returncode == 0, from_config.stderr + by_name.stderr
+    figures = re.search(r"params [\d,]+ \(deploy form [\d,]+\)", by_name.stdout).group()
+    assert figures in from_config.stdout and "no distillation head" in from_config.stdout, from_config.stdout
+
+
 # --------------------------------------------------------------------------------------------
 # 7. the deploy-form figures come from the tool
 # --------------------------------------------------------------------------------------------

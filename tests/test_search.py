@@ -18,6 +18,7 @@ from backbones import Arch, EfficientFormerV2
 from backbones.supernet import EfficientFormerV2Supernet, SearchSpace, StageConfig, SubnetConfig
 from classification.proxy import run_proxy_check, spread_configs
 from classification.search import (MesSpec, SearchSettings, SettingsError, SubnetEvaluator, Target, arch_dict,
+                                   classification_config,
                                    evaluate, fixed_expansion, frontier, greedy_search, load_searched, load_settings,
                                    load_supernet,
                                    plot_trajectory, random_baseline, random_cloud, recalibrate_bn, run_search)
@@ -239,6 +240,34 @@ def test_run_search_writes_its_outputs(supernet_ckpt, toy_root, tmp_path):
     assert len(randoms["at_budget"]) == 2
     assert all(log["steps"][-1]["mes"] <= r["mes"] <= 1.5 * log["steps"][-1]["mes"] for r in randoms["at_budget"])
     assert (tmp_path / "trajectory.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_searched_config_is_self_contained_from_a_variant_overlay(tmp_path):
+    """A variant config includes the recipe (`config: imagenet.yaml`) and sets dotted keys: the
+    searched network's config has them merged in, so it parses wherever it is written."""
+    import sys
+    from unittest import mock
+
+    from classification.__main__ import ClassificationCLI
+    from classification.data import ImageNetDataModule
+    from classification.module import ImageClassifier
+
+    subnet = SPACE.smallest()
+    config = classification_config(subnet, ROOT / "configs/classification/efficientformerv2_s0.yaml",
+                                   run_dir=tmp_path / "train", img_size=32)
+    assert "config" not in config and not any("." in key for key in config)
+    assert "model_name" not in config["model"] and config["model"]["arch"] == arch_dict(subnet)
+    assert config["trainer"]["accelerator"] == "gpu" and config["data"]["img_size"] == 32   # the recipe's, the search's
+    (tmp_path / "searched.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+    class ParseOnly(ClassificationCLI):
+        def instantiate_classes(self) -> None:
+            pass
+
+    with mock.patch.object(sys, "argv", ["classification"]):
+        parsed = ParseOnly(ImageClassifier, ImageNetDataModule, auto_configure_optimizers=False, run=False,
+                           args=["--config", str(tmp_path / "searched.yaml"), "--data.root", "unused"]).config
+    assert parsed.model.arch == arch_dict(subnet) and parsed.data.img_size == 32
 
 
 def test_run_search_refuses_a_table_of_another_size(supernet_ckpt, toy_root, tmp_path):

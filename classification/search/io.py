@@ -5,6 +5,7 @@ every tool builds through `load_searched` from what the search wrote."""
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import pickle
 from dataclasses import asdict, dataclass
@@ -100,8 +101,10 @@ def _from_search_json(data: Mapping[str, Any], source: str) -> SearchedNetwork:
 
 
 def _from_classification_config(config: Mapping[str, Any], source: Path) -> SearchedNetwork:
-    model = config.get("model") or {}
+    model = dict(config.get("model") or {})
     data = config.get("data") or {}
+    if not isinstance(model.get("arch"), Mapping) and isinstance(model.get("model_name"), str):
+        model["arch"] = {"base": model["model_name"].lower().removeprefix("efficientformerv2_")}  # a variant config
     if not isinstance(model.get("arch"), Mapping):
         raise ValueError(f"{source} has no model.arch: give the searched.yaml or search.json the search wrote, "
                          "or an architecture dict")
@@ -147,19 +150,13 @@ def load_searched(spec: str | Path | Mapping[str, Any]) -> SearchedNetwork:
             if not path.is_file():
                 raise FileNotFoundError(f"{path} does not exist: give the search's search.json or searched.yaml, "
                                         "an architecture JSON file, or an inline JSON dict")
-            raw = path.read_text()
             if path.suffix in (".yaml", ".yml"):
-                import yaml
-
-                try:
-                    data = yaml.safe_load(raw)
-                except yaml.YAMLError as e:
-                    raise ValueError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
-                if isinstance(data, Mapping) and "model" in data:
+                data = read_config(path, what="config")   # includes merged, dotted keys nested
+                if "model" in data:
                     return _from_classification_config(data, path)
             else:
                 try:
-                    data = json.loads(raw)
+                    data = json.loads(path.read_text())
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{path} is not JSON ({e}): give the search's search.json or searched.yaml, "
                                      'or an architecture dict such as {"base": "s0", "attention": [0, 0, 2, 2]}') \
@@ -244,21 +241,59 @@ def image_batches(root: str | Path, split: str, img_size: int, batch_size: int, 
     return [b for b in loader if b is not None] if cache else loader
 
 
-def read_config(config: str | Path | Mapping[str, Any], what: str = "base config") -> dict[str, Any]:
-    """A YAML config as a dict: read from a path (a missing file is an error saying so), or a
-    copy of a mapping."""
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """`over` on top of `base`: mappings merge key by key, anything else (lists too) replaces."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), dict) \
+            else copy.deepcopy(value)
+    return out
+
+
+def _nested(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted keys (`model.model_name: s0`, as the CLI reads them) as nested sections, in order."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        value = _nested(value) if isinstance(value, Mapping) else value
+        *parents, leaf = str(key).split(".") if "." in str(key) else [key]
+        out = _merge(out, functools.reduce(lambda inner, name: {name: inner}, reversed(parents), {leaf: value}))
+    return out
+
+
+def _read_yaml(path: Path, what: str, seen: tuple[Path, ...]) -> dict[str, Any]:
     import yaml
 
-    if isinstance(config, Mapping):
-        return copy.deepcopy(dict(config))
-    path = Path(config)
     if not path.is_file():
-        raise FileNotFoundError(f"{what} {str(path)!r} does not exist: pass the path of a classification config "
-                                "(configs/classification/*.yaml in the source tree)")
-    data = yaml.safe_load(path.read_text()) or {}
+        raise FileNotFoundError(f"{what} {str(path)!r} does not exist"
+                                + (f" (included by {str(seen[-1])!r})" if seen else
+                                   ": pass the path of a classification config (configs/classification/*.yaml "
+                                   "in the source tree)"))
+    if path.resolve() in seen:
+        raise ValueError(f"{what} {str(path)!r} includes itself")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{what} {str(path)!r} is not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{what} {str(path)!r} is not a YAML mapping of sections")
-    return data
+    out: dict[str, Any] = {}
+    for key, value in data.items():   # in order: an included config is overridden by the keys after it
+        if key == "config":
+            for include in value if isinstance(value, list) else [value]:
+                out = _merge(out, _read_yaml(path.parent / str(include), what, seen + (path.resolve(),)))
+        else:
+            out = _merge(out, _nested({key: value}))
+    return out
+
+
+def read_config(config: str | Path | Mapping[str, Any], what: str = "base config") -> dict[str, Any]:
+    """A classification config as one self-contained dict of nested sections: read from a path
+    (the configs it includes with `config:` merged in, relative to it, and dotted keys such as
+    `model.model_name` nested, as the CLI reads them; a missing file is an error saying so), or a
+    copy of a mapping."""
+    if isinstance(config, Mapping):
+        return _nested(copy.deepcopy(dict(config)))
+    return _read_yaml(Path(config), what, ())
 
 
 def classification_config(result: Any, base_config: str | Path | Mapping[str, Any] | None = None,
