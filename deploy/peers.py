@@ -261,9 +261,18 @@ def _measure_group(peers: Sequence[Peer], specs: dict, runtime: str, kwargs: dic
             survivors.append(p)
     if not survivors:
         return [], failures
-    if len(survivors) == len(pending):  # each runs alone, not together
-        raise RuntimeError(f"the {runtime} benchmark of {[p.name for p in pending]} fails only when they are "
-                           f"measured together: {error}")
+    if len(survivors) == len(pending):
+        # each runs alone but not all together: measure each alone, marked as not interleaved
+        log(f"{runtime}: the models run alone but not together ({error}); measuring each alone")
+        records = []
+        for p in survivors:
+            try:
+                got = benchmark([specs[p.name]], [runtime], resolution=p.resolution, log=log, **kwargs)
+            except Exception as exc:  # noqa: BLE001
+                failures[p.name] = _one_line(exc)
+                continue
+            records += [{**r, "interleaved": False} for r in got]
+        return records, failures
     records, more = _measure_group(survivors, specs, runtime, kwargs, benchmark, log)
     return records, {**failures, **more}
 
@@ -283,7 +292,9 @@ def measure_peers(peers: Sequence[Peer], runtimes: Sequence[str], threads: int =
     Returns:
         (records, failures): `run_benchmark`'s records (tools/benchmark.py's JSON format), each
         with `top1`, `top1_source`, `family`, `tag` and `peer_group` (the runtime and resolution
-        group it was measured interleaved with) added and `top1_paper` set to the figure;
+        group it was measured interleaved with; `interleaved: False` and its own group for a
+        model that was measured alone because the group failed only as a whole) added and
+        `top1_paper` set to the figure;
         failures are {"model", "backend", "resolution", "reason"} of each model a runtime could
         not take (every runtime, for a model that cannot be built).
     """
@@ -310,8 +321,9 @@ def measure_peers(peers: Sequence[Peer], runtimes: Sequence[str], threads: int =
             got, failed = _measure_group(group, specs, runtime, kwargs, benchmark, log)
             for r in got:
                 p = by_name[r["model"]]
+                alone = r.get("interleaved") is False
                 r.update(top1=p.top1, top1_paper=p.top1, top1_source=p.source, family=p.family, tag=p.tag,
-                         peer_group=f"{runtime}@{resolution}px")
+                         peer_group=f"{runtime}@{resolution}px" + (f", {p.name} alone" if alone else ""))
                 records.append(r)
             failures += [{"model": name, "backend": runtime, "resolution": resolution, "reason": why}
                          for name, why in failed.items()]

@@ -149,6 +149,15 @@ def test_failure_while_measuring_is_found_by_running_each_model_alone(monkeypatc
     assert calls[-1] == (["net_a", "net_b"], 5)
 
 
+def test_models_that_fail_only_together_are_measured_alone(monkeypatch):
+    peers = _fake_peers(monkeypatch, ["net_a", "net_b"])
+    fake = _fake_benchmark([], lambda labels, label, stage: stage == "measure" and len(labels) > 1)
+    records, failures = measure_peers(peers, ["onnxruntime"], benchmark=fake)
+    assert failures == [] and [r["model"] for r in records] == ["net_a", "net_b"]
+    assert all(r["interleaved"] is False for r in records)
+    assert records[0]["peer_group"] == "onnxruntime@32px, net_a alone"
+
+
 def test_a_runtime_that_takes_no_model_lists_every_one(monkeypatch):
     peers = _fake_peers(monkeypatch, ["net_a", "net_b"])
     fake = _fake_benchmark([], lambda labels, label, stage: True)
