@@ -306,8 +306,9 @@ class RunFolderCLI(LightningCLI):
     def _with_place(self, text: str) -> str:
         """`text; checkpoints in DIR (best: FILE)`: where the run's checkpoints went."""
         callbacks = self.trainer.checkpoint_callbacks
-        folders = list(dict.fromkeys(_place(c.dirpath) for c in callbacks if c.dirpath))
-        place = f"checkpoints in {', '.join(folders)}" if folders else "no checkpoints written"
+        folders = list(dict.fromkeys(c.dirpath for c in callbacks if c.dirpath))
+        written = [f for f in folders if Path(f).is_dir() and any(Path(f).glob("*.ckpt"))]
+        place = f"checkpoints in {', '.join(map(_place, written))}" if written else "no checkpoints written"
         best = next((c.best_model_path for c in callbacks if c.best_model_path), "")
         if best and self.summary_monitor is not None:
             place += f" (best: {Path(best).name})"
