@@ -161,7 +161,7 @@ def train_iteration(config: str | Path, data_root: str | Path, device: str | tor
         "config": str(config), "task": scope, "device": str(device), "batch_size": int(loader_cfg.batch_size),
         "input_shape": input_shape, "warmup": warmup, "iterations": iterations,
         "seconds_per_iter": round(statistics.median(times), 5), "iteration_seconds": [round(t, 5) for t in times],
-        "loss": None if loss is None else float(loss), "params": sum(p.numel() for p in model.parameters()),
+        "loss": None if loss is None else float(loss.detach()), "params": sum(p.numel() for p in model.parameters()),
         "peak_memory_gib": (round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
                             if device.type == "cuda" else None)}
     return result
