@@ -1,7 +1,7 @@
-"""Latency benchmark of the project's models and any timm model: torch eager, torch.compile,
-ONNX Runtime (and TensorRT where installed with a GPU), ExecuTorch with the XNNPACK delegate and
-OpenVINO's CPU plugin, fp32 and (ExecuTorch, OpenVINO) int8, with parameters, GMACs and MES in
-the same table. All (model, backend, precision) triples of one table are measured interleaved
+"""Latency benchmark of the project's models and any timm model on every backend of the runtime
+registry (`deploy.runtimes`): torch eager, torch.compile, ONNX Runtime (and TensorRT where installed
+with a GPU), ExecuTorch with the XNNPACK delegate, OpenVINO's CPU plugin and AOTInductor, fp32 and
+(ExecuTorch, OpenVINO) int8, with parameters, GMACs and MES in the same table. All (model, backend, precision) triples of one table are measured interleaved
 (`deploy.latency.measure_interleaved`): compare latencies only inside one run.
 
 Models: a project variant (`efficientformerv2_s0`), any timm model (`mobilenetv2_100`),
@@ -11,11 +11,9 @@ a `(label, module)` pair for a model built elsewhere (a searched or switched arc
 from __future__ import annotations
 
 import csv
-import importlib
 import json
 import statistics
 import tempfile
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence, Union
@@ -29,15 +27,18 @@ from .latency import Timed, measure_interleaved
 from .mes import mobile_efficiency_score
 from .models import IMAGENET_MEAN, IMAGENET_STD, build_model, deploy_form, is_project_model, replace_activations
 from .profile import count_gmacs, count_params
-from .stacks import STACKS, ExportStackError, require_stack
+from .runtimes import BACKENDS as _BACKENDS
+from .runtimes import INT8_BACKENDS as _INT8_BACKENDS
+from .runtimes import backend_runtime
+from .runtimes.base import CompiledModel, as_tuple
 
 __all__ = ["BACKENDS", "INT8_BACKENDS", "PAPER_TOP1", "ModelSpec", "CompiledModel", "compile_module",
            "run_benchmark", "format_table", "write_json", "write_csv", "plot_accuracy_latency",
            "available_backends", "build_named_model", "RANDOM_CALIBRATION_NOTE", "read_records", "spread",
            "format_spread"]
 
-BACKENDS = ("torch", "compile", "onnxruntime", "tensorrt", "executorch", "openvino")
-INT8_BACKENDS = ("executorch", "openvino")   # backends with an int8 path (XNNPACK PT2E, NNCF)
+BACKENDS = _BACKENDS            # every backend of the runtime registry (deploy.runtimes)
+INT8_BACKENDS = _INT8_BACKENDS  # backends with an int8 path (XNNPACK PT2E, NNCF)
 # latency protocols: every activation replaced by this module (the paper's Pixel 6 figures: ReLU)
 ACTIVATION_PROTOCOLS = {"relu": nn.ReLU}
 RANDOM_CALIBRATION_NOTE = ("int8 is calibrated on random data, which gives a speed figure only: the latency "
@@ -59,62 +60,6 @@ PAPER_TOP1 = {
     "resnet50": 78.5, "convnext_tiny": 82.1, "edgevit_xxs": 74.4,
 }
 
-# backend -> the stack (deploy.stacks.STACKS key) it needs and the modules to import to use it
-_BACKEND_STACKS = {
-    "onnxruntime": ("onnx", ("onnx", "onnxscript", "onnxruntime")),
-    "tensorrt": ("onnx", ("onnx", "onnxscript", "onnxruntime")),
-    "executorch": ("executorch", ("executorch.runtime", "executorch.exir")),
-    "openvino": ("openvino", ("openvino",)),
-}
-
-
-def _as_tuple(out) -> tuple[torch.Tensor, ...]:
-    return tuple(out) if isinstance(out, (list, tuple)) else (out,)
-
-
-@dataclass
-class CompiledModel:
-    """A module made runnable on one backend with its input bound.
-
-    Attributes:
-        run: one inference on the bound input (what is timed).
-        outputs: one inference, returning the outputs as a tuple of tensors.
-        path: the exported file (ONNX, `.pte`, OpenVINO `.xml`), None for torch backends.
-        info: backend facts for the record (e.g. `undelegated_ops`, `ov_threads`).
-        rebuild: `rebuild(threads)` gives the same export run with another thread count, for
-            backends that allow several counts in one process (onnxruntime, openvino); else None.
-    """
-
-    run: Callable[[], object]
-    outputs: Callable[[], tuple[torch.Tensor, ...]]
-    path: Path | None = None
-    info: dict = field(default_factory=dict)
-    rebuild: Callable[[int], "CompiledModel"] | None = None
-
-
-def _bound(call: Callable[[torch.Tensor], object], x: torch.Tensor, path: Path | None = None,
-           info: dict | None = None, rebuild: Callable[[int], CompiledModel] | None = None) -> CompiledModel:
-    return CompiledModel(lambda: call(x), lambda: _as_tuple(call(x)), path, info or {}, rebuild)
-
-
-def _compile_onnx(path: Path, x: torch.Tensor, threads: int, providers: list[str] | None = None) -> CompiledModel:
-    from .ort import create_session
-    sess = create_session(path, threads=threads, providers=providers)
-    feed = {sess.get_inputs()[0].name: x.numpy()}
-
-    def call(_: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(torch.from_numpy(o) for o in sess.run(None, feed))
-    return CompiledModel(lambda: sess.run(None, feed), lambda: call(x), path, {},
-                         lambda n: _compile_onnx(path, x, n, providers))
-
-
-def _compile_openvino(path: Path, x: torch.Tensor, threads: int) -> CompiledModel:
-    from .openvino import compile_openvino
-    model = compile_openvino(path, threads=threads, precision="f32")
-    info = {"ov_threads": int(model.compiled.get_property("INFERENCE_NUM_THREADS")),
-            "ov_precision": model.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()}
-    return _bound(model, x, path, info, lambda n: _compile_openvino(path, x, n))
-
 
 def compile_module(module: nn.Module, x: torch.Tensor, backend: str, threads: int, workdir: str | Path,
                    name: str = "model", calibration: Sequence[torch.Tensor] | None = None) -> CompiledModel:
@@ -122,48 +67,18 @@ def compile_module(module: nn.Module, x: torch.Tensor, backend: str, threads: in
     on `backend` at the input `x`, the shape fixed.
 
     Args:
-        backend: one of `BACKENDS`.
-        threads: intra-op threads. torch backends: set with `torch.set_num_threads` by the caller;
-            executorch: the process's XNNPACK threadpool (`deploy.executorch.set_threads`, one
-            count per process).
+        backend: one of `BACKENDS` (the runtime registry's `deploy.runtimes.backend_runtime`).
+        threads: intra-op threads. torch backends (eager, compile, aoti): set with
+            `torch.set_num_threads` by the caller; executorch: the process's XNNPACK threadpool
+            (`deploy.runtimes.executorch.set_threads`, one count per process).
         workdir: folder for the exported file (`name` + suffix).
         calibration: int8 calibration inputs (each of `x`'s shape), executorch and openvino only;
             None: fp32.
     """
-    module = module.eval()
-    workdir = Path(workdir)
-    if calibration is not None and backend not in INT8_BACKENDS:
+    runtime = backend_runtime(backend)
+    if calibration is not None and not runtime.int8:
         raise ValueError(f"int8 is available on {', '.join(INT8_BACKENDS)}, not on {backend}")
-    if backend == "torch":
-        def eager(inp: torch.Tensor):
-            with torch.inference_mode():
-                return module(inp)
-        return _bound(eager, x)
-    if backend == "compile":
-        compiled = torch.compile(module)
-
-        def run_compiled(inp: torch.Tensor):
-            with torch.inference_mode():
-                return compiled(inp)
-        return _bound(run_compiled, x)
-    if backend in ("onnxruntime", "tensorrt"):
-        from .export import export_onnx
-        path = export_onnx(module, x, workdir / f"{name}.onnx", dynamic_batch=False)
-        providers = ["TensorrtExecutionProvider", "CUDAExecutionProvider"] if backend == "tensorrt" else None
-        return _compile_onnx(path, x, threads, providers)
-    if backend == "executorch":
-        from .executorch import ExecuTorchProgram, UndelegatedOperatorWarning, export_executorch, set_threads
-        set_threads(threads)
-        with warnings.catch_warnings():  # listed in the record instead
-            warnings.simplefilter("ignore", UndelegatedOperatorWarning)
-            exported = export_executorch(module, x, workdir / f"{name}.pte", calibration=calibration)
-        info = {"undelegated_ops": exported.undelegated, "delegate_calls": exported.delegated_calls}
-        return _bound(ExecuTorchProgram(exported.path), x, exported.path, info)
-    if backend == "openvino":
-        from .openvino import export_openvino
-        path = export_openvino(module, x, workdir / f"{name}.xml", calibration=calibration)
-        return _compile_openvino(path, x, threads)
-    raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    return runtime.compile(module.eval(), x, threads, workdir, name, calibration=calibration)
 
 
 @dataclass
@@ -186,27 +101,9 @@ def _resolve(name: str) -> tuple[str, bool]:
     return name, not is_project_model(name)
 
 
-def _probe(backend: str) -> str:
-    """"" if `backend` can run here, else why not and what to do."""
-    if backend not in _BACKEND_STACKS:
-        return ""
-    stack, modules = _BACKEND_STACKS[backend]
-    for module in modules:
-        try:
-            importlib.import_module(module)
-        except ImportError as e:
-            return (f"backend {backend} needs {module}, which is not installed or cannot be imported ({e}): "
-                    f"run `make install` (or `pip install -e .[export]`, i.e. {STACKS[stack][1]})")
-    if backend == "tensorrt":
-        import onnxruntime as ort
-        if "TensorrtExecutionProvider" not in ort.get_available_providers() or not torch.cuda.is_available():
-            return "backend tensorrt needs onnxruntime-gpu with TensorRT and a CUDA GPU"
-    return ""
-
-
 def available_backends(backends: Sequence[str] = BACKENDS) -> dict[str, str]:
     """Backend -> "" if usable here, else why not (importing each runtime it needs)."""
-    return {b: _probe(b) for b in backends}
+    return {b: backend_runtime(b).unavailable() for b in backends}
 
 
 def build_named_model(name: str, resolution: int = 224) -> nn.Module:
@@ -275,7 +172,8 @@ def run_benchmark(models: Sequence[ModelSpec], backends: Sequence[str] = ("onnxr
                   baseline: str | None = None, ort_profile: bool = False, int8: bool = False,
                   calibration: str | Path | None = None, calibration_count: int = 32,
                   et_profile: bool = False, ov_profile: bool = False, thread_check: bool = False,
-                  activation: str | None = None, log: Callable[[str], None] = lambda s: None) -> list[dict]:
+                  activation: str | None = None, profile: Sequence[str] = (),
+                  log: Callable[[str], None] = lambda s: None) -> list[dict]:
     """Measure every (model, backend, precision) triple interleaved and return one record each.
 
     Args:
@@ -290,19 +188,21 @@ def run_benchmark(models: Sequence[ModelSpec], backends: Sequence[str] = ("onnxr
         baseline: a model label; records then carry `vs_baseline` (latency / the baseline's
             latency on the same backend and precision).
         ort_profile: ONNX Runtime records also carry `ort_op_ms` (kernel time per op type, ms
-            per run, `deploy.ort.op_time_profile`, after the timed runs).
+            per run, `deploy.runtimes.onnxruntime.op_time_profile`, after the timed runs).
         int8: also measure int8 programs on the backends of `INT8_BACKENDS` (XNNPACK PT2E,
             NNCF), calibrated on `calibration_count` batches from `calibration` (an
             ImageNet-layout folder) or, when None, on random data (`RANDOM_CALIBRATION_NOTE`).
         et_profile: ExecuTorch records also carry `et_op_ms` (time per operator type, delegate
             kernels included, ms of one run from the median per event, from ExecuTorch's ETDump;
-            `deploy.profile.executorch_op_profile`).
+            `deploy.runtimes.executorch.executorch_op_profile`).
         ov_profile: OpenVINO records also carry `ov_op_ms` (time per node type of the compiled
             model, fused activations named, ms of one run from the median per node;
-            `deploy.openvino.op_time_profile`).
+            `deploy.runtimes.openvino.op_time_profile`).
         activation: "relu": every model's activations replaced by ReLU before it is measured
             (`deploy.models.replace_activations`), the protocol of the paper's Pixel 6 latencies
             (Sec. 5.1); a latency figure only. None: the models as built.
+        profile: further backends to profile the same way (any backend whose runtime has a
+            `profile`; `ort_profile`, `et_profile` and `ov_profile` name the three that do today).
         thread_check: with `threads` > 1, ONNX Runtime and OpenVINO records also carry
             `latency_ms_median_1_thread` and `speedup_vs_1_thread` (the same export with 1
             thread, timed interleaved with it after the table): whether the model uses its threads.
@@ -335,9 +235,10 @@ def run_benchmark(models: Sequence[ModelSpec], backends: Sequence[str] = ("onnxr
         raise ValueError("a calibration folder is only used for int8: pass int8=True (--int8)")
     for b, why in available_backends(backends).items():
         if why:
-            raise (ValueError(why) if b == "tensorrt" else ExportStackError(why))
-    if int8 and "openvino" in backends:
-        require_stack("nncf")  # before anything is built
+            raise backend_runtime(b).unavailable_error(why)
+    if int8:
+        for b in backends:  # int8's own packages (NNCF), before anything is built
+            backend_runtime(b).require(int8=backend_runtime(b).int8)
     torch.set_num_threads(threads)
     x = torch.randn(batch_size, 3, resolution, resolution, generator=torch.Generator().manual_seed(0))
     calib = None
@@ -357,7 +258,7 @@ def run_benchmark(models: Sequence[ModelSpec], backends: Sequence[str] = ("onnxr
             if activation is not None:
                 info[label]["activations_replaced"] = replace_activations(net, ACTIVATION_PROTOCOLS[activation])
             with torch.inference_mode():
-                reference = _as_tuple(net(x))
+                reference = as_tuple(net(x))
             stem = label.replace(":", "_").replace("/", "_")
             for backend in backends:
                 precisions = ["fp32"] + (["int8"] if int8 and backend in INT8_BACKENDS else [])
@@ -371,25 +272,16 @@ def run_benchmark(models: Sequence[ModelSpec], backends: Sequence[str] = ("onnxr
         stats = measure_interleaved([Timed(e.key, e.compiled.run) for e in entries], runs=runs, warmup=warmup)
         extra: dict[str, dict] = {e.key: {} for e in entries}
         if thread_check:
-            for key, values in _check_thread_use([e for e in entries if e.backend in ("onnxruntime", "openvino")],
-                                                 threads, runs, warmup, log).items():
+            for key, values in _check_thread_use(entries, threads, runs, warmup, log).items():
                 extra[key].update(values)
+        profiled = {b for b, wanted in (("onnxruntime", ort_profile), ("executorch", et_profile),
+                                        ("openvino", ov_profile)) if wanted} | set(profile)
         for e in entries:
-            if ort_profile and e.backend == "onnxruntime":
-                from .ort import op_time_profile
-                log(f"profiling {e.label} on onnxruntime")
-                extra[e.key]["ort_op_ms"] = {k: round(v, 4) for k, v in
-                                             op_time_profile(e.compiled.path, threads, runs, warmup).items()}
-            if et_profile and e.backend == "executorch":
-                from .profile import executorch_op_profile
-                log(f"profiling {e.label} on executorch ({e.precision})")
-                extra[e.key]["et_op_ms"] = {k: round(v, 4) for k, v in
-                                            executorch_op_profile(e.compiled.path, x, runs, warmup).items()}
-            if ov_profile and e.backend == "openvino":
-                from .openvino import op_time_profile as ov_op_time_profile
-                log(f"profiling {e.label} on openvino ({e.precision})")
-                extra[e.key]["ov_op_ms"] = {k: round(v, 4) for k, v in
-                                            ov_op_time_profile(e.compiled.path, x, threads, runs, warmup).items()}
+            runtime = backend_runtime(e.backend)
+            if e.backend in profiled and runtime.profile_key:
+                log(f"profiling {e.label} on {e.backend} ({e.precision})")
+                extra[e.key][runtime.profile_key] = {k: round(v, 4) for k, v in
+                                                     runtime.profile(e.compiled, x, threads, runs, warmup).items()}
     records = []
     for e in entries:
         s = stats[e.key]

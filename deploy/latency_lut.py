@@ -14,8 +14,10 @@ Every entry is cut from a plain `EfficientFormerV2` and timed in its deploy form
 `EfficientFormerV2.fuse()`: BatchNorm and layer scales folded, attention biases precomputed, heads
 merged), which is what is exported and shipped; the whole-network check times fused models too.
 A sub-network's latency is predicted as the sum of its modules' entries (`LatencyTable.predict`).
-Backends: `torch` (eager), `onnxruntime`, `executorch` (XNNPACK delegate) and `openvino`
-(CPU plugin, f32), so that the search targets the runtime a model is deployed with. With the
+Backends (the runtime registry's latency-table backends, `deploy.runtimes.LUT_BACKENDS`): `torch`
+(eager), `onnxruntime`, `executorch` (XNNPACK delegate) and `openvino` (CPU plugin, f32), so that
+the search targets the runtime a model is deployed with; each entry is made runnable by its
+runtime's `compile`, as the benchmark does (ONNX: the one exporter path of `--format onnx`). With the
 three runtimes every timed graph also pays the runtime's fixed cost per run (the call, input and
 output copies, the change into and out of the runtime's convolution layout), which a whole
 network pays once: each entry has the time of a pass-through graph of its input shape (a
@@ -25,14 +27,12 @@ are stored as JSON with the conditions they were measured under.
 """
 from __future__ import annotations
 
-import io
 import json
 import math
 import platform
 import random
 import statistics
 import tempfile
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Mapping
@@ -46,13 +46,13 @@ from backbones.efficientformer_v2 import stage_plans
 from backbones.supernet import SearchSpace, SubnetConfig, as_subnet_config
 
 from .latency import measure
-from .stacks import require_stack
+from .runtimes import LUT_BACKENDS, backend_runtime
 
 __all__ = ["Backend", "LatencyTable", "build_latency_table", "measure_latency", "subnet_keys",
            "evaluate_table", "TableReport"]
 
-Backend = Literal["torch", "onnxruntime", "executorch", "openvino"]
-BACKENDS = ("torch", "onnxruntime", "executorch", "openvino")
+BACKENDS = LUT_BACKENDS      # the registry's latency-table backends (deploy.runtimes)
+Backend = Literal[BACKENDS]  # one of them
 
 
 # --------------------------------------------------------------------------------------------
@@ -170,46 +170,26 @@ def measure_latency(module: nn.Module, shape: tuple[int, ...], backend: Backend 
     """Median wall time of one forward pass of `module` (eval mode) on a random input, in ms
     (`deploy.latency.measure`).
 
-    The module is timed as given: pass the deploy form (`fuse()`d) to time what is shipped.
-    torch: eager inference mode with `threads` intra-op threads. onnxruntime: the module exported
-    with the TorchScript-based ONNX exporter (fast for many small modules) at the opset of the
-    shipped export, run on the CPU with the shipped session options (`deploy.ort.session_options`).
-    executorch, openvino: exported and run as `tools/benchmark.py` does
-    (`deploy.benchmark.compile_module`: the XNNPACK delegate, whose threadpool takes one thread
-    count per process; OpenVINO's CPU plugin in f32).
+    The module is timed as given: pass the deploy form (`fuse()`d) to time what is shipped, made
+    runnable by its runtime exactly as `tools/benchmark.py` does (`Runtime.compile` of the
+    registry, `deploy.runtimes`): torch: eager inference mode with `threads` intra-op threads;
+    onnxruntime: the shipped ONNX exporter (dynamo, opset 20) and session options; executorch: the
+    XNNPACK delegate, whose threadpool takes one thread count per process; openvino: the CPU
+    plugin in f32.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
     if runs < 1:
         raise ValueError(f"runs must be >= 1, got {runs}")
-    module = module.eval()
     x = torch.randn(*shape)
-    if backend == "torch":
-        previous = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            with torch.inference_mode():
-                return measure(lambda: module(x), runs, warmup).median
-        finally:
-            torch.set_num_threads(previous)
-    if backend in ("executorch", "openvino"):
-        from .benchmark import compile_module
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
         with tempfile.TemporaryDirectory(prefix="efv2-lut-") as tmp:
-            compiled = compile_module(module, x, backend, threads, tmp)
+            compiled = backend_runtime(backend, BACKENDS).compile(module.eval(), x, threads, tmp)
             return measure(compiled.run, runs, warmup).median
-    require_stack("onnx")
-    import onnxruntime as ort
-
-    from .export import ONNX_OPSET
-    from .ort import session_options
-
-    buffer = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)   # a fixed-shape graph is the intent
-        torch.onnx.export(module, (x,), buffer, dynamo=False, opset_version=ONNX_OPSET, input_names=["x"])
-    session = ort.InferenceSession(buffer.getvalue(), session_options(threads), providers=["CPUExecutionProvider"])
-    feed = {"x": x.numpy()}
-    return measure(lambda: session.run(None, feed), runs, warmup).median
+    finally:
+        torch.set_num_threads(previous)
 
 
 class _PassThrough(nn.Module):

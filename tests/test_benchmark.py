@@ -322,3 +322,16 @@ def test_benchmark_with_relu_protocol_leaves_the_callers_module():
     assert "activation" in format_table(records)
     with pytest.raises(ValueError, match="activation"):
         run_benchmark(["mobilenetv2_050"], ["torch"], activation="hardswish")
+
+
+def test_tool_json_records_carry_their_command_for_the_records_page(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = run_tool("benchmark", "--models", "mobilenetv2_050", "--backend", "torch", "--resolution", 32,
+                    "--runs", 2, "--warmup", 0, "--threads", 1, "--json", out)
+    assert proc.returncode == 0, proc.stderr
+    (record,) = read_records(out)
+    assert record["command"] == ("python tools/benchmark.py --models mobilenetv2_050 --backend torch --resolution 32 "
+                                 f"--runs 2 --warmup 0 --threads 1 --json {out}")
+    assert record["date"].endswith("UTC") and record["cpu"] and len(record["load_average_before"]) == 3
+    from deploy.records import load_record_file
+    assert load_record_file(out).command == record["command"]   # what the records page prints

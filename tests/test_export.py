@@ -29,7 +29,7 @@ def test_onnx_classifier_224(s0, tmp_path):
 def test_onnx_features_dynamic_nonsquare(s0_features, tmp_path):
     res = export_model(S0, "onnx", tmp_path / "s0_feat.onnx", model=s0_features, features=True, size=FEAT_SIZE)
     assert res.max_abs_diff <= ONNX_ATOL
-    from deploy.ort import create_session
+    from deploy.runtimes.onnxruntime import create_session
     sess = create_session(res.path)
     assert [o.name for o in sess.get_outputs()] == ["feat0", "feat1", "feat2", "feat3"]
     x = torch.rand(1, 3, *FEAT_SIZE)
@@ -47,7 +47,7 @@ def test_onnx_static_graph_is_the_fused_deploy_form(s0, tmp_path):
     import onnx
 
     from deploy.export import export_onnx
-    from deploy.ort import create_session
+    from deploy.runtimes.onnxruntime import create_session
     net = deploy_form(s0)
     x = torch.randn(1, 3, 224, 224)
     path = export_onnx(net, x, tmp_path / "s0_static.onnx", dynamic_batch=False)
@@ -138,3 +138,163 @@ def test_coreml_flexible_sizes_refuse_a_size_specific_trace(s0_features, tmp_pat
     with pytest.raises(AssertionError, match="does not hold"):
         export_coreml(net, torch.rand(1, 3, 224, 224), tmp_path / "x.mlpackage", image_input=False,
                       shapes=[(224, 224), (160, 224)])
+
+
+# --------------------------------------------------------------------------------------------
+# The runtime registry: one module per runtime, names listed once, no torch to list them
+# --------------------------------------------------------------------------------------------
+def test_registry_lists_every_runtime_once_without_importing_torch():
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    code = ("import sys; import deploy.runtimes as r; print(r.FORMATS); print(r.BACKENDS); "
+            "print(r.LUT_BACKENDS); print('torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    formats, backends, lut_backends, torch_loaded = proc.stdout.splitlines()
+    assert torch_loaded == "False"   # the tools' --help lists the names without loading torch
+    assert eval(formats) == ("onnx", "coreml", "torchscript", "executorch", "openvino", "pt2", "aoti")
+    assert eval(backends) == ("torch", "compile", "onnxruntime", "tensorrt", "executorch", "openvino", "aoti")
+    assert eval(lut_backends) == ("torch", "onnxruntime", "executorch", "openvino")
+    from deploy.runtimes import RUNTIMES, format_runtime
+    assert all(r.suffix for r in RUNTIMES.values() if r.format)
+    assert format_runtime("onnx").backend == "onnxruntime" and format_runtime("aoti").backend == "aoti"
+    with pytest.raises(ValueError, match="pt2"):
+        format_runtime("tflite")
+
+
+# --------------------------------------------------------------------------------------------
+# torch.export for servers: pt2 (ExportedProgram) and aoti (AOTInductor package)
+# --------------------------------------------------------------------------------------------
+SMALL = (64, 64)
+
+
+def test_pt2_classifier_and_features_reload_and_match(s0, s0_features, tmp_path):
+    res = export_model(S0, "pt2", tmp_path / "s0.pt2", model=s0, size=SMALL)
+    assert res.ok and res.max_abs_diff <= ONNX_ATOL
+    assert "1x3x64x64" in res.checked and "2x3x64x64" in res.checked  # symbolic batch checked
+    assert not (tmp_path / "s0.labels.txt").exists()                   # 10 classes: no ImageNet names
+    program = torch.export.load(str(res.path)).module()
+    x = torch.rand(3, 3, *SMALL)
+    net = ImageInput(deploy_form(s0)).eval()
+    with torch.no_grad():
+        assert float((program(x) - net(x)).abs().max()) <= ONNX_ATOL
+    # --features: symbolic height and width too
+    res = export_model(S0, "pt2", tmp_path / "s0_feat.pt2", model=s0_features, features=True, size=(64, 96))
+    assert res.max_abs_diff <= ONNX_ATOL and "1x3x101x67" in res.checked  # the other, non-square size
+    program = torch.export.load(str(res.path)).module()
+    net = ImageInput(FeatureTuple(deploy_form(s0_features))).eval()
+    x = torch.rand(2, 3, *FEAT_SIZE)
+    with torch.no_grad():
+        outs = program(x)
+        assert [tuple(o.shape[1:]) for o in outs] == FEAT_SHAPES
+        assert max(float((a - b).abs().max()) for a, b in zip(outs, net(x))) <= ONNX_ATOL
+
+
+@pytest.mark.slow
+def test_aoti_package_export_and_benchmark_backend(s0, tmp_path):
+    """AOTInductor compiles C++: one test, S0 at 64 px (the export with a symbolic batch, and the
+    benchmark's fixed-shape package)."""
+    from deploy.benchmark import run_benchmark
+    res = export_model(S0, "aoti", tmp_path / "s0_aoti.pt2", model=s0, size=SMALL)
+    assert res.ok and res.max_abs_diff <= ONNX_ATOL and "2x3x64x64" in res.checked
+    compiled = torch._inductor.aoti_load_package(str(res.path))
+    x = torch.rand(3, 3, *SMALL)
+    net = ImageInput(deploy_form(s0)).eval()
+    with torch.inference_mode():
+        assert float((compiled(x) - net(x)).abs().max()) <= ONNX_ATOL
+    (rec,) = run_benchmark([("s0", s0)], ["aoti"], threads=1, resolution=64, runs=2, warmup=1)
+    assert rec["backend"] == "aoti" and rec["latency_ms_median"] > 0 and rec["max_abs_diff"] <= ONNX_ATOL
+
+
+# --------------------------------------------------------------------------------------------
+# Class names beside exports (ImageNet-1K for 1000 classes only)
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def s0_in1k():
+    return create_model(S0, img_size=64).eval()   # 1000 classes
+
+
+def test_labels_file_beside_a_1000_class_export(s0_in1k, tmp_path):
+    from deploy.export import imagenet_class_names
+    res = export_model(S0, "pt2", tmp_path / "in1k.pt2", model=s0_in1k, size=SMALL)
+    labels = (tmp_path / "in1k.labels.txt").read_text().splitlines()
+    assert labels == imagenet_class_names(1000) and len(labels) == 1000
+    assert labels[0].startswith("tench") and labels[999].startswith("toilet tissue")
+    assert any("in1k.labels.txt" in line and "1000" in line for line in res.details())
+    assert imagenet_class_names(10) is None and imagenet_class_names(1001) is None
+    # feature maps have no classes: no names
+    features = create_model(S0, img_size=64, features_only=True).eval()
+    export_model(S0, "pt2", tmp_path / "feat.pt2", model=features, features=True, size=SMALL)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["feat.pt2", "in1k.labels.txt", "in1k.pt2"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("coremltools") is None, reason="coremltools not installed")
+def test_coreml_1000_classes_is_a_classifier_with_imagenet_names(s0_in1k, s0, tmp_path):
+    import coremltools as ct
+
+    from deploy.export import imagenet_class_names
+    res = export_model(S0, "coreml", tmp_path / "in1k.mlpackage", model=s0_in1k, size=SMALL)
+    assert res.ok and "1000 class labels" in res.checked
+    spec = ct.utils.load_spec(str(res.path))
+    assert spec.description.predictedFeatureName == "classLabel"
+    assert spec.description.predictedProbabilitiesName == "classLabel_probs"   # name -> softmax probability
+    assert sorted(o.name for o in spec.description.output) == ["classLabel", "classLabel_probs"]
+    from deploy.runtimes.coreml import class_labels
+    assert class_labels(spec) == imagenet_class_names(1000)
+    assert [p.name for p in tmp_path.iterdir()] == ["in1k.mlpackage"]   # no labels file: they are inside
+    # another class count: a plain model, no ImageNet names
+    res = export_model(S0, "coreml", tmp_path / "ten.mlpackage", model=s0, size=SMALL)
+    spec = ct.utils.load_spec(str(res.path))
+    assert spec.description.predictedFeatureName == "" and class_labels(spec) == []
+    assert [o.name for o in spec.description.output] == ["logits"]
+
+
+# --------------------------------------------------------------------------------------------
+# Third-party noise kept out of the normal output (--verbose shows it)
+# --------------------------------------------------------------------------------------------
+def test_quiet_swallows_python_native_warnings_and_logs_unless_verbose(capfd):
+    import logging
+    import os
+    import warnings
+
+    from deploy.quiet import quiet
+
+    def noise():
+        print("python print")
+        os.write(1, b"native stdout\n")
+        os.write(2, b"native stderr\n")
+        warnings.warn("a third-party warning")
+        logging.getLogger("thirdparty").warning("a third-party log line")
+
+    with quiet():
+        noise()
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+    with pytest.raises(RuntimeError, match="passes through"):
+        with quiet():
+            raise RuntimeError("passes through")
+    print("after")   # the streams are back
+    assert capfd.readouterr().out == "after\n"
+    with quiet(verbose=True), pytest.warns(UserWarning, match="third-party warning"):
+        noise()
+    out, err = capfd.readouterr()
+    assert "python print" in out and "native stdout" in out and "native stderr" in err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("coremltools") is None, reason="coremltools not installed")
+def test_coreml_features_export_prints_only_its_own_lines(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    out = tmp_path / "feat.mlpackage"
+    proc = subprocess.run([sys.executable, str(ROOT / "tools/export.py"), "--model", S0, "--format", "coreml",
+                           "--features", "--size", "64", "--out", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr == ""                              # no progress bars, warnings or native logs
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("coreml ops:") and lines[1].startswith("coreml: "), lines
+    assert "ok" in lines[1] and (out / "Manifest.json").is_file()

@@ -63,7 +63,7 @@ def test_executorch_s0_fully_delegated(s0_pte):
 def test_executorch_threads_once_per_process(s0_pte):
     code = f"""
 import torch
-from deploy.executorch import ExecuTorchProgram, set_threads
+from deploy.runtimes.executorch import ExecuTorchProgram, set_threads
 set_threads(1)
 set_threads(1)  # the same count again: nothing to do
 print(tuple(ExecuTorchProgram({str(s0_pte.path)!r})(torch.rand(1, 3, 224, 224))[0].shape))
@@ -79,7 +79,7 @@ except RuntimeError as e:
 
 @needs_executorch
 def test_executorch_features_fixed_nonsquare_size(s0_features, tmp_path):
-    from deploy.executorch import ExecuTorchProgram
+    from deploy.runtimes.executorch import ExecuTorchProgram
     res = export_model(S0, "executorch", tmp_path / "s0_feat.pte", model=s0_features, features=True,
                        size=FEAT_SIZE)
     assert res.max_abs_diff <= EDGE_ATOL
@@ -94,7 +94,7 @@ def test_executorch_features_fixed_nonsquare_size(s0_features, tmp_path):
 
 @needs_executorch
 def test_undelegated_operator_is_a_warning_naming_it(tmp_path):
-    from deploy.executorch import UndelegatedOperatorWarning, export_executorch
+    from deploy.runtimes.executorch import UndelegatedOperatorWarning, export_executorch
 
     class Cumsum(torch.nn.Module):  # no XNNPACK kernel for cumsum
         def forward(self, x):
@@ -118,7 +118,7 @@ def test_openvino_classifier_224_matches_pytorch(s0, tmp_path):
 
 @needs_openvino
 def test_openvino_features_dynamic_hw(s0_features, tmp_path):
-    from deploy.openvino import compile_openvino
+    from deploy.runtimes.openvino import compile_openvino
     res = export_model(S0, "openvino", tmp_path / "s0_feat.xml", model=s0_features, features=True, size=FEAT_SIZE)
     assert res.max_abs_diff <= EDGE_ATOL
     assert "1x3x133x99" in res.checked  # the other, non-square size of the check

@@ -195,3 +195,26 @@ def test_latency_table_onnxruntime_round_trip(tmp_path):
     assert len(report.measured_ms) == 2 and all(m > 0 for m in report.measured_ms)
     assert report.predicted_ms == [loaded.predict(space.largest()), loaded.predict(space.smallest())]
     assert -1 <= report.pearson_r <= 1 and report.mean_abs_error_ms >= 0
+
+
+@pytest.mark.export
+def test_lut_onnx_entries_go_through_the_shipped_exporter_with_parity(monkeypatch):
+    """The table's ONNX graphs are written by the one exporter path of `--format onnx` (dynamo,
+    opset 20) and compute what PyTorch does (1e-4)."""
+    import onnx
+
+    import deploy.runtimes.onnxruntime as ort_runtime
+    from deploy.runtimes import backend_runtime
+
+    written = []
+    real = ort_runtime.export_onnx
+    monkeypatch.setattr(ort_runtime, "export_onnx", lambda *a, **k: written.append(real(*a, **k)) or written[-1])
+    key, factory, shape = next(e for e in table_entries(TINY, 32, num_classes=3) if e[0].startswith("mhsa"))
+    module = factory(fused=True)
+    assert measure_latency(module, shape, "onnxruntime", threads=1, warmup=0, runs=1) > 0
+    assert len(written) == 1
+    x = torch.randn(*shape)
+    compiled = backend_runtime("onnxruntime").compile(module, x, threads=1)
+    assert {o.domain: o.version for o in onnx.load(str(compiled.path)).opset_import}[""] == 20
+    with torch.no_grad():
+        assert float((compiled.outputs()[0] - module(x)).abs().max()) <= 1e-4, key

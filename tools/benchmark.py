@@ -1,7 +1,7 @@
 """Latency, parameters, GMACs and MES of the project's models and any timm model.
 
     python tools/benchmark.py --models efficientformerv2_s0 mobilenetv2_100 [timm:efficientformerv2_s0 ...]
-                              [--backend onnxruntime [torch compile tensorrt executorch openvino]]
+                              [--backend onnxruntime [torch compile tensorrt executorch openvino aoti]]
                               [--threads 2] [--batch-size 1] [--resolution 224] [--runs 50] [--warmup 10]
                               [--int8 [--calibration DIR] [--calibration-count 32]]
                               [--baseline mobilenetv2_100] [--json OUT] [--csv OUT] [--plot OUT.png]
@@ -12,9 +12,12 @@ All (model, backend, precision) triples are measured interleaved in one run (com
 only inside a run). Project models run in their deploy form; `timm:NAME` is timm's
 implementation (the reference graph). Every backend runs a graph exported at the benchmark's
 batch and resolution (static shapes) and checked against PyTorch (max abs difference in the
-table): ONNX Runtime with the shipped session options (`deploy.ort`), ExecuTorch with the
-XNNPACK delegate (`deploy.executorch`; its threads are set once per process, so run each thread
-count as its own command), OpenVINO's CPU plugin in f32 with the latency hint (`deploy.openvino`).
+table): ONNX Runtime with the shipped session options (`deploy.runtimes.onnxruntime`), ExecuTorch with the
+XNNPACK delegate (`deploy.runtimes.executorch`; its threads are set once per process, so run each thread
+count as its own command), OpenVINO's CPU plugin in f32 with the latency hint (`deploy.runtimes.openvino`),
+AOTInductor (`aoti`: the `torch.export` program compiled ahead of time into native code, run on
+PyTorch's --threads; compiling takes about a minute per model). The backends are the runtime
+registry's (`deploy.runtimes`).
 
 `--int8` adds int8 programs for executorch (XNNPACK quantizer, PT2E) and openvino (NNCF),
 calibrated on `--calibration DIR` (an ImageNet-layout folder) or, without it, on random data,
@@ -25,16 +28,20 @@ runs inside a node, `Convolution+Gelu`). `--activation relu` replaces every mode
 by ReLU before measuring: the protocol of the paper's Pixel 6 latencies (Sec. 5.1), a latency
 figure only (the weights' accuracy does not carry over). `--thread-check` times ONNX Runtime and OpenVINO exports again with
 one thread, interleaved with --threads, and reports the speed-up (whether a model uses its
-threads). The plot draws the paper's Table 2 top-1 against the measured latency.
+threads). The plot draws the paper's Table 2 top-1 against the measured latency. The `--json`
+records carry their provenance for the records page (`deploy.records`, `make records`): `command`,
+`date`, `cpu`, and the load average before and after the run.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 from _cli import ArgumentParser, check_writable, run
 
-BACKEND_CHOICES = ["torch", "compile", "onnxruntime", "tensorrt", "executorch", "openvino"]
+from deploy.runtimes import BACKENDS as BACKEND_CHOICES  # the registry's names: imports no torch
+from deploy.runtimes import INT8_BACKENDS
 
 
 def benchmark(models: list[str], backends: list[str], threads: int = 2, batch_size: int = 1,
@@ -67,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resolution", type=int, default=224)
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--int8", action="store_true", help="also int8 programs on executorch and openvino")
+    parser.add_argument("--int8", action="store_true", help=f"also int8 programs on {' and '.join(INT8_BACKENDS)}")
     parser.add_argument("--calibration", type=Path, metavar="DIR",
                         help="ImageNet-layout folder for int8 calibration (default: random data, speed only)")
     parser.add_argument("--calibration-count", type=int, default=32, help="calibration batches")
@@ -95,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--resolution must be at least 32 and --warmup at least 0")
     if args.calibration is not None and not args.int8:
         parser.error("--calibration is only used with --int8")
-    if args.int8 and not {"executorch", "openvino"} & set(args.backend):
-        parser.error("--int8 needs --backend executorch or openvino")
+    if args.int8 and not set(INT8_BACKENDS) & set(args.backend):
+        parser.error(f"--int8 needs --backend {' or '.join(INT8_BACKENDS)}")
     if args.calibration is not None and not args.calibration.is_dir():
         parser.error(f"--calibration {args.calibration}: no such folder (an ImageNet-layout folder with "
                      "train/<class>/<image>)")
@@ -104,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, option) is not None:
             check_writable(getattr(args, option), f"--{option}")
     from deploy.benchmark import format_table, plot_accuracy_latency, write_csv, write_json
+    from deploy.records import provenance
+    load_before = [round(v, 2) for v in os.getloadavg()]
     records = benchmark(args.models, args.backend, args.threads, args.batch_size, args.resolution, args.runs,
                         args.warmup, args.baseline, args.ort_profile, args.int8, args.calibration,
                         args.calibration_count, args.et_profile, args.thread_check, args.ov_profile,
@@ -126,7 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         from deploy.benchmark import RANDOM_CALIBRATION_NOTE
         print(f"note: {RANDOM_CALIBRATION_NOTE}")
     if args.json:
-        print(f"json: {write_json(records, args.json)}")
+        # provenance for the records page (deploy.records): the command, the date, the CPU, the load
+        run = {**provenance(["tools/benchmark.py", *(sys.argv[1:] if argv is None else map(str, argv))]),
+               "load_average_before": load_before, "load_average_after": [round(v, 2) for v in os.getloadavg()]}
+        print(f"json: {write_json([{**r, **run} for r in records], args.json)}")
     if args.csv:
         print(f"csv: {write_csv(records, args.csv)}")
     if args.plot:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from _cli import ArgumentParser, UsageError, check_writable, run
 
-BACKENDS = ["torch", "onnxruntime", "executorch", "openvino"]
+from deploy.runtimes import LUT_BACKENDS as BACKENDS  # the registry's names: imports no torch
 
 
 def load_space(spec: str):

@@ -1,9 +1,13 @@
-"""Export a model in deploy form to ONNX, CoreML, TorchScript, ExecuTorch or OpenVINO, and check it.
+"""Export a model in deploy form to ONNX, CoreML, TorchScript, ExecuTorch, OpenVINO, a torch.export
+program (pt2) or an AOTInductor package (aoti), and check it.
 
     python tools/export.py --model efficientformerv2_s0 [--checkpoint C]
-                           --format onnx|coreml|torchscript|executorch|openvino --out PATH
+                           --format onnx|coreml|torchscript|executorch|openvino|pt2|aoti --out PATH
                            [--features] [--size H [W]] [--int8 --calibration DIR] [--precision float16|float32]
                            [--no-normalize] [--coreml-shapes HxW ... | --coreml-range MIN MAX | --coreml-fixed]
+                           [--verbose]
+
+The formats are the runtime registry's (`deploy.runtimes`).
 
 Inputs of the exported model: RGB images scaled to [0, 1] (pixel / 255), NCHW, ImageNet mean/std
 normalisation inside the graph (CoreML: an ImageType taking 0..255 pixels); `--no-normalize`
@@ -15,14 +19,25 @@ exports a graph taking already normalised tensors. `--features` exports the four
   feature packages with ranged input sizes 64..2048 by default (`--coreml-range MIN MAX`,
   enumerated sizes `--coreml-shapes 512x512 800x1344`, or `--coreml-fixed` for `--size` only).
   Checked by validating the saved package (prediction parity only on macOS).
-- TorchScript: traced (the graph also holds for other sizes), reloaded and compared.
+- TorchScript (legacy; use pt2 or aoti): traced (the graph also holds for other sizes), reloaded
+  and compared.
 - ExecuTorch (`.pte`): XNNPACK delegate, batch 1 at `--size` (also with `--features`); run in
   ExecuTorch's runtime; every operator left outside the delegate is listed (and warned about).
 - OpenVINO (`.xml` + `.bin`): fixed size, or dynamic batch/height/width with `--features`
   (checked at `--size` and at a non-square other size); run on the CPU plugin in f32.
+- pt2 (`.pt2`): a `torch.export` ExportedProgram (`torch.export.save`), dynamic batch, and dynamic
+  height/width with `--features`; loaded back with `torch.export.load` and compared.
+- aoti (`.pt2`): the same program compiled by AOTInductor (`aoti_compile_and_package`, needs a C++
+  compiler, about a minute for S0); loaded with `aoti_load_package` and compared.
 
-Every export is compared with PyTorch, max abs difference printed: ONNX Runtime, ExecuTorch and
-OpenVINO fp32 within 1e-4, reloaded TorchScript within 1e-5, CoreML float16 within 5e-2 (its
+A 1000-class classifier carries the ImageNet-1K class names: inside a CoreML package (a CoreML
+classifier, `ClassifierConfig`: outputs `classLabel` and `classLabel_probs`), beside every other file as
+`<name>.labels.txt` (one name per line, in class order). Other class counts get no names.
+Third-party messages (progress bars, version warnings, native logs) are kept out of the output;
+`--verbose` shows them.
+
+Every export is compared with PyTorch, max abs difference printed: ONNX Runtime, ExecuTorch,
+OpenVINO, pt2 and aoti fp32 within 1e-4, reloaded TorchScript within 1e-5, CoreML float16 within 5e-2 (its
 predictions run on macOS only; elsewhere the package is validated without them).
 `--int8 --calibration DIR` (executorch: XNNPACK quantizer through PT2E; openvino: NNCF) calibrates
 on images of an ImageNet-layout folder (DIR/train/<class>/<image>); a classifier's top-1 of the
@@ -39,22 +54,27 @@ from pathlib import Path
 
 from _cli import ArgumentParser, UsageError, positive_int, run
 
-FORMATS = ["onnx", "coreml", "torchscript", "executorch", "openvino"]
+from deploy.runtimes import FORMATS, INT8_FORMATS  # the registry's names: imports no torch
+
 CALIBRATION_IMAGES = 64   # deploy.export.CALIBRATION_COUNT, as a literal: --help needs no torch
 MIN_AGREEMENT = 0.9       # deploy.export.INT8_MIN_AGREEMENT
+_INT8 = " or ".join(INT8_FORMATS)
 
 
 def export(model: str, fmt: str, out: Path, checkpoint: Path | None = None, features: bool = False,
            size: tuple[int, int] = (224, 224), precision: str = "float16", normalize: bool = True,
            coreml_shapes: list[tuple[int, int]] | tuple[int, int] | str | None = None, int8: bool = False,
            calibration: Path | None = None, calibration_count: int = CALIBRATION_IMAGES, eval_limit: int | None = None,
-           min_agreement: float = MIN_AGREEMENT):
-    """Export and check; returns a `deploy.export.ExportResult`."""
-    from deploy.export import export_model
-    return export_model(model, fmt, out, checkpoint=checkpoint, features=features, size=size,
-                        normalize=normalize, precision=precision, coreml_shapes=coreml_shapes, int8=int8,
-                        calibration=calibration, calibration_count=calibration_count, eval_limit=eval_limit,
-                        min_agreement=min_agreement)
+           min_agreement: float = MIN_AGREEMENT, verbose: bool = False):
+    """Export and check; returns a `deploy.export.ExportResult`. Third-party messages are
+    swallowed unless `verbose`."""
+    from deploy.quiet import quiet
+    with quiet(verbose):
+        from deploy.export import export_model
+        return export_model(model, fmt, out, checkpoint=checkpoint, features=features, size=size,
+                            normalize=normalize, precision=precision, coreml_shapes=coreml_shapes, int8=int8,
+                            calibration=calibration, calibration_count=calibration_count, eval_limit=eval_limit,
+                            min_agreement=min_agreement)
 
 
 def _hw(text: str) -> tuple[int, int]:
@@ -80,11 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="efficientformerv2_s0/s1/s2/l, or a timm model name")
     parser.add_argument("--checkpoint", type=Path, help="weights of a project model (any supported layout)")
     parser.add_argument("--format", required=True, choices=FORMATS)
-    parser.add_argument("--out", required=True, type=Path, help=".onnx, .mlpackage, .pt, .pte or .xml")
+    parser.add_argument("--out", required=True, type=Path, help=".onnx, .mlpackage, .pt, .pte, .xml or .pt2")
     parser.add_argument("--features", action="store_true", help="export the four feature maps")
     parser.add_argument("--size", type=positive_int, nargs="+", metavar="N",
                         help="example input size: H (square) or H W (default: the first --coreml-shapes, else 224)")
-    parser.add_argument("--int8", action="store_true", help="executorch/openvino: int8, calibrated on --calibration")
+    parser.add_argument("--int8", action="store_true", help=f"{_INT8}: int8, calibrated on --calibration")
     parser.add_argument("--calibration", type=Path, metavar="DIR",
                         help="ImageNet-layout folder: DIR/train calibrates --int8, DIR/val gives the top-1")
     parser.add_argument("--calibration-images", type=positive_int, default=CALIBRATION_IMAGES, metavar="N",
@@ -100,15 +120,17 @@ def main(argv: list[str] | None = None) -> int:
     flexible.add_argument("--coreml-range", type=int, nargs=2, metavar=("MIN", "MAX"),
                           help="CoreML: input height and width each in [MIN, MAX] (default for --features: 64 2048)")
     flexible.add_argument("--coreml-fixed", action="store_true", help="CoreML --features: only the --size input size")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show the exporters' and runtimes' own messages (progress, warnings, logs)")
     args = parser.parse_args(argv)
     if args.size is not None and len(args.size) not in (1, 2):
         parser.error("--size takes H or H W")
-    if args.int8 and args.format not in ("executorch", "openvino"):
-        parser.error(f"--int8 is for --format executorch or openvino, not {args.format}")
+    if args.int8 and args.format not in INT8_FORMATS:
+        parser.error(f"--int8 is for --format {_INT8}, not {args.format}")
     if args.int8 and args.calibration is None:
         parser.error("--int8 needs --calibration DIR, an ImageNet-layout folder of images (DIR/train/<class>/*)")
-    if args.calibration is not None and args.format not in ("executorch", "openvino"):
-        parser.error(f"--calibration is for --format executorch or openvino, not {args.format}")
+    if args.calibration is not None and args.format not in INT8_FORMATS:
+        parser.error(f"--calibration is for --format {_INT8}, not {args.format}")
     if args.checkpoint is not None and not args.checkpoint.is_file():
         raise UsageError(f"checkpoint {args.checkpoint} does not exist (or is not a file): pass the path of "
                          "a .pth/.pt/.safetensors file, or leave --checkpoint out for random weights")
@@ -120,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = export(args.model, args.format, args.out, args.checkpoint, args.features, size,
                         args.precision, not args.no_normalize, flexible, args.int8, args.calibration,
-                        args.calibration_images, args.eval_images, args.min_agreement)
+                        args.calibration_images, args.eval_images, args.min_agreement, args.verbose)
     except AssertionError as e:
         print(f"export: check FAILED (nothing written): {' '.join(str(e).split())}", file=sys.stderr)
         return 1

@@ -1,6 +1,6 @@
 """OpenVINO export (IR: `.xml` + `.bin`), its CPU runtime, and int8 with NNCF.
 
-    from deploy.openvino import compile_openvino, export_openvino
+    from deploy.runtimes.openvino import compile_openvino, export_openvino
     export_openvino(net, example, "s0.xml")                      # fp32; calibration=[...] for int8
     model = compile_openvino("s0.xml", threads=1)                # f32, latency hint
     outputs = model(example)                                     # tuple of tensors
@@ -30,12 +30,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
-from .stacks import require_stack
+from ..stacks import require_stack
+from .base import Runtime, bind, dynamic_shapes
 
-__all__ = ["OpenVINOModel", "compile_openvino", "export_openvino", "op_time_profile", "quantize_nncf"]
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+__all__ = ["OpenVINOModel", "compile_openvino", "export_openvino", "op_time_profile", "quantize_nncf", "OpenVINO", "RUNTIMES"]
 
 Precision = Literal["f32", "bf16", "f16"]
 
@@ -70,16 +74,13 @@ def export_openvino(module: nn.Module, example: torch.Tensor, path: str | Path, 
     path = Path(path)
     if path.suffix != ".xml":
         raise ValueError(f"an OpenVINO IR is saved as .xml (and .bin), got {path}")
+    import torch
     module = module.eval()
-    dims = None
-    if dynamic_hw:
-        dims = ({0: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC},)
-        if example.shape[0] == 1:  # a size-1 axis would specialise
-            example = example.expand(2, *example.shape[1:]).contiguous()
+    shape = [-1, example.shape[1], -1, -1] if dynamic_hw else list(example.shape)
+    example, dims = dynamic_shapes(example, batch=dynamic_hw, hw=dynamic_hw)
     with torch.no_grad():
         program = torch.export.export(module, (example,), dynamic_shapes=dims)
     model = ov.convert_model(program)
-    shape = [-1, example.shape[1], -1, -1] if dynamic_hw else list(example.shape)
     model.reshape({model.input(0): ov.PartialShape(shape)})
     if calibration is not None:
         model = quantize_nncf(model, calibration)
@@ -99,6 +100,7 @@ class OpenVINOModel:
         self._request = compiled.create_infer_request()
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        import torch
         results = self._request.infer({0: x.contiguous().numpy()})
         return tuple(torch.from_numpy(results[o].copy()) for o in self.compiled.outputs)
 
@@ -168,3 +170,41 @@ def op_time_profile(path: str | Path, x: torch.Tensor, threads: int | None = Non
         if median > 0:
             per_op["+".join([node_type, *kinds.get(name, [])])] += median * 1e3
     return dict(per_op.most_common())
+
+
+class OpenVINO(Runtime):
+    """OpenVINO IR (`.xml` + `.bin`) on the CPU plugin in f32; int8 through NNCF."""
+
+    name = "openvino"
+    order = 60
+    what = "OpenVINO CPU (f32)"
+    format = "openvino"
+    backend = "openvino"
+    suffix = ".xml"
+    strict_suffix = True
+    stack = "openvino"
+    int8_stack = "nncf"
+    imports = ("openvino",)
+    int8 = True
+    latency_table = True
+    dynamic_hw = True
+    profile_key = "ov_op_ms"
+
+    def export(self, module, example, path, *, dynamic_batch=False, dynamic_hw=False, calibration=None, **options):
+        export_openvino(module, example, path, dynamic_hw=dynamic_hw, calibration=calibration)
+        return {}
+
+    def load(self, path, threads=None):
+        return compile_openvino(path, threads=threads, precision="f32")
+
+    def bound(self, path, x, threads):
+        model = compile_openvino(path, threads=threads, precision="f32")
+        info = {"ov_threads": int(model.compiled.get_property("INFERENCE_NUM_THREADS")),
+                "ov_precision": model.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()}
+        return bind(model, x, path, info, lambda n: self.bound(path, x, n))
+
+    def profile(self, compiled, x, threads, runs, warmup):
+        return op_time_profile(compiled.path, x, threads, runs, warmup)
+
+
+RUNTIMES = (OpenVINO(),)
