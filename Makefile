@@ -6,7 +6,7 @@ PY := .venv/bin/python
 DATA ?= data
 SETUP := bash tools/setup_env.sh
 
-.PHONY: install demo demo-det demo-seg demo-search demo-export demo-edge demo-ablate test records clean
+.PHONY: install demo demo-det demo-seg demo-search demo-export demo-edge demo-ablate test records peers gpu-check clean
 
 install:
 	@$(SETUP) all
@@ -42,6 +42,17 @@ demo-ablate:
 test:
 	@$(SETUP) all
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+peers:
+	@$(SETUP) classification export
+	$(PY) tools/benchmark_peers.py --runtimes executorch --threads 1
+	$(PY) tools/benchmark_peers.py --runtimes openvino --threads 1
+	$(PY) tools/benchmark_peers.py --runtimes onnxruntime --threads 1
+	$(PY) tools/make_records.py
+
+gpu-check:
+	@$(SETUP) classification dense export
+	$(PY) tools/gpu_check.py
 
 records:
 	@$(SETUP) core
