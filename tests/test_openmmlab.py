@@ -172,8 +172,9 @@ def test_pretrained_init_refuses_deploy_form_weights(tmp_path):
 def test_with_cp_gives_the_same_outputs_and_gradients():
     """mmdet's with_cp: the blocks are recomputed in the backward pass (they run twice), and
     outputs and gradients are those of the plain backbone."""
-    plain = EfficientFormerV2("s0", drop_path_rate=0.0)
-    cp = EfficientFormerV2("s0", drop_path_rate=0.0, with_cp=True)
+    arch = {"widths": [16, 24, 32, 48], "expansions": [[2], [2], [2, 2], [2, 2]], "attention": [0, 0, 1, 1]}
+    plain = EfficientFormerV2(arch, drop_path_rate=0.0)
+    cp = EfficientFormerV2(arch, drop_path_rate=0.0, with_cp=True)
     cp.load_state_dict(plain.state_dict())
     assert cp.with_cp and not plain.with_cp
     x = torch.randn(2, 3, 64, 96)
@@ -191,7 +192,7 @@ def test_with_cp_gives_the_same_outputs_and_gradients():
         else:
             torch.testing.assert_close([f.detach() for f in feats], expected)
     assert calls == [1, 2]  # recomputed in the backward pass
-    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 100
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 50
     for name, g in grads[0].items():
         torch.testing.assert_close(grads[1][name], g, rtol=1e-5, atol=1e-6, msg=name)
     with torch.no_grad():  # no recomputation without gradients
