@@ -151,8 +151,10 @@ def test_recipes_are_one_config_away():
     # a published row: variant, recipe and ablation combine
     row = parse(s1, RECIPES / "distill_regnety160.yaml", ABLATIONS / "table7_s1_no-attention-bias.yaml").model
     assert row.teacher["name"] == "regnety_160" and row.arch == {"base": "s1", "attention_bias": False}
+    assert distilled.teacher["checkpoint"] == "hf-hub:timm/regnety_160.deit_in1k"  # the published teacher
     with pytest.raises(ValueError, match="checkpoint is required"):  # never a randomly initialised teacher
-        ImageClassifier(model_name="efficientformerv2_s0", num_classes=10, teacher=distilled.teacher)
+        ImageClassifier(model_name="efficientformerv2_s0", num_classes=10,
+                        teacher={**distilled.teacher, "checkpoint": None})
 
 
 def test_ablate_without_data(tmp_path):
