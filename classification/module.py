@@ -144,6 +144,9 @@ class ImageClassifier(LightningModule):
         base_lr, lr_base_batch: the scaling rule (paper: 1e-3 per 1024 images).
         optimizer: timm optimizer name ("adamw", "sgd", "lamb", ...).
         weight_decay: decoupled weight decay (not applied to norms and biases: `classification.optim`).
+        layer_decay: layer-wise learning-rate decay for fine-tuning (timm's grouping: stem, four
+            stages, norm and heads; the last layer at `lr`, each layer below at `layer_decay`
+            times the one above); None: one learning rate.
         betas, opt_eps: Adam-family betas and epsilon.
         warmup_epochs: linear warm-up length (fractions allowed), within the cosine schedule.
         warmup_lr: learning rate at the start of warm-up.
@@ -167,7 +170,7 @@ class ImageClassifier(LightningModule):
                  pretrained_classifier: Literal["load", "drop", "resize"] = "load",
                  batch_size: int = 128, lr: float | None = None, base_lr: float = 1e-3,
                  lr_base_batch: int = 1024, optimizer: str = "adamw", weight_decay: float = 0.05,
-                 betas: tuple[float, float] = (0.9, 0.999), opt_eps: float = 1e-8,
+                 layer_decay: float | None = None, betas: tuple[float, float] = (0.9, 0.999), opt_eps: float = 1e-8,
                  warmup_epochs: float = 0.0, warmup_lr: float = 1e-6, min_lr: float = 1e-5,
                  mixup: float = 0.0, cutmix: float = 0.0, mixup_prob: float = 1.0,
                  mixup_switch_prob: float = 0.5, mixup_mode: Literal["batch", "pair", "elem"] = "batch",
@@ -314,7 +317,8 @@ class ImageClassifier(LightningModule):
         h = self.hparams
         lr = self.learning_rate()
         opt_args = dict(betas=tuple(h.betas), eps=h.opt_eps) if "adam" in h.optimizer.lower() else {}
-        optimizer = create_optimizer_v2(param_groups(self.model, h.weight_decay), opt=h.optimizer, lr=lr,
+        optimizer = create_optimizer_v2(param_groups(self.model, h.weight_decay, layer_decay=h.get("layer_decay")),
+                                        opt=h.optimizer, lr=lr,
                                         weight_decay=h.weight_decay, **opt_args)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         epochs = self.trainer.max_epochs
