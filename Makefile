@@ -6,7 +6,7 @@ PY := .venv/bin/python
 DATA ?= data
 SETUP := bash tools/setup_env.sh
 
-.PHONY: install demo demo-det demo-seg demo-search demo-export demo-edge demo-ablate test records peers gpu-check clean
+.PHONY: install demo demo-det demo-seg demo-search demo-export demo-edge demo-ablate demo-finetune test records peers gpu-check clean
 
 install:
 	@$(SETUP) all
@@ -38,6 +38,10 @@ demo-edge:
 demo-ablate:
 	@$(SETUP) classification
 	$(PY) tools/demo_ablate.py --data $(DATA)
+
+demo-finetune:
+	@$(SETUP) classification
+	$(PY) tools/demo_finetune.py --data $(DATA)
 
 test:
 	@$(SETUP) all
