@@ -71,6 +71,13 @@ class RecordFile:
                              "its provenance (deploy.records.provenance)")
         return "; ".join(values)
 
+    def load_average(self) -> tuple[float, float] | None:
+        """The highest 1-minute load average before and after the run over the records, when
+        the tool recorded them (`load_average_before` / `_after`, as os.getloadavg())."""
+        before = [r["load_average_before"][0] for r in self.records if r.get("load_average_before")]
+        after = [r["load_average_after"][0] for r in self.records if r.get("load_average_after")]
+        return (max(before), max(after)) if before and after else None
+
     @property
     def title(self) -> str:
         return self.path.stem.replace("_", " ")
@@ -146,8 +153,12 @@ def render_page(files: Sequence[RecordFile], generator: str = "make records") ->
            "Each table gives the command that produced it, when and on which CPU. Latencies are medians "
            "of interleaved runs; compare models within one table (absolute times drift between runs).", ""]
     for f in files:
-        out += [f"## {f.title}", "", f"- command: `{f.command}`", f"- date: {f.date}", f"- CPU: {f.cpu}",
-                f"- file: `{f.path.as_posix()}`", ""]
+        out += [f"## {f.title}", "", f"- command: `{f.command}`", f"- date: {f.date}", f"- CPU: {f.cpu}"]
+        load = f.load_average()
+        if load is not None:
+            out.append(f"- load average (1 min) before / after the run: {load[0]:.2f} / {load[1]:.2f} "
+                       "(other work on the machine shows as a load above the run's own threads)")
+        out += [f"- file: `{f.path.as_posix()}`", ""]
         out += _table(f.records)
         plot = f.path.with_suffix(".png")
         if plot.is_file():
