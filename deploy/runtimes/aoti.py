@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import Runtime, as_tuple
+from .base import Runtime, inference_runner
 from .pt2 import capture_program
 
 __all__ = ["export_aoti", "load_aoti", "AOTInductor", "RUNTIMES"]
@@ -42,12 +42,7 @@ def load_aoti(path: str | Path, threads: int | None = None):
         raise FileNotFoundError(f"no AOTInductor package at {path}")
     if threads is not None:
         torch.set_num_threads(int(threads))
-    compiled = torch._inductor.aoti_load_package(str(path))
-
-    def run(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        with torch.inference_mode():
-            return as_tuple(compiled(x))
-    return run
+    return inference_runner(torch._inductor.aoti_load_package(str(path)))
 
 
 class AOTInductor(Runtime):

@@ -37,6 +37,16 @@ def as_tuple(out) -> tuple:
     return tuple(out) if isinstance(out, (list, tuple)) else (out,)
 
 
+def inference_runner(call: Callable) -> Callable:
+    """`call` (a loaded program) as a runner: tensor -> tuple of tensors, without autograd."""
+    import torch
+
+    def run(x):
+        with torch.inference_mode():
+            return as_tuple(call(x))
+    return run
+
+
 def other_size(size: tuple[int, int]) -> tuple[int, int]:
     """A second, non-square input size for checking a graph with symbolic height and width:
     taller by 37 and narrower by 29 pixels (at least 33), so neither side is a multiple of 32."""

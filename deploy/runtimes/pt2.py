@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .base import Runtime, as_tuple, dynamic_shapes
+from .base import Runtime, dynamic_shapes, inference_runner
 
 if TYPE_CHECKING:
     import torch
@@ -48,12 +48,7 @@ def load_pt2(path: str | Path):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no exported program at {path}")
-    module = torch.export.load(str(path)).module()
-
-    def run(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        with torch.no_grad():
-            return as_tuple(module(x))
-    return run
+    return inference_runner(torch.export.load(str(path)).module())
 
 
 class PT2(Runtime):
