@@ -8,9 +8,8 @@ import torch
 
 from backbones import SWITCHES, VARIANTS, Arch, EfficientFormerV2, stage_plans
 from backbones.supernet import SubnetConfig
-from conftest import REFERENCE_PARAMS
+from conftest import REFERENCE_PARAMS, TINY_ARCH as TINY
 
-TINY = {"widths": [16, 24, 32, 48], "expansions": [[2], [2], [2, 2], [2, 2]], "attention": [0, 0, 1, 1]}
 
 
 def n_params(arch, **kw) -> int:

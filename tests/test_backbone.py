@@ -8,10 +8,8 @@ import torch
 from backbones import (VARIANTS, Arch, EfficientFormerV2, StageArch, create_model, list_models,
                        load_checkpoint)
 from backbones.layers import OffsetAttentionBias, resize_bilinear
-from conftest import REFERENCE_PARAMS
+from conftest import REFERENCE_PARAMS, WIDTHS
 
-WIDTHS = {"efficientformerv2_s0": [32, 48, 96, 176], "efficientformerv2_s1": [32, 48, 120, 224],
-          "efficientformerv2_s2": [32, 64, 144, 288], "efficientformerv2_l": [40, 80, 192, 384]}
 NAMES = sorted(REFERENCE_PARAMS)
 
 

@@ -10,7 +10,7 @@ from timm.utils.model import reparameterize_model
 from backbones import (CheckpointError, EfficientFormerV2, create_model, is_deploy_state_dict, load_checkpoint,
                        save_checkpoint)
 
-TINY = {"widths": [16, 24, 32, 48], "expansions": [[2], [2], [2, 2], [2, 2]], "attention": [0, 0, 1, 1]}
+from conftest import TINY_ARCH as TINY
 
 
 def _trained_like(model: EfficientFormerV2) -> EfficientFormerV2:

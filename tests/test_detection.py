@@ -24,7 +24,9 @@ pytestmark = pytest.mark.mm
 
 ROOT = Path(__file__).resolve().parents[1]
 DET = ROOT / "configs" / "detection"
-WIDTHS = {"s0": [32, 48, 96, 176], "s1": [32, 48, 120, 224], "s2": [32, 64, 144, 288], "l": [40, 80, 192, 384]}
+from conftest import SHORT_NAMES, WIDTHS as _WIDTHS
+
+WIDTHS = {SHORT_NAMES[name]: widths for name, widths in _WIDTHS.items()}  # by short name (s0, ...)
 
 
 @pytest.mark.parametrize("variant", sorted(WIDTHS))

@@ -28,7 +28,9 @@ pytestmark = pytest.mark.mm
 ROOT = Path(__file__).resolve().parents[1]
 DET_TOY = ROOT / "configs/detection/mask-rcnn_efficientformerv2-s0_fpn_toy-coco.py"
 SEG_TOY = ROOT / "configs/segmentation/fpn_efficientformerv2-s0_ade20k-toy.py"
-WIDTHS_S0 = [32, 48, 96, 176]
+from conftest import WIDTHS
+
+WIDTHS_S0 = WIDTHS["efficientformerv2_s0"]
 
 
 def _down(n: int, times: int) -> int:
