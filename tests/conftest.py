@@ -96,6 +96,15 @@ def _official_layout(timm_sd: dict) -> dict:
     return out
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one intra-op thread is several times faster than two on a busy 2-core box."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def randomize_():
     """`randomize_(model)`: random weights and BatchNorm statistics in place (parity tests)."""

@@ -61,13 +61,7 @@ class RecordRank(Callback):
         Path(self.out, f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is several times faster than two on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors run fastest on one thread
 
 
 @pytest.fixture(scope="module")

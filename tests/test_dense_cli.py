@@ -6,7 +6,6 @@ error, or --classes-from-data (COCO categories, an ADE-format folder's classes.t
 metainfo.classes and the heads' num_classes."""
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from openmmlab.runner import ConfigError, load_config
 from openmmlab.runner import test as mm_test
 from openmmlab.runner import train as mm_train
 from segmentation.toy_data import make_toy_ade20k
-from tool_runner import run_tool
+from tool_runner import assert_one_line_error as _assert_one_line_error, run_tool
 
 pytestmark = pytest.mark.mm
 
@@ -33,14 +32,6 @@ SEG_PAPER = ROOT / "configs/segmentation/fpn_efficientformerv2-s0_ade20k-512x512
 LOADERS = ("train_dataloader", "val_dataloader", "test_dataloader")
 
 
-def _assert_one_line_error(out: subprocess.CompletedProcess, prog: str, *fragments: str) -> str:
-    assert out.returncode == 2, out.stderr
-    assert "Traceback" not in out.stderr
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: "), out.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

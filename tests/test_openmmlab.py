@@ -21,7 +21,7 @@ from backbones import CheckpointError, efficientformerv2_s0, save_checkpoint
 from openmmlab import EfficientFormerV2
 from openmmlab.benchmark import ChildDiedError, benchmark_backbone, run_in_fresh_process
 from openmmlab.runner import ConfigError, check_data_roots, load_config, read_checkpoint
-from tool_runner import run_tool
+from tool_runner import assert_one_line_error as _assert_one_line_error, run_tool
 
 pytestmark = pytest.mark.mm
 
@@ -313,15 +313,6 @@ def test_data_roots_are_checked_for_the_loaders_of_the_run(tmp_path):
 
 def _tool(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     return run_tool(name.removesuffix(".py"), *args, cwd=cwd)
-
-
-def _assert_one_line_error(out: subprocess.CompletedProcess, prog: str, *fragments: str) -> None:
-    assert out.returncode == 2, out.stderr
-    assert "Traceback" not in out.stderr
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: "), out.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -26,12 +26,7 @@ CLS = "python -m classification"
 TOY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "classification" / "toy.yaml"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors run fastest on one thread
 
 
 def _assert_one_line_error(r: subprocess.CompletedProcess, prog: str, *fragments: str) -> str:

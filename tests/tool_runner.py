@@ -76,3 +76,15 @@ def load_tool(name: str):
     finally:
         sys.path.remove(str(TOOLS))
     return module
+
+
+def assert_one_line_error(out: subprocess.CompletedProcess, prog: str, *fragments: str) -> str:
+    """Assert that a tool answered bad input as the tools do (exit status 2, one line on stderr
+    starting `prog: error: `, no traceback) and that the line holds every fragment; return it."""
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: "), out.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
