@@ -79,6 +79,11 @@ class RecordFile:
         return (max(before), max(after)) if before and after else None
 
     @property
+    def day(self) -> str:
+        """The day(s) of the runs (the records keep the time too)."""
+        return "; ".join(sorted({d.split()[0] for d in self.date.split("; ")}))
+
+    @property
     def title(self) -> str:
         return self.path.stem.replace("_", " ")
 
@@ -153,7 +158,7 @@ def render_page(files: Sequence[RecordFile], generator: str = "make records") ->
            "Each table gives the command that produced it, when and on which CPU. Latencies are medians "
            "of interleaved runs; compare models within one table (absolute times drift between runs).", ""]
     for f in files:
-        out += [f"## {f.title}", "", f"- command: `{f.command}`", f"- date: {f.date}", f"- CPU: {f.cpu}"]
+        out += [f"## {f.title}", "", f"- command: `{f.command}`", f"- date: {f.day}", f"- CPU: {f.cpu}"]
         load = f.load_average()
         if load is not None:
             out.append(f"- load average (1 min) before / after the run: {load[0]:.2f} / {load[1]:.2f} "
