@@ -25,7 +25,7 @@ from classification.search import (MesSpec, SearchSettings, SettingsError, Subne
 from classification.toy_data import make_toy_classification
 from conftest import synthetic_table
 from deploy.latency_lut import LatencyTable
-from tool_runner import run_tool
+from tool_runner import assert_one_line_error as _assert_one_line_error, run_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 SEARCH_CONFIGS = ROOT / "configs/search"
@@ -500,15 +500,6 @@ def test_run_search_with_fixed_expansions(supernet_ckpt, toy_root, tmp_path):
 # --------------------------------------------------------------------------------------------
 def _tool(name: str, *args: str) -> subprocess.CompletedProcess:
     return run_tool(name.removesuffix(".py"), *args, cwd=ROOT)
-
-
-def _assert_one_line_error(run: subprocess.CompletedProcess, prog: str, *needles: str) -> None:
-    assert run.returncode == 2, run.stderr
-    assert "Traceback" not in run.stderr
-    lines = run.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: "), run.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
