@@ -99,19 +99,23 @@ class ImageComparison:
     agreement: float                 # fraction of images whose top-1 class is the same
     top1_float: float | None = None  # percent, on labelled images
     top1_exported: float | None = None
+    cosine: float | None = None      # mean cosine similarity of the two logit vectors over the images
 
 
 def compare_on_images(runner: Runner, module: nn.Module, samples: Iterable[tuple[torch.Tensor, int | None]]
                       ) -> ImageComparison:
     """Logits of `runner` and of `module` on (image, label or None) pairs: max abs difference,
-    top-1 agreement, and top-1 accuracy of both where the labels are given."""
+    top-1 agreement, mean cosine similarity of the logits, and top-1 accuracy of both where the
+    labels are given."""
     n = agree = right_float = right_exported = labelled = 0
-    diff = 0.0
+    diff = cosine = 0.0
     for x, label in samples:
         got = runner(x)[0]
         with torch.no_grad():
             want = as_tuple(module(x))[0]
         diff = max(diff, float((got - want).abs().max()))
+        cosine += float(torch.nn.functional.cosine_similarity(got.float().reshape(1, -1),
+                                                              want.float().reshape(1, -1))[0])
         pred_exported, pred_float = int(got.argmax(-1)[0]), int(want.argmax(-1)[0])
         n += 1
         agree += pred_exported == pred_float
@@ -122,8 +126,9 @@ def compare_on_images(runner: Runner, module: nn.Module, samples: Iterable[tuple
     if not n:
         raise ValueError("no images to compare on")
     if not labelled:
-        return ImageComparison(n, diff, agree / n)
-    return ImageComparison(n, diff, agree / n, 100.0 * right_float / labelled, 100.0 * right_exported / labelled)
+        return ImageComparison(n, diff, agree / n, cosine=cosine / n)
+    return ImageComparison(n, diff, agree / n, 100.0 * right_float / labelled, 100.0 * right_exported / labelled,
+                           cosine / n)
 
 
 def _labelled_val(root: Path, size: tuple[int, int], classes: int, limit: int | None, normalise) -> list | None:
@@ -307,6 +312,7 @@ def _report_top1(result: ExportResult, runner: Runner, net: nn.Module, root: Pat
     cmp = compare_on_images(runner, net, samples)
     result.max_abs_diff = max(result.max_abs_diff or 0.0, cmp.max_abs_diff)
     result.top1_float, result.top1_exported, result.agreement = cmp.top1_float, cmp.top1_exported, cmp.agreement
+    result.cosine = cmp.cosine
     result.top1_images = cmp.images
     result.top1_split = str(root / "val") if val else f"{cmp.images} calibration images of {root}"
     if val is None and class_names(root / "val"):

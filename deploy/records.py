@@ -96,11 +96,12 @@ def load_record_file(path: str | Path) -> RecordFile:
         records = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path} is not a readable benchmark record file: {exc}") from None
-    needed = {"model", "backend", "latency_ms_median"}
+    # latency records (tools/benchmark*.py --json) or export checks (tools/export.py --json)
+    kinds = ({"model", "backend", "latency_ms_median"}, {"model", "format", "checked"})
     if (not isinstance(records, list) or not records
-            or not all(isinstance(r, dict) and needed <= r.keys() for r in records)):
+            or not all(isinstance(r, dict) and any(k <= r.keys() for k in kinds) for r in records)):
         raise ValueError(f"{path} is not a benchmark record file: expected a JSON list of records with "
-                         f"{sorted(needed)}")
+                         f"{sorted(kinds[0])} (latencies) or {sorted(kinds[1])} (export checks)")
     return RecordFile(path, records)
 
 
@@ -124,12 +125,33 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 # columns of a records table: header, record key, format; shown only where some record has the key
-_COLUMNS = (("model", "model", ""), ("activation", "activation", ""), ("backend", "backend", ""),
-            ("precision", "precision", ""), ("batch", "batch_size", "d"), ("threads", "threads", "d"),
+_COLUMNS = (("model", "model", ""), ("weights", "checkpoint", ""), ("activation", "activation", ""),
+            ("backend", "backend", ""), ("format", "format", ""), ("precision", "precision", ""), ("batch", "batch_size", "d"), ("threads", "threads", "d"),
             ("px", "resolution", "d"), ("params (M)", "params", ".2f"), ("GMACs", "gmacs", ".3f"),
             ("median ms", "latency_ms_median", ".2f"), ("p90 ms", "latency_ms_p90", ".2f"),
             ("x baseline", "vs_baseline", ".2f"), ("top-1 (published)", "top1_paper", ".1f"),
+            ("images", "images", "d"), ("top-1 float", "top1_float", ".2f"),
+            ("top-1 export", "top1_exported", ".2f"), ("top-1 agreement", "agreement", ".1%"),
+            ("mean cosine of logits", "cosine", ".4f"),
             ("max abs diff", "max_abs_diff", ".1e"), ("note", "note", ""))
+# per-operator profiles a record may carry (tools/benchmark.py --ort-profile/--et-profile/--ov-profile)
+_PROFILES = (("ort_op_ms", "ONNX Runtime kernels"), ("et_op_ms", "XNNPACK operators"), ("ov_op_ms", "OpenVINO nodes"))
+
+
+def _profile_lines(records: Sequence[dict[str, Any]], top: int = 8) -> list[str]:
+    """Where each profiled record's time goes: its largest operator types, ms per run and share."""
+    lines = []
+    for r in records:
+        for key, what in _PROFILES:
+            ops = r.get(key)
+            if not ops:
+                continue
+            total = sum(ops.values())
+            shares = ", ".join(f"{op} {ms:.2f} ({100 * ms / total:.0f}%)" for op, ms in list(ops.items())[:top])
+            lines.append(f"- {r['model']} {r.get('backend', '')} {r.get('precision', 'fp32')}"
+                         f"{' ' + r['activation'] if r.get('activation') else ''}: {what}, "
+                         f"{total:.2f} ms per run: {shares}")
+    return ["", "Where the time goes (per operator type, largest first):", "", *lines] if lines else []
 
 
 def _table(records: Sequence[dict[str, Any]]) -> list[str]:
@@ -165,6 +187,7 @@ def render_page(files: Sequence[RecordFile], generator: str = "make records") ->
                        "(other work on the machine shows as a load above the run's own threads)")
         out += [f"- file: `{f.path.as_posix()}`", ""]
         out += _table(f.records)
+        out += _profile_lines(f.records)
         plot = f.path.with_suffix(".png")
         if plot.is_file():
             out += ["", f"![{f.title}](../{plot.as_posix()})"]
@@ -180,7 +203,7 @@ def render_model_table(files: Sequence[RecordFile], page: str = "docs/benchmarks
     for f in files:
         by_model: dict[tuple[str, str], dict] = {}
         for r in f.records:
-            if (r.get("batch_size", 1) == 1 and r.get("threads") == 1 and r.get("precision", "fp32") == "fp32"
+            if "latency_ms_median" in r and (r.get("batch_size", 1) == 1 and r.get("threads") == 1 and r.get("precision", "fp32") == "fp32"
                     and r.get("activation") is None):
                 by_model[r["backend"], r["model"]] = r
         for backend in sorted({b for b, _ in by_model}):

@@ -237,9 +237,12 @@ def test_tool_int8_json(tmp_path):
     out = tmp_path / "bench.json"
     proc = _tool("--models", "mobilenetv2_050", "--backend", "executorch", "openvino", "--threads", "1",
                  "--resolution", "64", "--runs", "3", "--warmup", "1", "--int8", "--calibration", calib,
-                 "--calibration-count", "2", "--json", out)
+                 "--calibration-count", "2", "--ov-profile", "--json", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = json.loads(out.read_text())
+    # the int8 profile marks the nodes that compute in int8; the fp32 one has none
+    assert any(op.endswith(" (int8)") and "Convolution" in op for op in records[3]["ov_op_ms"]), records[3]
+    assert not any("(int8)" in op for op in records[2]["ov_op_ms"])
     assert [(r["backend"], r["precision"]) for r in records] == [
         ("executorch", "fp32"), ("executorch", "int8"), ("openvino", "fp32"), ("openvino", "int8")]
     for r in records:

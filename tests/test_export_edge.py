@@ -174,10 +174,21 @@ def test_openvino_int8_reports_top1_and_bounds_agreement(toy, tmp_path):
     assert res.ok and res.int8 and res.path.with_suffix(".bin").is_file()
     assert res.top1_images == 20 and res.top1_float is not None and res.top1_exported is not None
     assert 0.0 <= res.agreement <= 1.0 and res.max_abs_diff > 0.0
+    assert 0.5 < res.cosine <= 1.0 + 1e-6 and any("mean cosine similarity" in line for line in res.details())
     # an agreement bound that no export meets: the check fails and nothing is left behind
     with pytest.raises(AssertionError, match="top-1 class"):
         _int8("openvino", toy, tmp_path / "refused" / "tiny_int8.xml", min_agreement=1.01)
     assert not (tmp_path / "refused").exists()
+
+
+def test_image_comparison_reports_agreement_and_mean_cosine():
+    from deploy.export import compare_on_images
+    module = torch.nn.Flatten()
+    samples = [(torch.tensor([[[[1.0]], [[2.0]]]]), 1), (torch.tensor([[[[3.0]], [[1.0]]]]), 0)]
+    same = compare_on_images(lambda x: (2 * module(x),), module, samples)  # scaled logits: cosine 1
+    assert same.agreement == 1.0 and same.cosine == pytest.approx(1.0) and same.top1_exported == 100.0
+    flipped = compare_on_images(lambda x: (-module(x),), module, samples)
+    assert flipped.agreement == 0.0 and flipped.cosine == pytest.approx(-1.0) and flipped.top1_exported == 0.0
 
 
 def test_int8_needs_calibration_and_an_int8_format(tmp_path):

@@ -96,3 +96,35 @@ def test_repository_records_page_is_current():
     result = run_tool("make_records", "--records", "benchmarks/records", "--page", "docs/benchmarks.md",
                       "--readme", "README.md", "--check", cwd=root)
     assert result.returncode == 0, result.stderr
+
+
+def test_export_checks_and_profiles_are_rendered(tmp_path):
+    folder = tmp_path / "records"
+    check = {"model": "efficientformerv2_s0", "checkpoint": "toy.safetensors", "resolution": 64, "format": "openvino",
+             "precision": "int8", "checked": "OpenVINO CPU vs PyTorch", "ok": True, "max_abs_diff": 2.4,
+             "images": 200, "split": "data/toy_cls/val", "top1_float": 100.0, "top1_exported": 99.5,
+             "agreement": 0.995, "cosine": 0.99871, **PROV}
+    _write(folder, "int8_accuracy.json", [check])
+    profiled = _record("efficientformerv2_s0", "openvino", 12.0, precision="int8",
+                       ov_op_ms={"Convolution+Gelu (int8)": 3.0, "MatMul": 1.0})
+    _write(folder, "int8_1thread.json", [_record("efficientformerv2_s0", "openvino", 14.0), profiled,
+                                         _record("mobilenetv2_100", "openvino", 7.0)])
+    page = render_page(load_record_dir(folder))
+    assert ("| efficientformerv2_s0 | toy.safetensors | openvino | int8 | 64 | 200 | 100.00 | 99.50 | 99.5% "
+            "| 0.9987 | 2.4e+00 |") in page
+    assert ("- efficientformerv2_s0 openvino int8: OpenVINO nodes, 4.00 ms per run: "
+            "Convolution+Gelu (int8) 3.00 (75%), MatMul 1.00 (25%)") in page
+    # an export check is no latency: the model table reads the latency file only
+    assert "14.00 (2.00x)" in render_model_table(load_record_dir(folder))
+
+
+def test_export_tool_writes_its_check_as_a_record(tmp_path):
+    out = tmp_path / "records" / "check.json"
+    proc = run_tool("export", "--model", "test_efficientnet", "--format", "pt2", "--out", tmp_path / "m.pt2",
+                    "--size", "32", "--json", out)
+    assert proc.returncode == 0, proc.stderr
+    [record] = load_record_file(out).records
+    assert record["model"] == "test_efficientnet" and record["format"] == "pt2" and record["precision"] == "fp32"
+    assert record["ok"] and record["max_abs_diff"] <= 1e-4 and record["resolution"] == 32
+    assert record["command"].startswith("python tools/export.py --model test_efficientnet")
+    assert "| test_efficientnet | pt2 | fp32 | 32 |" in render_page(load_record_dir(out.parent))

@@ -5,7 +5,7 @@ program (pt2) or an AOTInductor package (aoti), and check it.
                            --format onnx|coreml|torchscript|executorch|openvino|pt2|aoti --out PATH
                            [--features] [--size H [W]] [--int8 --calibration DIR] [--precision float16|float32]
                            [--no-normalize] [--coreml-shapes HxW ... | --coreml-range MIN MAX | --coreml-fixed]
-                           [--verbose]
+                           [--json OUT] [--verbose]
 
 The formats are the runtime registry's (`deploy.runtimes`).
 
@@ -52,7 +52,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from _cli import ArgumentParser, UsageError, positive_int, run
+from _cli import ArgumentParser, UsageError, check_writable, positive_int, run
 
 from deploy.runtimes import FORMATS, INT8_FORMATS  # the registry's names: imports no torch
 
@@ -120,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     flexible.add_argument("--coreml-range", type=int, nargs=2, metavar=("MIN", "MAX"),
                           help="CoreML: input height and width each in [MIN, MAX] (default for --features: 64 2048)")
     flexible.add_argument("--coreml-fixed", action="store_true", help="CoreML --features: only the --size input size")
+    parser.add_argument("--json", type=Path, metavar="OUT",
+                        help="also write the check (top-1, agreement, mean cosine of the logits, max abs diff) "
+                             "with its command, date and CPU as a record for the records page")
     parser.add_argument("--verbose", action="store_true",
                         help="also show the exporters' and runtimes' own messages (progress, warnings, logs)")
     args = parser.parse_args(argv)
@@ -134,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.checkpoint is not None and not args.checkpoint.is_file():
         raise UsageError(f"checkpoint {args.checkpoint} does not exist (or is not a file): pass the path of "
                          "a .pth/.pt/.safetensors file, or leave --checkpoint out for random weights")
+    if args.json is not None:
+        check_writable(args.json, "--json")
     if args.size is not None:
         size = (args.size[0], args.size[-1])
     else:
@@ -152,6 +157,13 @@ def main(argv: list[str] | None = None) -> int:
     for line in result.details():
         print(line)
     print(result.summary())
+    if args.json is not None:
+        from deploy.benchmark import write_json
+        from deploy.records import provenance
+        record = {"model": args.model, "checkpoint": args.checkpoint.as_posix() if args.checkpoint else None,
+                  "resolution": size[0] if size[0] == size[1] else f"{size[0]}x{size[1]}", **result.record(),
+                  **provenance(["tools/export.py", *(sys.argv[1:] if argv is None else map(str, argv))])}
+        print(f"json: {write_json([record], args.json)}")
     return 0 if result.ok else 1
 
 

@@ -96,6 +96,7 @@ class ExportResult:
     top1_float: float | None = None    # percent, PyTorch float model on top1_split
     top1_exported: float | None = None  # percent, the export in its runtime on top1_split
     agreement: float | None = None     # fraction of images where both give the same top-1 class
+    cosine: float | None = None        # mean cosine similarity of the export's and PyTorch's logits
     top1_images: int = 0
     top1_split: str = ""
     labels: str = ""                   # where the class names went (a file beside it, or the package)
@@ -105,6 +106,14 @@ class ExportResult:
         note = f" ({self.note})" if self.note else ""
         return (f"{self.format}{' int8' if self.int8 else ''}: {self.path} in {self.seconds:.1f} s; "
                 f"{self.checked}{diff}: {'ok' if self.ok else 'FAILED'}{note}")
+
+    def record(self) -> dict:
+        """The check as a record for the records page (`deploy.records`): format, precision, what
+        was checked and its figures; the caller adds the model, weights and provenance."""
+        return {"format": self.format, "precision": "int8" if self.int8 else "fp32", "checked": self.checked,
+                "ok": self.ok, "max_abs_diff": self.max_abs_diff, "images": self.top1_images or None,
+                "split": self.top1_split or None, "top1_float": self.top1_float,
+                "top1_exported": self.top1_exported, "agreement": self.agreement, "cosine": self.cosine}
 
     def details(self) -> list[str]:
         """Lines about undelegated operators, top-1 and class names, where they apply."""
@@ -116,8 +125,9 @@ class ExportResult:
             kind = "int8" if self.int8 else "exported"
             top1 = (f"top-1 float {self.top1_float:.2f}% vs {kind} {self.top1_exported:.2f}%; "
                     if self.top1_float is not None else "")
+            cosine = f", mean cosine similarity of the logits {self.cosine:.4f}" if self.cosine is not None else ""
             lines.append(f"{self.format}: on {self.top1_split} ({self.top1_images} images): {top1}"
-                         f"top-1 agreement {self.agreement:.1%}")
+                         f"top-1 agreement {self.agreement:.1%}{cosine}")
         if self.labels:
             lines.append(f"{self.format}: class names: {self.labels}")
         return lines

@@ -143,6 +143,12 @@ def _fused_activations(runtime_op) -> list[str]:
     return found
 
 
+def _runs_int8(exec_type: str) -> bool:
+    """Whether a CPU-plugin kernel (its `exec_type`, e.g. `jit_avx2_1x1_I8`, `brgemm_avx2_f32`)
+    computes in 8-bit integers."""
+    return exec_type.rsplit("_", 1)[-1].lower() in ("i8", "u8")
+
+
 def op_time_profile(path: str | Path, x: torch.Tensor, threads: int | None = None, runs: int = 50,
                     warmup: int = 5, precision: Precision = "f32") -> dict[str, float]:
     """Where the time of an OpenVINO IR goes on the CPU plugin: its per-node performance counters
@@ -150,6 +156,8 @@ def op_time_profile(path: str | Path, x: torch.Tensor, threads: int | None = Non
     summed by node type, in ms, largest first. The plugin runs an activation inside the kernel
     of the node before it, so a node with fused activations is named with them
     (`Convolution+Gelu`, `GroupConvolution+Clamp`): that is where an activation's cost shows.
+    Nodes whose kernel computes in 8-bit integers are marked ` (int8)`: in an int8 model the
+    unmarked ones are where it falls back to float.
     Compiled as `compile_openvino(path, threads, precision)`; `x` must have the IR's input shape."""
     model = compile_openvino(path, threads=threads, precision=precision, perf_count=True)
     runtime_ops = model.compiled.get_runtime_model().get_ordered_ops()
@@ -162,13 +170,15 @@ def op_time_profile(path: str | Path, x: torch.Tensor, threads: int | None = Non
     for _ in range(runs):
         request.infer(feed)
         for node in request.profiling_info:
-            per_node[node.node_name, node.node_type].append(node.real_time.total_seconds())
+            node_type = node.node_type + (" (int8)" if _runs_int8(node.exec_type) else "")
+            per_node[node.node_name, node_type].append(node.real_time.total_seconds())
     # each node's median over the runs: a run preempted by another process does not skew it
     per_op: collections.Counter = collections.Counter()
     for (name, node_type), seconds in per_node.items():
         median = statistics.median(seconds)
         if median > 0:
-            per_op["+".join([node_type, *kinds.get(name, [])])] += median * 1e3
+            base, _, int8 = node_type.partition(" ")
+            per_op["+".join([base, *kinds.get(name, [])]) + (f" {int8}" if int8 else "")] += median * 1e3
     return dict(per_op.most_common())
 
 
