@@ -19,7 +19,7 @@ import torch
 from lightning.pytorch import Callback
 
 from backbones import CheckpointError, efficientformerv2_s0, load_checkpoint
-from classification.__main__ import cli
+from classification.__main__ import cli, main
 from classification.data import ImageNetDataModule, load_rgb
 from classification.predictions import PredictionWriter
 from classification.run_folder import RunFolderError
@@ -92,30 +92,47 @@ def _subprocess(args: list[str], timeout: int = 300) -> subprocess.CompletedProc
                           text=True, timeout=timeout)
 
 
+@pytest.fixture(scope="module")
+def fitted(toy, tmp_path_factory):
+    """One short fit (1 epoch, 3 batches) in its own folder, shared by the tests that only need a
+    trained run and its checkpoint: (the CLI object, the folder the run was started in)."""
+    folder = tmp_path_factory.mktemp("fitted")
+    cwd = os.getcwd()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    os.chdir(folder)
+    try:
+        c = _fit(toy, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3")
+    finally:
+        os.chdir(cwd)
+        torch.set_num_threads(threads)
+    return c, folder
+
+
 @pytest.fixture(autouse=True)
 def _in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
-def test_cli_fit_logs_metrics_and_checkpoints_load_safely(toy, tmp_path):
-    c = _fit(toy, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3")
+def test_cli_fit_logs_metrics_and_checkpoints_load_safely(fitted):
+    c, folder = fitted
+    ckpt = folder / CKPT
     metrics = c.trainer.callback_metrics
     assert {"val/top1", "val/top5", "val/loss", "train/loss"} <= set(metrics)
     assert 0 <= float(metrics["val/top1"]) <= float(metrics["val/top5"]) <= 1
-    assert sorted(p.name for p in CKPT.iterdir()) == ["best-000.ckpt", "last.ckpt"]
-    raw = torch.load(CKPT / "last.ckpt", map_location="cpu", weights_only=True)
+    assert sorted(p.name for p in ckpt.iterdir()) == ["best-000.ckpt", "last.ckpt"]
+    raw = torch.load(ckpt / "last.ckpt", map_location="cpu", weights_only=True)
     assert raw["hyper_parameters"]["num_classes"] == 10 and raw["class_names"] == sorted(raw["class_names"])
     model = efficientformerv2_s0(num_classes=10, distillation=False, img_size=32)
-    assert load_checkpoint(model, CKPT / "last.ckpt").ok
+    assert load_checkpoint(model, ckpt / "last.ckpt").ok
     for k, v in c.model.model.state_dict().items():
         assert torch.equal(v, model.state_dict()[k]), k
     # TensorBoard and CSV logs
-    assert list(tmp_path.rglob("events.out.tfevents.*")) and list(tmp_path.rglob("metrics.csv"))
+    assert list(folder.rglob("events.out.tfevents.*")) and list(folder.rglob("metrics.csv"))
 
 
-def test_validate_test_predict_subcommands(toy):
-    _fit(toy, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2")
-    ckpt = str(CKPT / "last.ckpt")
+def test_validate_test_predict_subcommands(toy, fitted):
+    ckpt = str(fitted[1] / CKPT / "last.ckpt")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         v = cli(["validate", *_args(toy), "--ckpt_path", ckpt])
@@ -130,11 +147,10 @@ def test_validate_test_predict_subcommands(toy):
     assert writer.rows == 20 and len(writer.path.read_text().splitlines()) == 21
 
 
-def test_predict_writes_top_k_csv_and_says_where(toy, tmp_path):
+def test_predict_writes_top_k_csv_and_says_where(toy, fitted):
     """End to end: `python -m classification predict --ckpt_path C` writes, per image, its path and
     the top-5 class names and scores, and its last line of output names the file."""
-    _fit(toy, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2")
-    ckpt = CKPT / "last.ckpt"
+    ckpt = fitted[1] / CKPT / "last.ckpt"
     paths = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     r = subprocess.run([sys.executable, "-m", "classification", "predict", *_args(toy), "--ckpt_path", str(ckpt)],
                        env=dict(os.environ, PYTHONPATH=paths, OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
@@ -189,7 +205,7 @@ def test_runs_follow_default_root_dir_and_never_overwrite(toy):
     assert torch.load("run_a/checkpoints/last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 2
 
 
-def test_cli_errors_are_one_line(toy, tmp_path):
+def test_cli_errors_are_one_line(toy, tmp_path, capsys):
     (tmp_path / "notes.ckpt").write_text("not a checkpoint\n")
     with pytest.raises(CheckpointError, match="not a checkpoint: the file is a text file"):
         cli(["validate", *_args(toy), "--ckpt_path", "notes.ckpt"])
@@ -199,7 +215,10 @@ def test_cli_errors_are_one_line(toy, tmp_path):
         cli(["validate", *_args(toy), "--ckpt_path", "https://example.com/model.ckpt"])
     with pytest.raises(CheckpointError, match="does not exist"):  # a local file, whatever its name
         cli(["validate", *_args(toy), "--ckpt_path", "registry_best.ckpt"])
-    r = _subprocess(["fit", *_args(tmp_path / "no_such_data")])
+    # the command line's entry point (`python -m classification` runs it; the runs below that
+    # need a process of their own start it in one), in this process
+    code = main(["fit", *_args(tmp_path / "no_such_data")])
+    r = subprocess.CompletedProcess([], code, *capsys.readouterr())
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith(
         f"python -m classification: error: data root {str(tmp_path / 'no_such_data')!r} does not exist")
@@ -275,9 +294,8 @@ def test_training_goes_on_past_bad_images(tmp_path):
     assert float(c.trainer.callback_metrics["data/skipped_images"]) >= 2
 
 
-def test_checkpoint_of_other_classes_is_refused(toy, tmp_path):
-    _fit(toy, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1")
-    ckpt = str(CKPT / "last.ckpt")
+def test_checkpoint_of_other_classes_is_refused(toy, fitted, tmp_path):
+    ckpt = str(fitted[1] / CKPT / "last.ckpt")
     fewer = tmp_path / "fewer"
     shutil.copytree(toy, fewer)
     for split in ("train", "val"):

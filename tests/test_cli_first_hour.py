@@ -9,7 +9,7 @@ CPU machine with the toy data.
 - What the search writes (search.json, searched.yaml) and an inline JSON dict are what
   tools/model_profile.py --arch reads, and it counts what the search reported; tools/search.py
   is shrunk from the command line and says why it stopped once.
-- tools/model_profile.py prints the deploy-form figures of the four variants.
+- tools/model_profile.py prints the deploy-form figures (tests/test_profile.py).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import yaml
 
 from classification.run_folder import exit_status
 from classification.toy_data import make_toy_classification
-from conftest import DEPLOY_PARAMS, REFERENCE_PARAMS, synthetic_table
+from conftest import REFERENCE_PARAMS, synthetic_table
 from tool_runner import run_tool
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -240,10 +240,6 @@ def test_profile_reads_a_classification_config_as_its_training_builds_the_networ
 
 
 # --------------------------------------------------------------------------------------------
-# 7. the deploy-form figures come from the tool
+# 7. the deploy-form figures come from the tool: tests/test_profile.py (profile() of the four
+#    variants against DEPLOY_PARAMS, and the tool's line for S0)
 # --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", sorted(DEPLOY_PARAMS))
-def test_profile_prints_the_deploy_form_figures(name):
-    r = run_tool("model_profile", "--model", name)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert (f"params {REFERENCE_PARAMS[name]:,} (deploy form {DEPLOY_PARAMS[name]:,})") in r.stdout, r.stdout

@@ -192,19 +192,28 @@ def test_pt2_classifier_and_features_reload_and_match(s0, s0_features, tmp_path)
         assert max(float((a - b).abs().max()) for a, b in zip(outs, net(x))) <= ONNX_ATOL
 
 
+@pytest.fixture(scope="module")
+def tiny(randomize_):
+    """The tiny architecture (conftest.TINY_ARCH: the block types of S0, both attention kinds, 6
+    blocks instead of 14) with 10 classes at 64 px and random weights, for the slowest compilers."""
+    from backbones import EfficientFormerV2
+    from conftest import TINY_ARCH
+    return randomize_(EfficientFormerV2(TINY_ARCH, num_classes=10, img_size=64)).eval()
+
+
 @pytest.mark.slow
-def test_aoti_package_export_and_benchmark_backend(s0, tmp_path):
-    """AOTInductor compiles C++: one test, S0 at 64 px (the export with a symbolic batch, and the
-    benchmark's fixed-shape package)."""
+def test_aoti_package_export_and_benchmark_backend(tiny, tmp_path):
+    """AOTInductor compiles C++: one test, the tiny architecture at 64 px (the export with a
+    symbolic batch, and the benchmark's fixed-shape package)."""
     from deploy.benchmark import run_benchmark
-    res = export_model(S0, "aoti", tmp_path / "s0_aoti.pt2", model=s0, size=SMALL)
+    res = export_model(S0, "aoti", tmp_path / "tiny_aoti.pt2", model=tiny, size=SMALL)
     assert res.ok and res.max_abs_diff <= ONNX_ATOL and "2x3x64x64" in res.checked
     compiled = torch._inductor.aoti_load_package(str(res.path))
     x = torch.rand(3, 3, *SMALL)
-    net = ImageInput(deploy_form(s0)).eval()
+    net = ImageInput(deploy_form(tiny)).eval()
     with torch.inference_mode():
         assert float((compiled(x) - net(x)).abs().max()) <= ONNX_ATOL
-    (rec,) = run_benchmark([("s0", s0)], ["aoti"], threads=1, resolution=64, runs=2, warmup=1)
+    (rec,) = run_benchmark([("tiny", tiny)], ["aoti"], threads=1, resolution=64, runs=2, warmup=1)
     assert rec["backend"] == "aoti" and rec["latency_ms_median"] > 0 and rec["max_abs_diff"] <= ONNX_ATOL
 
 
@@ -212,30 +221,35 @@ def test_aoti_package_export_and_benchmark_backend(s0, tmp_path):
 # Class names beside exports (ImageNet-1K for 1000 classes only)
 # --------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def s0_in1k():
-    return create_model(S0, img_size=64).eval()   # 1000 classes
+def tiny_in1k():
+    """The names follow the class count only: the tiny architecture with 1000 classes at 64 px."""
+    from backbones import EfficientFormerV2
+    from conftest import TINY_ARCH
+    return EfficientFormerV2(TINY_ARCH, img_size=64).eval()   # 1000 classes
 
 
-def test_labels_file_beside_a_1000_class_export(s0_in1k, tmp_path):
+def test_labels_file_beside_a_1000_class_export(tiny_in1k, tmp_path):
+    from backbones import EfficientFormerV2
+    from conftest import TINY_ARCH
     from deploy.export import imagenet_class_names
-    res = export_model(S0, "pt2", tmp_path / "in1k.pt2", model=s0_in1k, size=SMALL)
+    res = export_model(S0, "pt2", tmp_path / "in1k.pt2", model=tiny_in1k, size=SMALL)
     labels = (tmp_path / "in1k.labels.txt").read_text().splitlines()
     assert labels == imagenet_class_names(1000) and len(labels) == 1000
     assert labels[0].startswith("tench") and labels[999].startswith("toilet tissue")
     assert any("in1k.labels.txt" in line and "1000" in line for line in res.details())
     assert imagenet_class_names(10) is None and imagenet_class_names(1001) is None
     # feature maps have no classes: no names
-    features = create_model(S0, img_size=64, features_only=True).eval()
+    features = EfficientFormerV2(TINY_ARCH, img_size=64, features_only=True).eval()
     export_model(S0, "pt2", tmp_path / "feat.pt2", model=features, features=True, size=SMALL)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["feat.pt2", "in1k.labels.txt", "in1k.pt2"]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("coremltools") is None, reason="coremltools not installed")
-def test_coreml_1000_classes_is_a_classifier_with_imagenet_names(s0_in1k, s0, tmp_path):
+def test_coreml_1000_classes_is_a_classifier_with_imagenet_names(tiny_in1k, tiny, tmp_path):
     import coremltools as ct
 
     from deploy.export import imagenet_class_names
-    res = export_model(S0, "coreml", tmp_path / "in1k.mlpackage", model=s0_in1k, size=SMALL)
+    res = export_model(S0, "coreml", tmp_path / "in1k.mlpackage", model=tiny_in1k, size=SMALL)
     assert res.ok and "1000 class labels" in res.checked
     spec = ct.utils.load_spec(str(res.path))
     assert spec.description.predictedFeatureName == "classLabel"
@@ -245,7 +259,7 @@ def test_coreml_1000_classes_is_a_classifier_with_imagenet_names(s0_in1k, s0, tm
     assert class_labels(spec) == imagenet_class_names(1000)
     assert [p.name for p in tmp_path.iterdir()] == ["in1k.mlpackage"]   # no labels file: they are inside
     # another class count: a plain model, no ImageNet names
-    res = export_model(S0, "coreml", tmp_path / "ten.mlpackage", model=s0, size=SMALL)
+    res = export_model(S0, "coreml", tmp_path / "ten.mlpackage", model=tiny, size=SMALL)
     spec = ct.utils.load_spec(str(res.path))
     assert spec.description.predictedFeatureName == "" and class_labels(spec) == []
     assert [o.name for o in spec.description.output] == ["logits"]
