@@ -18,13 +18,12 @@ from __future__ import annotations
 import sys
 
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser
 
 from .data import ImageNetDataModule
 from .module import ImageClassifier
 from .predictions import PredictionWriter
-from .run_folder import RunFolderCLI, exit_status
+from .run_folder import EpochCheckpoint, RunFolderCLI, exit_status
 
 PROG = "python -m classification"
 
@@ -69,7 +68,7 @@ class ClassificationCLI(RunFolderCLI):
         self.trainer.callbacks.append(LearningRateReport())
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(EpochCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.monitor": "val/top1", "checkpoint.mode": "max",
                              "checkpoint.save_last": True, "checkpoint.filename": "best-{epoch:03d}",
                              "checkpoint.auto_insert_metric_name": False,

@@ -181,22 +181,37 @@ class ResumableDataLoader(DataLoader):
     """Training DataLoader over a `SeededSampler` that Lightning saves in checkpoints
     (`state_dict`/`load_state_dict`), so `fit --ckpt_path` resumes mid-epoch on the next batch.
 
+    A position at the end of an epoch (every batch consumed) is stored as the start of the next
+    epoch: the trainer builds the first iterator of a resumed run before it names the epoch, and
+    workers fetch from it at once, so the sampler must already stand where training goes on.
+
     Args:
         position: returns how many batches of the current epoch the training loop has consumed
             (prefetched batches do not count); the DataModule passes the trainer's progress.
+        epoch_batches: returns how many batches an epoch trains (the trainer's count, which
+            `limit_train_batches` may cut); by default the loader's length.
     """
 
-    def __init__(self, *args: Any, position: Callable[[], int] | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, position: Callable[[], int] | None = None,
+                 epoch_batches: Callable[[], float] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.position = position
+        self.epoch_batches = epoch_batches
 
     def state_dict(self) -> dict[str, int]:
         done = self.position() if self.position is not None else 0
-        return {"epoch": int(self.sampler.epoch), "batches_done": int(done)}
+        epoch = int(self.sampler.epoch)
+        length = self.epoch_batches() if self.epoch_batches is not None else len(self)
+        if done >= min(length, len(self)):  # the epoch is over: go on with the next one
+            epoch, done = epoch + 1, 0
+        return {"epoch": epoch, "batches_done": int(done)}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        self.sampler.set_epoch(state_dict["epoch"])
-        self.sampler.start_batch = state_dict["batches_done"]
+        epoch, done = int(state_dict["epoch"]), int(state_dict["batches_done"])
+        if done >= len(self):  # an epoch's end stored as its last position: the next epoch
+            epoch, done = epoch + 1, 0
+        self.sampler.set_epoch(epoch)
+        self.sampler.start_batch = done
 
 
 def collate_skip_bad(batch: list[tuple[Any, ...] | None]) -> tuple[Any, ...] | None:
@@ -323,6 +338,10 @@ class ImageNetDataModule(LightningDataModule):
         """Batches of the current epoch the trainer's fit loop has consumed."""
         return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
+    def _epoch_batches(self) -> float:
+        """Batches per training epoch as the trainer counts them (inf before it knows)."""
+        return self.trainer.num_training_batches
+
     def train_dataloader(self) -> ResumableDataLoader:
         trainer = self.trainer
         replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
@@ -332,6 +351,7 @@ class ImageNetDataModule(LightningDataModule):
                                 seed=h.seed, drop_last=h.drop_last)
         loader = ResumableDataLoader(dataset, batch_size=h.batch_size, sampler=sampler, drop_last=h.drop_last,
                                      position=self._training_position if trainer is not None else None,
+                                     epoch_batches=self._epoch_batches if trainer is not None else None,
                                      **self._loader_kwargs())
         if self._resume is not None:
             loader.load_state_dict(self._resume)

@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterator
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
@@ -47,7 +48,7 @@ from backbones import CheckpointError, read_state_dict
 
 from .data import DataError
 
-__all__ = ["RunFolderCLI", "RunFolderError", "SettingError", "TrainerSettingError", "MetricHistory",
+__all__ = ["RunFolderCLI", "RunFolderError", "SettingError", "TrainerSettingError", "MetricHistory", "EpochCheckpoint",
            "default_loggers", "exit_status", "quiet_third_party", "verbose", "NOISE", "VERBOSE_ENV"]
 
 #: the environment variable that shows the third-party messages `quiet_third_party` hides
@@ -155,6 +156,31 @@ def trainer_setting_error(exc: BaseException, config: dict[str, Any], cpu_config
     elif "strateg" in reason.lower() and config.get("strategy") not in (None, "auto"):
         message += " On the CPU, pass --trainer.strategy auto (or ddp for several processes)"
     return TrainerSettingError(message)
+
+
+class EpochCheckpoint(ModelCheckpoint):
+    """`ModelCheckpoint` that writes last.ckpt at every epoch end (with `save_last`), whatever the
+    monitored metric did: the `checkpoint:` section of both command lines.
+
+    Lightning's own callback writes last.ckpt at an epoch end only when it wrote a top-k
+    checkpoint in the same step, so after an epoch whose `val/top1` did not improve (or always,
+    with `save_top_k: 0`) last.ckpt would still hold an earlier epoch, and `--ckpt_path last`
+    would resume from there."""
+
+    def _save_last_now(self, trainer: Trainer) -> None:
+        if (self.save_last and not self._should_skip_saving_checkpoint(trainer)
+                and self._last_global_step_saved != trainer.global_step):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_now(trainer)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_now(trainer)
 
 
 class MetricHistory(Callback):

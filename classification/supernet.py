@@ -197,18 +197,17 @@ def main(args: Any = None, run: bool = True):
     (exit status 2) that says what to pass (`--trainer.accelerator cpu --trainer.devices 1`, or
     configs/search/supernet_toy.yaml); `EFV2_VERBOSE=1` shows the hidden third-party messages.
     """
-    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.cli import LightningArgumentParser
 
     from .data import ImageNetDataModule
-    from .run_folder import RunFolderCLI
+    from .run_folder import EpochCheckpoint, RunFolderCLI
 
     class SupernetCLI(RunFolderCLI):
         prog = "supernet fit"
         cpu_config = "configs/search/supernet_toy.yaml"
 
         def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-            parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+            parser.add_lightning_class_args(EpochCheckpoint, "checkpoint")
             parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0,
                                  "checkpoint.enable_version_counter": False})
             parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")

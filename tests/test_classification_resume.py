@@ -1,0 +1,74 @@
+"""Resuming a classification run from the checkpoint written at an epoch's end
+(`python -m classification fit ... --ckpt_path last`), with a loader that has workers."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Callback
+
+from classification.__main__ import cli
+from classification.toy_data import make_toy_classification
+
+REPO = Path(__file__).resolve().parents[1]
+TOY = REPO / "configs" / "classification" / "toy.yaml"
+CKPT = Path("runs/cls_toy/checkpoints")
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class KillAtStep(Callback):
+    """Ends the process abruptly (like a kill) when training reaches `step`."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step >= self.step:
+            os._exit(17)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> Path:
+    return make_toy_classification(tmp_path_factory.mktemp("toy"), train_per_class=6, val_per_class=2, size=32)
+
+
+def _args(root: Path, *extra: str) -> list[str]:
+    # 60 images / batch 4 = 15 steps per epoch; one loader worker, which fetches as soon as it exists
+    return ["--config", str(TOY), "--data.root", str(root), "--data.img_size", "32", "--data.batch_size", "4",
+            "--data.num_workers", "1", "--data.persistent_workers", "true", "--trainer.max_epochs", "2",
+            "--trainer.limit_val_batches", "2", "--checkpoint.save_top_k", "0", *extra]
+
+
+def test_resume_after_a_kill_at_an_epoch_end(toy, tmp_path):
+    # last.ckpt is written at every epoch end, even when no top-k checkpoint is (save_top_k 0), and
+    # the resumed run trains the next epoch's batches: the weights of an uninterrupted run
+    os.chdir(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        (tmp_path / "full").mkdir()
+        os.chdir(tmp_path / "full")
+        full = cli(["fit", *_args(toy)])
+        (tmp_path / "killed").mkdir()
+        os.chdir(tmp_path / "killed")
+        paths = [str(REPO / "tests"), str(REPO), os.environ.get("PYTHONPATH", "")]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p), OMP_NUM_THREADS="1")
+        r = subprocess.run([sys.executable, "-m", "classification", "fit",
+                            *_args(toy, "--trainer.callbacks+=test_classification_resume.KillAtStep",
+                                   "--trainer.callbacks.step", "15")],
+                           env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 17, r.stderr[-3000:]
+        state = torch.load(CKPT / "last.ckpt", map_location="cpu", weights_only=True)
+        assert (state["epoch"], state["global_step"]) == (0, 15)  # written at epoch 0's end
+        resumed = cli(["fit", *_args(toy, "--ckpt_path", "last")])
+    assert resumed.trainer.global_step == full.trainer.global_step == 30
+    a, b = full.model.model.state_dict(), resumed.model.model.state_dict()
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6), k
+    state = torch.load(CKPT / "last.ckpt", map_location="cpu", weights_only=True)
+    assert (state["epoch"], state["global_step"]) == (1, 30)
