@@ -203,7 +203,7 @@ def render_model_table(files: Sequence[RecordFile], page: str = "docs/benchmarks
     for f in files:
         by_model: dict[tuple[str, str], dict] = {}
         for r in f.records:
-            if "latency_ms_median" in r and (r.get("batch_size", 1) == 1 and r.get("threads") == 1 and r.get("precision", "fp32") == "fp32"
+            if r.get("latency_ms_median") is not None and (r.get("batch_size", 1) == 1 and r.get("threads") == 1 and r.get("precision", "fp32") == "fp32"
                     and r.get("activation") is None):
                 by_model[r["backend"], r["model"]] = r
         for backend in sorted({b for b, _ in by_model}):
