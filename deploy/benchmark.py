@@ -210,7 +210,8 @@ def run_benchmark(models: Sequence[ModelSpec], backends: Sequence[str] = ("onnxr
     Records carry model, backend, precision (fp32 or int8), batch_size, threads, resolution,
     latency_ms_median/_p90/_mean/_min, runs, params (all parameters of the trainable form),
     gmacs (per image), mes (paper eq. 7 with this machine's latency), top1_paper (Table 2 where
-    known), max_abs_diff (the backend's output against the PyTorch fp32 deploy form; for int8 the
+    known), max_abs_diff (the backend's output against the PyTorch fp32 deploy form; max_rel_diff
+    the same divided by the largest PyTorch output value; for int8 the
     quantization error, not a parity bound), vs_baseline (with `baseline`); ExecuTorch records
     `undelegated_ops` (operator -> count outside the XNNPACK delegate) and `delegate_calls`;
     OpenVINO records `ov_threads` and `ov_precision` (the compiled model's properties); int8
@@ -259,6 +260,8 @@ def run_benchmark(models: Sequence[ModelSpec], backends: Sequence[str] = ("onnxr
                 info[label]["activations_replaced"] = replace_activations(net, ACTIVATION_PROTOCOLS[activation])
             with torch.inference_mode():
                 reference = as_tuple(net(x))
+            # random weights can give huge logits (MobileOne's): the difference relative to them too
+            info[label]["output_abs_max"] = max(float(t.float().abs().max()) for t in reference)
             stem = label.replace(":", "_").replace("/", "_")
             for backend in backends:
                 precisions = ["fp32"] + (["int8"] if int8 and backend in INT8_BACKENDS else [])
@@ -292,6 +295,9 @@ def run_benchmark(models: Sequence[ModelSpec], backends: Sequence[str] = ("onnxr
                "gmacs": round(info[e.label]["gmacs"], 4),
                "mes": round(mobile_efficiency_score(info[e.label]["params"], s.median / batch_size), 4),
                "top1_paper": top1[e.label], "max_abs_diff": e.max_abs_diff}
+        scale = rec["output_abs_max"] = info[e.label]["output_abs_max"]
+        if e.max_abs_diff is not None and scale > 0:
+            rec["max_rel_diff"] = e.max_abs_diff / scale  # against the largest PyTorch output value
         rec.update(e.compiled.info)
         if activation is not None:
             rec["activation"] = activation

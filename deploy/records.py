@@ -133,7 +133,7 @@ _COLUMNS = (("model", "model", ""), ("weights", "checkpoint", ""), ("activation"
             ("images", "images", "d"), ("top-1 float", "top1_float", ".2f"),
             ("top-1 export", "top1_exported", ".2f"), ("top-1 agreement", "agreement", ".1%"),
             ("mean cosine of logits", "cosine", ".4f"),
-            ("max abs diff", "max_abs_diff", ".1e"), ("note", "note", ""))
+            ("max abs diff", "max_abs_diff", ".1e"), ("max rel diff", "max_rel_diff", ".1e"), ("note", "note", ""))
 # per-operator profiles a record may carry (tools/benchmark.py --ort-profile/--et-profile/--ov-profile)
 _PROFILES = (("ort_op_ms", "ONNX Runtime kernels"), ("et_op_ms", "XNNPACK operators"), ("ov_op_ms", "OpenVINO nodes"))
 

@@ -76,6 +76,7 @@ def test_records_have_the_interface_fields(tiny_records):
     assert abs(s0["params"] - S0_PARAMS_224) < 3_600 and s0["top1_paper"] == 75.7
     assert s0["gmacs"] == pytest.approx(0.396 * (64 / 224) ** 2, rel=0.1)
     assert first[1]["max_abs_diff"] <= 1e-4          # ONNX Runtime graph equals PyTorch
+    assert first[1]["max_rel_diff"] == pytest.approx(first[1]["max_abs_diff"] / first[1]["output_abs_max"])
     ops = first[1]["ort_op_ms"]                      # where the time goes, per op type
     assert {"Conv", "Gelu"} <= set(ops) and all(v >= 0 for v in ops.values()) and sum(ops.values()) > 0
     assert "ort_op_ms" not in first[0]               # torch eager: no ONNX Runtime profile
