@@ -198,22 +198,26 @@ def render_page(files: Sequence[RecordFile], generator: str = "make records") ->
 def render_model_table(files: Sequence[RecordFile], page: str = "docs/benchmarks.md") -> str:
     """The README's model table: parameters, GMACs, published top-1 and, per runtime found in the
     records at batch 1 and 1 thread in fp32, latency and the ratio to MobileNetV2 measured in the
-    same run, each runtime's column linked to its section of the records page."""
+    same run, each runtime's column linked to its section of the records page. Per runtime the
+    figures come from the file with the most variants, and of those from the latest run."""
     runtimes: dict[str, tuple[RecordFile, dict[str, dict]]] = {}
+    candidates: dict[str, list[tuple[RecordFile, dict[str, dict]]]] = {}
     for f in files:
         by_model: dict[tuple[str, str], dict] = {}
         for r in f.records:
-            if r.get("latency_ms_median") is not None and (r.get("batch_size", 1) == 1 and r.get("threads") == 1 and r.get("precision", "fp32") == "fp32"
-                    and r.get("activation") is None):
+            if (r.get("latency_ms_median") is not None and r.get("batch_size", 1) == 1 and r.get("threads") == 1
+                    and r.get("precision", "fp32") == "fp32" and r.get("activation") is None):
                 by_model[r["backend"], r["model"]] = r
         for backend in sorted({b for b, _ in by_model}):
             models = {m: r for (b, m), r in by_model.items() if b == backend}
-            if MODEL_TABLE_BASELINE in models and any(m in models for m in MODEL_TABLE_MODELS) \
-                    and backend not in runtimes:
-                runtimes[backend] = (f, models)
+            if MODEL_TABLE_BASELINE in models and any(m in models for m in MODEL_TABLE_MODELS):
+                candidates.setdefault(backend, []).append((f, models))
+    # per runtime, the file with the most variants; of those, the latest run
+    for backend, found in sorted(candidates.items()):
+        runtimes[backend] = max(found, key=lambda fm: (sum(m in fm[1] for m in MODEL_TABLE_MODELS), fm[0].date))
     if not runtimes:
         raise ValueError("no record file has the variants and mobilenetv2_100 at batch 1, 1 thread, fp32")
-    head = ["model", "params (M)", "GMACs", "top-1 (paper)"]
+    head = ["model", "params (M)", "GMACs", "top-1 (published)"]
     head += [f"[{b}]({page}#{_anchor(f.title)}) ms (x MobileNetV2)" for b, (f, _) in runtimes.items()]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for model in MODEL_TABLE_MODELS + (MODEL_TABLE_BASELINE,):

@@ -128,3 +128,17 @@ def test_export_tool_writes_its_check_as_a_record(tmp_path):
     assert record["ok"] and record["max_abs_diff"] <= 1e-4 and record["resolution"] == 32
     assert record["command"].startswith("python tools/export.py --model test_efficientnet")
     assert "| test_efficientnet | pt2 | fp32 | 32 |" in render_page(load_record_dir(out.parent))
+
+
+def test_model_table_takes_the_file_with_most_variants_then_the_latest(tmp_path):
+    folder = tmp_path / "records"
+    later = {**PROV, "date": "2026-12-08 01:00 UTC"}
+    variants = ("efficientformerv2_s0", "efficientformerv2_s1")
+    _write(folder, "a_one_variant.json", [_record("efficientformerv2_s0", "openvino", 10.0),
+                                          _record("mobilenetv2_100", "openvino", 10.0)])
+    _write(folder, "b_two_variants_early.json", [*(_record(m, "openvino", 20.0) for m in variants),
+                                                 _record("mobilenetv2_100", "openvino", 10.0)])
+    _write(folder, "c_two_variants_late.json", [*(_record(m, "openvino", 30.0, **later) for m in variants),
+                                                _record("mobilenetv2_100", "openvino", 10.0, **later)])
+    table = render_model_table(load_record_dir(folder))
+    assert "30.00 (3.00x)" in table and "#c-two-variants-late" in table and "20.00" not in table
