@@ -3,6 +3,7 @@ ExecuTorch and OpenVINO backends through tools/benchmark.py, models given as (la
 the tool's answers to bad input."""
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -220,7 +221,8 @@ def test_tool_executorch_and_openvino_json(tmp_path):
             assert r["et_op_ms"]["Fully Connected (NC, F32) GEMM"] > 0
             assert not any(op.startswith("native_call") for op in r["et_op_ms"])
         else:
-            assert r["ov_threads"] == 2 and r["ov_precision"] == "f32"
+            # OpenVINO takes no more threads than the cores this process may run on
+            assert r["ov_threads"] == min(2, len(os.sched_getaffinity(0))) and r["ov_precision"] == "f32"
             assert r["speedup_vs_1_thread"] > 0 and r["latency_ms_median_1_thread"] > 0
             # time per node, the activation named where the plugin fuses it into a convolution
             ops = r["ov_op_ms"]
