@@ -5,14 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
 from lightning.pytorch import Callback
 
-from classification.__main__ import cli
 from classification.toy_data import make_toy_classification
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,30 +43,33 @@ def _args(root: Path, *extra: str) -> list[str]:
             "--trainer.limit_val_batches", "2", "--checkpoint.save_top_k", "0", *extra]
 
 
+def _fit(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    # each run in a fresh process: loader workers are forked from a clean interpreter, and the
+    # test process keeps its working directory
+    cwd.mkdir(parents=True, exist_ok=True)
+    paths = [str(REPO / "tests"), str(REPO), os.environ.get("PYTHONPATH", "")]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p), OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "classification", "fit", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def _last(cwd: Path) -> dict:
+    return torch.load(cwd / CKPT / "last.ckpt", map_location="cpu", weights_only=True)
+
+
 def test_resume_after_a_kill_at_an_epoch_end(toy, tmp_path):
     # last.ckpt is written at every epoch end, even when no top-k checkpoint is (save_top_k 0), and
     # the resumed run trains the next epoch's batches: the weights of an uninterrupted run
-    os.chdir(tmp_path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        (tmp_path / "full").mkdir()
-        os.chdir(tmp_path / "full")
-        full = cli(["fit", *_args(toy)])
-        (tmp_path / "killed").mkdir()
-        os.chdir(tmp_path / "killed")
-        paths = [str(REPO / "tests"), str(REPO), os.environ.get("PYTHONPATH", "")]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p), OMP_NUM_THREADS="1")
-        r = subprocess.run([sys.executable, "-m", "classification", "fit",
-                            *_args(toy, "--trainer.callbacks+=test_classification_resume.KillAtStep",
-                                   "--trainer.callbacks.step", "15")],
-                           env=env, capture_output=True, text=True, timeout=300)
-        assert r.returncode == 17, r.stderr[-3000:]
-        state = torch.load(CKPT / "last.ckpt", map_location="cpu", weights_only=True)
-        assert (state["epoch"], state["global_step"]) == (0, 15)  # written at epoch 0's end
-        resumed = cli(["fit", *_args(toy, "--ckpt_path", "last")])
-    assert resumed.trainer.global_step == full.trainer.global_step == 30
-    a, b = full.model.model.state_dict(), resumed.model.model.state_dict()
-    for k in a:
-        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6), k
-    state = torch.load(CKPT / "last.ckpt", map_location="cpu", weights_only=True)
-    assert (state["epoch"], state["global_step"]) == (1, 30)
+    full = _fit(tmp_path / "full", *_args(toy))
+    assert full.returncode == 0, full.stderr[-3000:]
+    killed = _fit(tmp_path / "killed", *_args(toy, "--trainer.callbacks+=test_classification_resume.KillAtStep",
+                                              "--trainer.callbacks.step", "15"))
+    assert killed.returncode == 17, killed.stderr[-3000:]
+    state = _last(tmp_path / "killed")
+    assert (state["epoch"], state["global_step"]) == (0, 15)  # written at epoch 0's end
+    resumed = _fit(tmp_path / "killed", *_args(toy, "--ckpt_path", "last"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = _last(tmp_path / "full"), _last(tmp_path / "killed")
+    assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"]) == (1, 30)
+    for k, v in a["state_dict"].items():
+        assert torch.allclose(v.float(), b["state_dict"][k].float(), rtol=1e-4, atol=1e-6), k
