@@ -126,14 +126,16 @@ def _fmt(value: Any, spec: str) -> str:
 
 # columns of a records table: header, record key, format; shown only where some record has the key
 _COLUMNS = (("model", "model", ""), ("weights", "checkpoint", ""), ("activation", "activation", ""),
-            ("backend", "backend", ""), ("format", "format", ""), ("precision", "precision", ""), ("batch", "batch_size", "d"), ("threads", "threads", "d"),
+            ("backend", "backend", ""), ("format", "format", ""), ("precision", "precision", ""),
+            ("batch", "batch_size", "d"), ("threads", "threads", "d"),
             ("px", "resolution", "d"), ("params (M)", "params", ".2f"), ("GMACs", "gmacs", ".3f"),
             ("median ms", "latency_ms_median", ".2f"), ("p90 ms", "latency_ms_p90", ".2f"),
             ("x baseline", "vs_baseline", ".2f"), ("top-1 (published)", "top1_paper", ".1f"),
             ("images", "images", "d"), ("top-1 float", "top1_float", ".2f"),
             ("top-1 export", "top1_exported", ".2f"), ("top-1 agreement", "agreement", ".1%"),
             ("mean cosine of logits", "cosine", ".4f"),
-            ("max abs diff", "max_abs_diff", ".1e"), ("max rel diff", "max_rel_diff", ".1e"), ("note", "note", ""))
+            ("max abs diff", "max_abs_diff", ".1e"), ("max rel diff", "max_rel_diff", ".1e"),
+            ("note", "note", ""))
 # per-operator profiles a record may carry (tools/benchmark.py --ort-profile/--et-profile/--ov-profile)
 _PROFILES = (("ort_op_ms", "ONNX Runtime kernels"), ("et_op_ms", "XNNPACK operators"), ("ov_op_ms", "OpenVINO nodes"))
 
