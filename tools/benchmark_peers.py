@@ -11,8 +11,9 @@ published (the source is in each record and in `--list`). Per runtime it writes,
 --out-dir: `peers_<runtime>.json` (tools/benchmark.py's record format, each record with its
 command, date and CPU for the records page, `make records`; the models the runtime could not take
 are records without a latency whose note gives the reason) and `peers_<runtime>.png` (top-1
-against latency, Pareto frontier marked). A model a runtime cannot take does not stop the run. ExecuTorch sizes its threadpool once per process: one
---threads per command. `--list` prints the models and their figures without measuring.
+against latency, Pareto frontier marked). A model a runtime cannot take does not stop the run.
+ExecuTorch sizes its threadpool once per process: one --threads per command. `--list` prints the
+models and their figures without measuring.
 """
 from __future__ import annotations
 
