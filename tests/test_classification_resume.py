@@ -2,33 +2,20 @@
 (`python -m classification fit ... --ckpt_path last`), with a loader that has workers."""
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Callback
 
 from classification.toy_data import make_toy_classification
+from tool_runner import run_classification
 
 REPO = Path(__file__).resolve().parents[1]
 TOY = REPO / "configs" / "classification" / "toy.yaml"
 CKPT = Path("runs/cls_toy/checkpoints")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class KillAtStep(Callback):
-    """Ends the process abruptly (like a kill) when training reaches `step`."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step >= self.step:
-            os._exit(17)
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +34,7 @@ def _fit(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     # each run in a fresh process: loader workers are forked from a clean interpreter, and the
     # test process keeps its working directory
     cwd.mkdir(parents=True, exist_ok=True)
-    paths = [str(REPO / "tests"), str(REPO), os.environ.get("PYTHONPATH", "")]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p), OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "classification", "fit", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return run_classification(["fit", *args], cwd=cwd, timeout=600)
 
 
 def _last(cwd: Path) -> dict:
@@ -62,7 +46,7 @@ def test_resume_after_a_kill_at_an_epoch_end(toy, tmp_path):
     # the resumed run trains the next epoch's batches: the weights of an uninterrupted run
     full = _fit(tmp_path / "full", *_args(toy))
     assert full.returncode == 0, full.stderr[-3000:]
-    killed = _fit(tmp_path / "killed", *_args(toy, "--trainer.callbacks+=test_classification_resume.KillAtStep",
+    killed = _fit(tmp_path / "killed", *_args(toy, "--trainer.callbacks+=tool_runner.KillAtStep",
                                               "--trainer.callbacks.step", "15"))
     assert killed.returncode == 17, killed.stderr[-3000:]
     state = _last(tmp_path / "killed")

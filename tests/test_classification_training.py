@@ -24,20 +24,10 @@ from classification.data import ImageNetDataModule, load_rgb
 from classification.predictions import PredictionWriter
 from classification.run_folder import RunFolderError
 from classification.toy_data import CLASSES, make_toy_classification
+from tool_runner import run_classification
 
 REPO = Path(__file__).resolve().parents[1]
 TOY = REPO / "configs" / "classification" / "toy.yaml"
-
-
-class KillAtStep(Callback):
-    """Ends the process abruptly (like a kill) when training reaches `step`."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step >= self.step:
-            os._exit(17)
 
 
 class RecordRank(Callback):
@@ -83,13 +73,6 @@ def _fit(root: Path, *extra: str):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return cli(["fit", *_args(root, *extra)])
-
-
-def _subprocess(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
-    paths = [str(REPO / "tests"), str(REPO), os.environ.get("PYTHONPATH", "")]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p), OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "classification", *args], env=env, capture_output=True,
-                          text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +219,7 @@ def test_resume_after_kill_equals_uninterrupted(toy, tmp_path):
     full = _fit(toy, *step_ckpt)
     (tmp_path / "killed").mkdir()
     os.chdir(tmp_path / "killed")
-    r = _subprocess(["fit", *_args(toy, *step_ckpt, "--trainer.callbacks+=test_classification_training.KillAtStep",
+    r = run_classification(["fit", *_args(toy, *step_ckpt, "--trainer.callbacks+=tool_runner.KillAtStep",
                                    "--trainer.callbacks.step", "23")])
     assert r.returncode == 17, r.stderr[-3000:]
     state = torch.load(CKPT / "last.ckpt", map_location="cpu", weights_only=True)
@@ -250,7 +233,7 @@ def test_resume_after_kill_equals_uninterrupted(toy, tmp_path):
 
 
 def test_ddp_two_cpu_processes(toy, tmp_path):
-    r = _subprocess(["fit", *_args(toy, "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu",
+    r = run_classification(["fit", *_args(toy, "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu",
                                    "--trainer.devices", "2", "--trainer.max_epochs", "2",
                                    "--trainer.callbacks+=test_classification_training.RecordRank",
                                    "--trainer.callbacks.out", str(tmp_path))], timeout=400)

@@ -78,6 +78,17 @@ def test_plot_pareto(tmp_path):
         plot_pareto(records, tmp_path / "q.png", "openvino")
 
 
+def _build_fails(monkeypatch, name: str, reason: str) -> None:
+    """Building the peer `name` raises RuntimeError(reason); the others build as usual."""
+    real_build = peers_mod.build_peer
+
+    def build(p):
+        if p.name == name:
+            raise RuntimeError(reason)
+        return real_build(p)
+    monkeypatch.setattr(peers_mod, "build_peer", build)
+
+
 def test_two_tiny_models_on_torch_and_a_model_that_cannot_be_built(monkeypatch):
     """The real run_benchmark on the torch backend, each model at its own resolution (two
     groups), and a third model whose build fails: it is listed with the reason, the others are
@@ -85,13 +96,7 @@ def test_two_tiny_models_on_torch_and_a_model_that_cannot_be_built(monkeypatch):
     tiny = [Peer("efficientformerv2_s0", "EfficientFormerV2", None, 64, 76.1, "test figure"),
             Peer("mobilenetv2_050", "MobileNetV2", "lamb_in1k", 96, 65.9, "test figure"),
             Peer("broken_net", "Broken", "in1k", 64, 70.0, "test figure")]
-    real_build = peers_mod.build_peer
-
-    def build(p):
-        if p.name == "broken_net":
-            raise RuntimeError("no such architecture")
-        return real_build(p)
-    monkeypatch.setattr(peers_mod, "build_peer", build)
+    _build_fails(monkeypatch, "broken_net", "no such architecture")
     lines = []
     records, failures = measure_peers(tiny, ["torch"], threads=1, runs=2, warmup=1, log=lines.append)
     assert [(r["model"], r["resolution"]) for r in records] == [("efficientformerv2_s0", 64), ("mobilenetv2_050", 96)]
@@ -191,13 +196,7 @@ def test_tool_lists_and_measures(tmp_path):
 
 
 def test_tool_writes_the_models_a_runtime_cannot_take_into_its_records(monkeypatch, tmp_path):
-    real_build = peers_mod.build_peer
-
-    def build(p):
-        if p.name == "starnet_s1":
-            raise RuntimeError("no kernel for this operator")
-        return real_build(p)
-    monkeypatch.setattr(peers_mod, "build_peer", build)
+    _build_fails(monkeypatch, "starnet_s1", "no kernel for this operator")
     out = tmp_path / "records"
     got = run_tool("benchmark_peers", "--runtimes", "torch", "--models", "efficientformerv2_s0", "starnet_s1",
                    "--runs", "2", "--warmup", "0", "--out-dir", out)

@@ -24,9 +24,31 @@ import traceback
 from pathlib import Path
 
 import torch
+from lightning.pytorch import Callback
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ROOT / "tools"
+
+
+def run_classification(args: list[str], cwd: str | Path | None = None,
+                       timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python -m classification ARGS` in a new process (one thread, tests/ importable, so that
+    `--trainer.callbacks+=tool_runner.KillAtStep` works), in `cwd`."""
+    paths = [str(ROOT / "tests"), str(ROOT), os.environ.get("PYTHONPATH", "")]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p), OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "classification", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+class KillAtStep(Callback):
+    """Ends the process abruptly (like a kill, exit status 17) when training reaches `step`."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step >= self.step:
+            os._exit(17)
 
 
 def run_tool(name: str, *args, cwd: str | Path | None = None,
