@@ -29,7 +29,9 @@ def create_model(name: str, pretrained: bool | str = False, checkpoint: str | No
     """Build a registered variant by name, optionally with weights (see `load_checkpoint`).
 
     Args:
-        name: one of `list_models()`.
+        name: one of `list_models()`, or a model in timm's Hub format, `hf-hub:ORG/REPO` or
+            `local-dir:PATH` (the architecture, class count and distillation head its config.json
+            records, with its weights when `pretrained` is True, as in timm: `backbones.hub`).
         pretrained: True loads the variant's ImageNet weights from the Hugging Face Hub
             (`model.pretrained_cfg["hf_hub_id"]`, read from huggingface_hub's cache when offline;
             heads dropped when `num_classes` is not 1000); a string is a checkpoint spec (a local
@@ -37,6 +39,16 @@ def create_model(name: str, pretrained: bool | str = False, checkpoint: str | No
         checkpoint: a checkpoint spec loaded strictly (the older name of `pretrained=SPEC`).
         **kwargs: passed to `EfficientFormerV2` (num_classes, distillation, drop_path_rate, ...).
     """
+    if name.startswith(("hf-hub:", "local-dir:")):  # a model in timm's Hub format: its config.json says which
+        if checkpoint is not None or pretrained not in (False, None, True):
+            raise ValueError(f"{name} brings its own weights: pass no other checkpoint")
+        from .hub import source_model_kwargs
+        arch_name, recorded = source_model_kwargs(name)
+        if arch_name not in _MODELS:
+            raise CheckpointError(f"{name}: config.json names the architecture {arch_name!r}, which is not one of "
+                                  f"{', '.join(list_models())}")
+        # as timm's create_model: pretrained=True loads the weights, False builds the network only
+        return _MODELS[arch_name](pretrained=name if pretrained else False, **{**recorded, **kwargs})
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     if checkpoint is not None and pretrained not in (False, None):

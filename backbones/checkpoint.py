@@ -104,13 +104,14 @@ class LoadReport:
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a checkpoint, unwrapped from the usual containers, safely loaded and checked.
 
-    `path` is a local file or a hub spec `hf-hub:ORG/REPO[@REVISION]` (fetched into, or read
-    from, huggingface_hub's cache: `backbones.hub.hub_file`). Raises `CheckpointError` for a file
+    `path` is a local file, a hub spec `hf-hub:ORG/REPO[@REVISION]` (fetched into, or read
+    from, huggingface_hub's cache: `backbones.hub.hub_file`) or a folder in the Hub's layout,
+    `local-dir:PATH` (`backbones.hub.local_dir_file`). Raises `CheckpointError` for a file
     that is missing, unreadable, damaged (digest, zip CRC) or holds NaN/Inf values.
     """
-    if isinstance(path, str) and path.startswith("hf-hub:"):
-        from .hub import hub_file
-        path = hub_file(path)
+    if isinstance(path, str) and path.startswith(("hf-hub:", "local-dir:")):
+        from .hub import source_file
+        path = source_file(path)
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist (or is not a file)")

@@ -1,4 +1,5 @@
-"""Weights by name from the Hugging Face Hub: `hf-hub:ORG/REPO` or `hf-hub:ORG/REPO@REVISION`.
+"""Weights by name from the Hugging Face Hub (`hf-hub:ORG/REPO` or `hf-hub:ORG/REPO@REVISION`),
+or from a local folder in the Hub's layout (`local-dir:PATH`).
 
     from backbones import create_model, load_checkpoint
     model = create_model("efficientformerv2_s0")
@@ -12,6 +13,13 @@ file is used, and without one `hub_file` raises a one-line `CheckpointError` tha
 file to fetch (its URL) and where it goes (the cache folder, or pass the local file instead).
 A cached file whose blob is named by its SHA-256 (how the hub stores weights) is checked
 against that name, so a file damaged in the cache is refused rather than loaded.
+
+`local-dir:PATH` names a folder in timm's Hub format (`config.json` beside `model.safetensors` or
+`pytorch_model.bin`, what `tools/export.py --format hub` writes and `timm.create_model(
+"local-dir:PATH", pretrained=True)` reads); it is a checkpoint spec wherever `hf-hub:` is. Both
+kinds also name a whole model: `create_model("hf-hub:ORG/REPO")` or `create_model("local-dir:PATH")`
+builds the architecture, class count and distillation head that config.json records
+(`source_model_kwargs`) and loads the weights strictly.
 """
 from __future__ import annotations
 
@@ -24,7 +32,9 @@ from pathlib import Path
 
 from .checkpoint import CheckpointError
 
-__all__ = ["HUB_PREFIX", "WEIGHT_FILES", "is_hub_spec", "parse_hub_spec", "hub_file", "hub_offline"]
+__all__ = ["HUB_PREFIX", "LOCAL_PREFIX", "WEIGHT_FILES", "CONFIG_FILE", "is_hub_spec", "is_local_dir_spec",
+           "is_source_spec", "parse_hub_spec", "hub_file", "hub_offline", "local_dir_file", "source_file",
+           "source_config", "source_model_kwargs"]
 
 HUB_PREFIX = "hf-hub:"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # in the order they are tried
@@ -146,3 +156,72 @@ def _verify_blob(path: Path, spec: str, filename: str) -> None:
                               f"published for it ({real.name[:16]}..., the file has {h.hexdigest()[:16]}...): "
                               "delete it and fetch it again")
     _verified[key] = True
+
+
+# --------------------------------------------------------------------------------------------
+# Folders in timm's Hub format: `local-dir:PATH`, and the config.json of either kind of spec
+# --------------------------------------------------------------------------------------------
+LOCAL_PREFIX = "local-dir:"
+CONFIG_FILE = "config.json"
+_HUB_FOLDER = ("a folder in timm's Hub format (config.json and model.safetensors, as "
+               "`python tools/export.py --format hub` writes it)")
+
+
+def is_local_dir_spec(spec: object) -> bool:
+    """Whether `spec` names a local folder in the Hub's layout (`local-dir:PATH`)."""
+    return isinstance(spec, str) and spec.startswith(LOCAL_PREFIX)
+
+
+def is_source_spec(spec: object) -> bool:
+    """Whether `spec` names weights with a config.json beside them: `hf-hub:` or `local-dir:`."""
+    return is_hub_spec(spec) or is_local_dir_spec(spec)
+
+
+def local_dir_file(spec: str, filenames: tuple[str, ...] = WEIGHT_FILES) -> Path:
+    """The first of `filenames` in the folder `local-dir:PATH` names. A folder without
+    config.json or without any of the files is a one-line `CheckpointError`."""
+    folder = Path(spec[len(LOCAL_PREFIX):]).expanduser()
+    if not folder.is_dir():
+        raise CheckpointError(f"{spec}: {folder} is not a folder: pass {_HUB_FOLDER}")
+    if not (folder / CONFIG_FILE).is_file():
+        raise CheckpointError(f"{spec}: {folder} has no {CONFIG_FILE}: pass {_HUB_FOLDER}")
+    for name in filenames:
+        if (folder / name).is_file():
+            return folder / name
+    raise CheckpointError(f"{spec}: {folder} holds none of {', '.join(filenames)}: pass {_HUB_FOLDER}")
+
+
+def source_file(spec: str, filenames: tuple[str, ...] = WEIGHT_FILES) -> Path:
+    """Local path of a file of a `hf-hub:` repository (`hub_file`) or a `local-dir:` folder."""
+    return local_dir_file(spec, filenames) if is_local_dir_spec(spec) else hub_file(spec, filenames)
+
+
+def source_config(spec: str) -> dict:
+    """The config.json of a `hf-hub:` repository or `local-dir:` folder (timm's layout:
+    `architecture`, `num_classes`, `label_names`, `model_args`, `pretrained_cfg`)."""
+    import json
+    if is_local_dir_spec(spec):
+        local_dir_file(spec)  # config.json and weights both there, or one line saying what is missing
+        path = Path(spec[len(LOCAL_PREFIX):]).expanduser() / CONFIG_FILE
+    else:
+        path = hub_file(spec, (CONFIG_FILE,))
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"{spec}: {CONFIG_FILE} is not readable JSON ({e})") from e
+    if not isinstance(config, dict) or not isinstance(config.get("architecture"), str):
+        raise CheckpointError(f"{spec}: {CONFIG_FILE} names no architecture: pass {_HUB_FOLDER}")
+    return config
+
+
+def source_model_kwargs(spec: str, accepted: tuple[str, ...] = ("num_classes", "distillation", "img_size")
+                        ) -> tuple[str, dict]:
+    """(architecture name, the `create_model` arguments of `accepted` that config.json records)
+    of a `hf-hub:` or `local-dir:` spec: what rebuilds the network its weights are for."""
+    config = source_config(spec)
+    args = dict(config.get("model_args") or {})
+    if "num_classes" in config:
+        args.setdefault("num_classes", config["num_classes"])
+    if args.get("in_chans", 3) != 3:
+        raise CheckpointError(f"{spec}: the model takes {args['in_chans']} input channels; only RGB models are read")
+    return config["architecture"], {k: v for k, v in args.items() if k in accepted}

@@ -21,7 +21,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, default_collate
 
 __all__ = ["DataError", "IMAGE_EXTENSIONS", "ImageNetDataModule", "ImageFolderDataset", "ResumableDataLoader",
            "SeededSampler", "collate_skip_bad", "find_classes", "load_rgb", "scan_split", "seeded"]
@@ -132,6 +132,10 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def read_image(self, path: str) -> Image.Image:
+        """The RGB image of a sample (`load_rgb` of its file; other sources read their own)."""
+        return load_rgb(path)
+
     def __getitem__(self, index: int | tuple[int, int, int]) -> tuple[Any, ...] | None:
         seed = None
         if isinstance(index, tuple):
@@ -139,7 +143,7 @@ class ImageFolderDataset(Dataset):
             seed = int(np.random.SeedSequence([base, epoch, index]).generate_state(1)[0])
         path, target = self.samples[index]
         try:
-            img = load_rgb(path)
+            img = self.read_image(path)
         except _READ_ERRORS as e:
             with self._skipped.get_lock():
                 self._skipped.value += 1
@@ -231,8 +235,9 @@ class ImageNetDataModule(LightningDataModule):
     `data:` keys of the classification configs.
 
     Args:
-        root: data root holding `train_dir` and `val_dir`.
-        train_dir, val_dir: split folders under root, each `<class>/<image>`.
+        root: data root holding `train_dir` and `val_dir` (for `source` folder).
+        train_dir, val_dir: split folders under root, each `<class>/<image>` (for wds: the shard
+            name prefixes or patterns, see `classification.sources`).
         test_dir: split for `test` (default: val_dir).
         predict_dir: images for `predict` (default: val_dir): a split in class folders, or any
             folder of images, an image file or a text file listing images
@@ -257,9 +262,13 @@ class ImageNetDataModule(LightningDataModule):
         pin_memory: pin host memory (useful on GPUs).
         persistent_workers: keep workers alive between epochs.
         drop_last: drop the last incomplete training batch.
+        source: where the data is: "folder" (root in the ImageNet layout), "hf:NAME_OR_PATH" (a
+            `datasets` DatasetDict) or "wds:DIR_OR_PATTERN" (WebDataset shards); see
+            `classification.sources`. root is not needed for the last two.
+        image_column, label_column: the columns of an hf: source (None: found by type).
     """
 
-    def __init__(self, root: str | Path, train_dir: str = "train", val_dir: str = "val",
+    def __init__(self, root: str | Path | None = None, train_dir: str = "train", val_dir: str = "val",
                  test_dir: str | None = None, predict_dir: str | None = None, img_size: int = 224,
                  batch_size: int = 128, eval_batch_size: int | None = None, num_workers: int = 4,
                  crop_pct: float = 0.875, interpolation: str = "bicubic",
@@ -268,20 +277,30 @@ class ImageNetDataModule(LightningDataModule):
                  color_jitter: float | None = None, re_prob: float = 0.0, re_mode: str = "pixel",
                  re_count: int = 1, mean: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN,
                  std: tuple[float, float, float] = IMAGENET_DEFAULT_STD, seed: int = 0,
-                 pin_memory: bool = False, persistent_workers: bool = False, drop_last: bool = True) -> None:
+                 pin_memory: bool = False, persistent_workers: bool = False, drop_last: bool = True,
+                 source: str = "folder", image_column: str | None = None, label_column: str | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.root = Path(root)
-        if not self.root.is_dir():
+        self.root = Path(root) if root is not None else None
+        self.source = None
+        if source != "folder":  # hf: or wds: (classification.sources); anything else is a DataError there
+            from .sources import open_source
+            self.source = open_source(source, train_dir, val_dir, image_column, label_column)
+            self.classes = self.source.classes
+        elif self.root is None:
+            raise DataError("pass --data.root DIR, a folder in the ImageNet layout (DIR/train/<class>/*.JPEG, "
+                            "DIR/val/<class>/*.JPEG), or another --data.source (hf:NAME_OR_PATH, wds:DIR_OR_PATTERN)")
+        elif not self.root.is_dir():
             raise DataError(f"data root {str(self.root)!r} does not exist: pass --data.root pointing at a "
                             f"folder with {train_dir}/ and {val_dir}/ in the ImageNet layout "
                             "(<split>/<class>/<image>); a toy set is made by "
                             "`python tools/make_toy_data.py --task cls --out DIR`")
-        self.classes = find_classes(self.root / train_dir)
+        if self.source is None:
+            self.classes = find_classes(self.root / train_dir)
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         if predict_dir is not None:  # a predict path without images fails now, before anything is written
             from .image_files import predict_samples
-            predict_samples(self.root / predict_dir, self.class_to_idx)
+            predict_samples(self._folder(predict_dir), self.class_to_idx)
         self.datasets: dict[str, ImageFolderDataset] = {}
         self._train_loader: ResumableDataLoader | None = None
         self._resume: dict[str, int] | None = None
@@ -309,15 +328,26 @@ class ImageNetDataModule(LightningDataModule):
         return create_transform(h.img_size, is_training=False, interpolation=h.interpolation,
                                 crop_pct=h.crop_pct, mean=tuple(h.mean), std=tuple(h.std))
 
+    def _folder(self, name: str) -> Path:
+        """A split folder or predict path: under root, or as given without one."""
+        return self.root / name if self.root is not None else Path(name)
+
+    def _placement(self) -> tuple[int, int]:
+        """(processes, this one's rank) of the run."""
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
     def _dataset(self, split: str) -> ImageFolderDataset:
         if split not in self.datasets:
             h = self.hparams
             folder = {"train": h.train_dir, "val": h.val_dir, "test": h.test_dir or h.val_dir,
                       "predict": h.predict_dir or h.val_dir}[split]
             transform = self.train_transform() if split == "train" else self.eval_transform()
-            if split == "predict":
+            if self.source is not None and not (split == "predict" and h.predict_dir):
+                self.datasets[split] = self.source.dataset(split, transform, with_paths=split == "predict")
+            elif split == "predict":
                 from .image_files import predict_dataset
-                self.datasets[split] = predict_dataset(self.root / folder, self.class_to_idx, transform, self.classes)
+                self.datasets[split] = predict_dataset(self._folder(folder), self.class_to_idx, transform, self.classes)
             else:
                 self.datasets[split] = ImageFolderDataset(scan_split(self.root / folder, self.class_to_idx),
                                                           transform, self.classes)
@@ -344,15 +374,21 @@ class ImageNetDataModule(LightningDataModule):
 
     def train_dataloader(self) -> ResumableDataLoader:
         trainer = self.trainer
-        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        replicas, rank = self._placement()
         dataset = self._dataset("train")
         h = self.hparams
-        sampler = SeededSampler(dataset, h.batch_size, num_replicas=replicas, rank=rank, shuffle=True,
-                                seed=h.seed, drop_last=h.drop_last)
-        loader = ResumableDataLoader(dataset, batch_size=h.batch_size, sampler=sampler, drop_last=h.drop_last,
-                                     position=self._training_position if trainer is not None else None,
-                                     epoch_batches=self._epoch_batches if trainer is not None else None,
-                                     **self._loader_kwargs())
+        if isinstance(dataset, IterableDataset):  # shards, read in order: the stream holds its position
+            from .sources import ShardLoader
+            dataset.configure(rank, replicas, h.batch_size, h.drop_last, h.seed)
+            loader_class, placement = ShardLoader, {}
+        else:
+            loader_class, placement = ResumableDataLoader, {"sampler": SeededSampler(
+                dataset, h.batch_size, num_replicas=replicas, rank=rank, shuffle=True, seed=h.seed,
+                drop_last=h.drop_last)}
+        loader = loader_class(dataset, batch_size=h.batch_size, drop_last=h.drop_last, **placement,
+                              position=self._training_position if trainer is not None else None,
+                              epoch_batches=self._epoch_batches if trainer is not None else None,
+                              **self._loader_kwargs())
         if self._resume is not None:
             loader.load_state_dict(self._resume)
             self._resume = None
@@ -369,8 +405,11 @@ class ImageNetDataModule(LightningDataModule):
         self._resume = dict(state_dict) if state_dict else None
 
     def _eval_loader(self, split: str) -> DataLoader:
-        return DataLoader(self._dataset(split), batch_size=self.hparams.eval_batch_size or self.hparams.batch_size,
-                          shuffle=False, **self._loader_kwargs())
+        dataset = self._dataset(split)
+        batch_size = self.hparams.eval_batch_size or self.hparams.batch_size
+        if isinstance(dataset, IterableDataset):  # shards: each rank keeps its share of the images
+            dataset.configure(*reversed(self._placement()), batch_size, False, self.hparams.seed)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False, **self._loader_kwargs())
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")

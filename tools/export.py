@@ -1,13 +1,25 @@
 """Export a model in deploy form to ONNX, CoreML, TorchScript, ExecuTorch, OpenVINO, a torch.export
-program (pt2) or an AOTInductor package (aoti), and check it.
+program (pt2) or an AOTInductor package (aoti), and check it; or share a fine-tuned model as a folder
+in timm's own Hub format (hub).
 
     python tools/export.py --model efficientformerv2_s0 [--checkpoint C]
                            --format onnx|coreml|torchscript|executorch|openvino|pt2|aoti --out PATH
                            [--features] [--size H [W]] [--int8 --calibration DIR] [--precision float16|float32]
                            [--no-normalize] [--coreml-shapes HxW ... | --coreml-range MIN MAX | --coreml-fixed]
                            [--json OUT] [--verbose]
+    python tools/export.py --model efficientformerv2_s0 --checkpoint RUN.ckpt --format hub --out DIR
+                           [--push ORG/REPO]
 
-The formats are the runtime registry's (`deploy.runtimes`).
+The formats are the runtime registry's (`deploy.runtimes`), and `hub`.
+
+- hub (`deploy.hub_export`): a folder that plain `timm.create_model("local-dir:DIR", pretrained=True)`
+  loads (after `--push ORG/REPO`: "hf-hub:ORG/REPO"), with the fine-tuned head: config.json
+  (architecture, num_classes, label_names, pretrained_cfg with the run's evaluation transform),
+  model.safetensors and a README.md model card (fine-tuned from, classes, the run's validation
+  top-1, this command). The class count, names and transform come from the checkpoint. Written by
+  timm's own `save_for_hf` and checked by loading it with timm (same logits within 1e-4).
+  `--push` uploads the folder with huggingface_hub; without network it says so in one line
+  (exit status 2) and the folder stays.
 
 Inputs of the exported model: RGB images scaled to [0, 1] (pixel / 255), NCHW, ImageNet mean/std
 normalisation inside the graph (CoreML: an ImageType taking 0..255 pixels); `--no-normalize`
@@ -49,12 +61,15 @@ failed check leaves nothing behind.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
 from _cli import ArgumentParser, UsageError, check_writable, positive_int, run
 
 from deploy.runtimes import FORMATS, INT8_FORMATS  # the registry's names: imports no torch
+
+HUB = "hub"               # deploy.hub_export.HUB_FORMAT, as a literal: --help needs no torch
 
 CALIBRATION_IMAGES = 64   # deploy.export.CALIBRATION_COUNT, as a literal: --help needs no torch
 MIN_AGREEMENT = 0.9       # deploy.export.INT8_MIN_AGREEMENT
@@ -95,12 +110,54 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _check_checkpoint(checkpoint: str | None) -> None:
+    if checkpoint is None or checkpoint.startswith(("hf-hub:", "local-dir:")):  # read (and checked) when exporting
+        return
+    if not Path(checkpoint).is_file():
+        raise UsageError(f"checkpoint {checkpoint} does not exist (or is not a file): pass the path of "
+                         "a .ckpt/.pth/.pt/.safetensors file, or leave --checkpoint out for random weights")
+
+
+def _hub(parser: ArgumentParser, args: argparse.Namespace, argv: list[str] | None) -> int:
+    """--format hub: the folder, its check with timm, and the upload with --push."""
+    if args.checkpoint is None:
+        parser.error(f"--format {HUB} needs --checkpoint: the fine-tuned weights (a run's .ckpt) to share")
+    others = [name for name, on in (("--features", args.features), ("--int8", args.int8),
+                                    ("--calibration", args.calibration is not None), ("--json", args.json is not None),
+                                    ("--size", args.size is not None)) if on]
+    if others:
+        parser.error(f"{', '.join(others)} do not apply to --format {HUB}")
+    if args.push is not None and not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", args.push):
+        parser.error(f"--push takes a repository id ORG/REPO, got {args.push!r}")
+    _check_checkpoint(args.checkpoint)
+    from deploy.quiet import quiet
+    with quiet(args.verbose):
+        from deploy.hub_export import command_line, export_hub
+        command = command_line(["python", "tools/export.py", *(sys.argv[1:] if argv is None else argv)])
+        try:
+            result = export_hub(args.model, args.checkpoint, args.out, command=command, repo_id=args.push)
+        except AssertionError as e:
+            print(f"export: check FAILED (nothing written): {' '.join(str(e).split())}", file=sys.stderr)
+            return 1
+    print(result.summary())
+    print(f"hub: plain timm loads it with timm.create_model(\"local-dir:{args.out}\", pretrained=True)")
+    if args.push is not None:
+        from deploy.hub_export import push_folder
+        url = push_folder(args.out, args.push)
+        print(f"hub: pushed to {url}; timm.create_model(\"hf-hub:{args.push}\", pretrained=True) loads it")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="export", description=__doc__)
     parser.add_argument("--model", required=True, help="efficientformerv2_s0/s1/s2/l, or a timm model name")
-    parser.add_argument("--checkpoint", type=Path, help="weights of a project model (any supported layout)")
-    parser.add_argument("--format", required=True, choices=FORMATS)
-    parser.add_argument("--out", required=True, type=Path, help=".onnx, .mlpackage, .pt, .pte, .xml or .pt2")
+    parser.add_argument("--checkpoint", help="weights of a project model (any supported layout): a file, "
+                                             "hf-hub:ORG/REPO or local-dir:PATH")
+    parser.add_argument("--format", required=True, choices=(*FORMATS, HUB))
+    parser.add_argument("--out", required=True, type=Path,
+                        help=".onnx, .mlpackage, .pt, .pte, .xml or .pt2; a new folder for hub")
+    parser.add_argument("--push", metavar="ORG/REPO",
+                        help="hub: also upload the folder to this Hugging Face Hub repository")
     parser.add_argument("--features", action="store_true", help="export the four feature maps")
     parser.add_argument("--size", type=positive_int, nargs="+", metavar="N",
                         help="example input size: H (square) or H W (default: the first --coreml-shapes, else 224)")
@@ -134,9 +191,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--int8 needs --calibration DIR, an ImageNet-layout folder of images (DIR/train/<class>/*)")
     if args.calibration is not None and args.format not in INT8_FORMATS:
         parser.error(f"--calibration is for --format {_INT8}, not {args.format}")
-    if args.checkpoint is not None and not args.checkpoint.is_file():
-        raise UsageError(f"checkpoint {args.checkpoint} does not exist (or is not a file): pass the path of "
-                         "a .pth/.pt/.safetensors file, or leave --checkpoint out for random weights")
+    if args.format == HUB:
+        return _hub(parser, args, argv)
+    if args.push is not None:
+        parser.error(f"--push is for --format {HUB}")
+    _check_checkpoint(args.checkpoint)
     if args.json is not None:
         check_writable(args.json, "--json")
     if args.size is not None:
@@ -160,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         from deploy.benchmark import write_json
         from deploy.records import provenance
-        record = {"model": args.model, "checkpoint": args.checkpoint.as_posix() if args.checkpoint else None,
+        record = {"model": args.model, "checkpoint": Path(args.checkpoint).as_posix() if args.checkpoint else None,
                   "resolution": size[0] if size[0] == size[1] else f"{size[0]}x{size[1]}", **result.record(),
                   **provenance(["tools/export.py", *(sys.argv[1:] if argv is None else map(str, argv))])}
         print(f"json: {write_json([record], args.json)}")
