@@ -224,4 +224,10 @@ def source_model_kwargs(spec: str, accepted: tuple[str, ...] = ("num_classes", "
         args.setdefault("num_classes", config["num_classes"])
     if args.get("in_chans", 3) != 3:
         raise CheckpointError(f"{spec}: the model takes {args['in_chans']} input channels; only RGB models are read")
+    size = args.get("img_size")
+    if isinstance(size, (list, tuple)):  # timm records (height, width); the bias tables here are square
+        if len(set(size)) != 1:
+            raise CheckpointError(f"{spec}: the model was built for {size[0]}x{size[1]} images; only square "
+                                  "training sizes are read")
+        args["img_size"] = int(size[0])
     return config["architecture"], {k: v for k, v in args.items() if k in accepted}
