@@ -82,6 +82,8 @@ NOISE: tuple[str, ...] = (
     r"Initializing distributed: GLOBAL_RANK",                        # the one-process DDP banner
     r"-+\s*distributed_backend=",
     r"Cosine annealing scheduler will have no effect",                # timm, a schedule of one step
+    r"Your `IterableDataset` has `__len__` defined",    # shards: each loader worker decodes its own batches
+    r"Couldn't infer the batch indices fetched from your dataloader",  # predict from shards (no sampler)
 )
 _NOISE = re.compile("|".join(f"(?:{p})" for p in NOISE))
 # Lightning's loggers that print the banner, tips and the seed

@@ -437,11 +437,12 @@ class ShardStream(IterableDataset):
 
     def _rank_stream(self, epoch: int) -> Iterator[dict]:
         """This rank's samples of an epoch, in order, starting over as often as needed."""
+        order = list(self.shards)
+        random.Random(_seed(self.seed, epoch)).shuffle(order)
+        mine = order[self.rank::self.world]  # this rank's shards for the whole epoch
         for rnd in itertools.count():
             if self.train:
-                order = list(self.shards)
-                random.Random(_seed(self.seed, epoch, rnd)).shuffle(order)
-                stream = self._samples(order[self.rank::self.world], _seed(self.seed, epoch, rnd, self.rank + 1))
+                stream = self._samples(mine, _seed(self.seed, epoch, rnd, self.rank + 1))
             else:
                 stream = (s for j, s in enumerate(self._samples(self.shards, None)) if j % self.world == self.rank)
             empty = True
