@@ -205,3 +205,32 @@ def test_bad_sources_are_one_line(tmp_path, capsys):
         line = r.stderr.strip().splitlines()[-1]
         assert line.startswith("python -m classification: error: ") and fragment in line, line
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_wds_fit_killed_mid_epoch_resumes_to_the_uninterrupted_weights(shards, tmp_path, monkeypatch):
+    # 40 images / batch 4 = 10 steps per epoch, 2 epochs; a checkpoint every 3 steps: the kill at
+    # step 13 resumes from step 12, two batches into the second epoch
+    from classification.__main__ import cli
+    from tool_runner import run_classification
+    args = ["--config", str(TOY), "--data.source", f"wds:{shards}", "--data.img_size", "32", "--data.batch_size", "4",
+            "--data.num_workers", "0", "--trainer.max_epochs", "2", "--trainer.limit_val_batches", "1",
+            "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+            "--trainer.callbacks.dirpath", "steps", "--trainer.callbacks.every_n_train_steps", "3",
+            "--trainer.callbacks.save_top_k", "0", "--trainer.callbacks.save_last", "true",
+            "--trainer.callbacks.enable_version_counter", "false"]
+    for name in ("full", "killed"):
+        (tmp_path / name).mkdir()
+    monkeypatch.chdir(tmp_path / "full")
+    full = cli(["fit", *args])
+    killed = run_classification(["fit", *args, "--trainer.callbacks+=tool_runner.KillAtStep",
+                                 "--trainer.callbacks.step", "13"], cwd=tmp_path / "killed")
+    assert killed.returncode == 17, killed.stderr[-3000:]
+    monkeypatch.chdir(tmp_path / "killed")
+    state = torch.load("steps/last.ckpt", map_location="cpu", weights_only=True)
+    assert state["global_step"] == 12 and state["ImageNetDataModule"] == {"epoch": 1, "batches_done": 2}
+    resumed = cli(["fit", *args, "--ckpt_path", "steps/last.ckpt"])
+    assert resumed.trainer.global_step == full.trainer.global_step == 20
+    a, b = full.model.model.state_dict(), resumed.model.model.state_dict()
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6), k
