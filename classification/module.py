@@ -33,7 +33,7 @@ from backbones import (Arch, CheckpointError, EfficientFormerV2, create_model, l
                        read_state_dict)
 from backbones.checkpoint import (DIGEST_KEY, ArchitectureMismatchError, ClassCountMismatchError, check_dtypes,
                                   check_finite, tensor_digest, unwrap_state_dict)
-from backbones.hub import is_hub_spec, parse_hub_spec
+from backbones.hub import is_hub_spec, is_local_dir_spec, parse_hub_spec
 
 from .data import seeded
 from .optim import param_groups
@@ -70,6 +70,8 @@ def check_teacher_config(config: TeacherConfig) -> None:
             parse_hub_spec(checkpoint)  # fetched (or read from the cache) when fitting starts
         except CheckpointError as e:
             raise ValueError(f"model.teacher.checkpoint: {e}") from e
+    elif is_local_dir_spec(checkpoint):
+        pass  # a folder in timm's Hub format: checked when its weights are read
     elif not Path(checkpoint).is_file():
         raise ValueError(f"model.teacher.checkpoint {checkpoint} does not exist: give the local file with "
                          f"{name!r}'s weights, or a hub spec (hf-hub:ORG/REPO)")

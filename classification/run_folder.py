@@ -281,9 +281,9 @@ class RunFolderCLI(LightningCLI):
         if "://" in str(path) or re.match(r"^registry(:.*|$)", str(path).lower()):  # Lightning's registry names
             raise CheckpointError(f"--ckpt_path {path}: download the checkpoint first and pass the local file; "
                                   "remote checkpoints are not loaded, as they could not be read safely")
-        if str(path).startswith("hf-hub:"):  # weights, not a training state to resume
+        if str(path).startswith(("hf-hub:", "local-dir:")):  # weights, not a training state to resume
             raise CheckpointError(f"--ckpt_path {path}: resuming needs a local .ckpt of a run; to start from "
-                                  f"Hub weights pass --model.pretrained {path}")
+                                  f"these weights pass --model.pretrained {path}")
         read_state_dict(path)
 
     def before_fit(self) -> None:

@@ -116,7 +116,7 @@ def check_init_checkpoints(cfg: Config) -> None:
     model names a local file that is not there (hub specs ``hf-hub:ORG/REPO`` and URLs are
     fetched when the weights are loaded)."""
     for key, checkpoint in init_checkpoints(cfg.get("model")):
-        if checkpoint.startswith("hf-hub:") or "://" in checkpoint or Path(checkpoint).is_file():
+        if checkpoint.startswith(("hf-hub:", "local-dir:")) or "://" in checkpoint or Path(checkpoint).is_file():
             continue
         raise FileNotFoundError(
             f"checkpoint {checkpoint!r} of {key} not found: pass --cfg-options {key}=FILE, or a hub spec such as "

@@ -157,3 +157,9 @@ def test_hub_export_bad_input_writes_nothing(finetuned, hub_dir, tmp_path):
     assert_one_line_error(no_ckpt, "export", "needs --checkpoint")
     assert not (tmp_path / "s1").exists() and not (tmp_path / "x").exists()
     assert [p.name for p in tmp_path.iterdir()] == []
+
+
+def test_the_tools_hub_literal_is_the_packages():
+    from deploy.hub_export import HUB_FORMAT
+    from tool_runner import load_tool
+    assert load_tool("export").HUB == HUB_FORMAT
