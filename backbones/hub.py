@@ -34,7 +34,7 @@ from .checkpoint import CheckpointError
 
 __all__ = ["HUB_PREFIX", "LOCAL_PREFIX", "WEIGHT_FILES", "CONFIG_FILE", "is_hub_spec", "is_local_dir_spec",
            "is_source_spec", "parse_hub_spec", "hub_file", "hub_offline", "local_dir_file", "source_file",
-           "source_config", "source_model_kwargs"]
+           "source_config", "source_model_kwargs", "quiet_retries"]
 
 HUB_PREFIX = "hf-hub:"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # in the order they are tried
@@ -80,7 +80,7 @@ def hub_file(spec: str, filenames: tuple[str, ...] = WEIGHT_FILES) -> Path:
     not_cached: list[str] = []
     for filename in filenames:
         try:
-            with _quiet_retries():
+            with quiet_retries():
                 path = hf_hub_download(repo_id, filename, revision=revision,
                                        local_files_only=offline or unreachable)
         except errors.LocalEntryNotFoundError:  # not in the cache, and the hub is off or unreachable
@@ -125,7 +125,8 @@ class _RetryNoise(logging.Filter):
 
 
 @contextlib.contextmanager
-def _quiet_retries():
+def quiet_retries():
+    """Within the block, huggingface_hub's per-attempt retry warnings are not shown."""
     loggers = [logging.getLogger(name) for name in ("huggingface_hub.utils._http", "huggingface_hub.file_download")]
     noise = _RetryNoise()
     for logger in loggers:

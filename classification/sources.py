@@ -175,12 +175,14 @@ def _load_dataset_dict(name: str) -> dict[str, Any]:
         import datasets
     except ImportError as e:
         raise DataError("--data.source hf:... needs the datasets package (pip install datasets)") from e
+    from backbones.hub import quiet_retries
     path = Path(name).expanduser()
     try:
         if path.exists():
             loaded = datasets.load_from_disk(str(path))
         else:
-            loaded = datasets.load_dataset(name)
+            with quiet_retries():  # an unreachable hub: one line of ours, not one per attempt
+                loaded = datasets.load_dataset(name)
     except (FileNotFoundError, ValueError, OSError, ConnectionError) as e:
         where = f"the folder {path}" if path.exists() else f"the dataset {name!r} (not a folder here, and not in the " \
                                                            "datasets cache or reachable)"
@@ -244,12 +246,13 @@ def _split_shards(location: str, split: str | None, spec: str) -> list[str]:
 def count_shard(path: str | Path) -> tuple[int, set[int]]:
     """(samples, class indices) of one shard, from its tar headers and `.cls` members (the images
     are not read)."""
+    from webdataset.tariterators import base_plus_ext  # how webdataset itself groups members into samples
     keys, labels = set(), set()
     with tarfile.open(path, "r:") as tar:
         for member in tar:
-            if not member.isfile():
+            key, ext = base_plus_ext(member.name) if member.isfile() else (None, None)
+            if key is None:
                 continue
-            key, _, ext = member.name.partition(".")
             keys.add(key)
             if ext == "cls":
                 labels.add(int(tar.extractfile(member).read().decode().strip()))

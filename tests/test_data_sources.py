@@ -135,6 +135,18 @@ def test_wds_ranks_read_their_own_shards_and_validation_every_image_once(toy, sh
     assert got and sorted(got) == want
 
 
+def test_wds_brace_pattern_of_shards_without_info_file(shards, tmp_path):
+    # shards of another tool: no _info.json; samples and classes are counted from the tar headers
+    for tar in shards.glob("*.tar"):
+        (tmp_path / tar.name).write_bytes(tar.read_bytes())
+    dm = _dm(source=f"wds:{tmp_path}/train-{{000000..000004}}.tar", eval_batch_size=8)
+    assert dm.classes == [str(i) for i in range(10)]
+    assert len(dm.train_dataloader()) == 10
+    assert sum(len(y) for _, y in dm.val_dataloader()) == 20  # val-*.tar, found beside the pattern
+    with pytest.raises(DataError, match=r"1 shard\(s\) of .*train-\{000000..000005\}.tar do not exist"):
+        _dm(source=f"wds:{tmp_path}/train-{{000000..000005}}.tar")
+
+
 def test_wds_damaged_member_is_named_and_skipped(tmp_path):
     root = make_toy_classification(tmp_path / "toy", train_per_class=2, val_per_class=1, size=32)
     bad = next((root / "train" / "ring").iterdir())
