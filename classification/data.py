@@ -408,7 +408,8 @@ class ImageNetDataModule(LightningDataModule):
         dataset = self._dataset(split)
         batch_size = self.hparams.eval_batch_size or self.hparams.batch_size
         if isinstance(dataset, IterableDataset):  # shards: each rank keeps its share of the images
-            dataset.configure(*reversed(self._placement()), batch_size, False, self.hparams.seed)
+            replicas, rank = self._placement()
+            dataset.configure(rank, replicas, batch_size, False, self.hparams.seed)
         return DataLoader(dataset, batch_size=batch_size, shuffle=False, **self._loader_kwargs())
 
     def val_dataloader(self) -> DataLoader:
