@@ -208,7 +208,8 @@ def test_bad_sources_are_one_line(tmp_path, capsys):
              (f"hf:{tmp_path / 'no_label'}", "no label column of type ClassLabel (its columns: image, caption)"),
              (f"wds:{tmp_path}/train-{{000..009}}.tar", "matches no file"),
              (f"wds:{tmp_path / 'no_image'}", "matches no file"),
-             ("webdataset", "is not a data source")]
+             ("webdataset", "is not a data source"),
+             ("folder", "pass --data.root DIR")]  # the default source needs its root
     for source, fragment in cases:
         code = main(["fit", "--config", str(TOY), "--data.source", source,
                      "--trainer.default_root_dir", str(tmp_path / "run")])
