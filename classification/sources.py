@@ -395,7 +395,6 @@ class ShardStream(IterableDataset):
         self.shards, self.lengths = list(shards), list(lengths)
         self.num_samples = int(sum(lengths))
         self.transform, self.classes, self.train, self.with_paths = transform, list(classes), train, with_paths
-        self.targets: list[int] = []  # not known without reading every sample
         self.position = StreamPosition()
         self.rank, self.world, self.batch_size, self.drop_last, self.seed = 0, 1, 1, False, 0
         self._skipped = multiprocessing.Value("i", 0)
