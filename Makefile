@@ -52,6 +52,7 @@ peers:
 	$(PY) tools/benchmark_peers.py --runtimes executorch --threads 1
 	$(PY) tools/benchmark_peers.py --runtimes openvino --threads 1
 	$(PY) tools/benchmark_peers.py --runtimes onnxruntime --threads 1
+	$(PY) tools/benchmark_peers.py --runtimes litert --threads 1
 	$(PY) tools/make_records.py
 
 gpu-check:

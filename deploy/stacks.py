@@ -17,6 +17,7 @@ STACKS: dict[str, tuple[tuple[str, ...], str]] = {
     "executorch": (("executorch",), "executorch"),
     "openvino": (("openvino",), "openvino"),
     "nncf": (("openvino", "nncf"), "openvino nncf"),
+    "litert": (("litert_torch", "ai_edge_litert"), "litert-torch ai-edge-litert"),
 }
 
 

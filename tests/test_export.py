@@ -154,9 +154,11 @@ def test_registry_lists_every_runtime_once_without_importing_torch():
     assert proc.returncode == 0, proc.stderr
     formats, backends, lut_backends, torch_loaded = proc.stdout.splitlines()
     assert torch_loaded == "False"   # the tools' --help lists the names without loading torch
-    assert eval(formats) == ("onnx", "coreml", "torchscript", "executorch", "openvino", "pt2", "aoti")
-    assert eval(backends) == ("torch", "compile", "onnxruntime", "tensorrt", "executorch", "openvino", "aoti")
-    assert eval(lut_backends) == ("torch", "onnxruntime", "executorch", "openvino")
+    assert eval(formats) == ("onnx", "coreml", "torchscript", "executorch", "openvino", "litert", "pt2",
+                              "aoti")
+    assert eval(backends) == ("torch", "compile", "onnxruntime", "tensorrt", "executorch", "openvino", "litert",
+                               "aoti")
+    assert eval(lut_backends) == ("torch", "onnxruntime", "executorch", "openvino", "litert")
     from deploy.runtimes import RUNTIMES, format_runtime
     assert all(r.suffix for r in RUNTIMES.values() if r.format)
     assert format_runtime("onnx").backend == "onnxruntime" and format_runtime("aoti").backend == "aoti"

@@ -406,7 +406,7 @@ def test_unknown_setting_is_an_error_naming_it(data, key, accepted):
     ({"search": {"target": {"mes": 1}, "cache": "yes"}}, "search.cache must be true or false"),
     ({"search": {"target": {"mes": 1}, "expansions": "both"}}, "search.expansions must be one of joint, fixed"),
     ({"search": {"target": {"mes": 1}}, "mes": {"alpha_size": 2.0}}, r"mes.alpha_size must lie in \(0, 1\]"),
-    ({"search": {"target": {"mes": 1}}, "lut": {"backend": "tflite"}}, "lut.backend must be one of torch, onnxruntime, executorch, openvino; got 'tflite'"),
+    ({"search": {"target": {"mes": 1}}, "lut": {"backend": "tflite"}}, "lut.backend must be one of torch, onnxruntime, executorch, openvino, litert; got 'tflite'"),
     ({"search": {"target": {"mes": 1}}, "random": [1, 2]}, "random must be a mapping"),
 ])
 def test_bad_setting_value_is_an_error_naming_the_key(data, message):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from _cli import ArgumentParser, check_writable, positive_int, run
 
-RUNTIME_CHOICES = ["torch", "compile", "onnxruntime", "tensorrt", "executorch", "openvino"]
+RUNTIME_CHOICES = ["torch", "compile", "onnxruntime", "tensorrt", "executorch", "openvino", "litert"]
 DEFAULT_RUNTIMES = ["executorch", "openvino", "onnxruntime"]
 
 

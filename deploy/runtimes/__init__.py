@@ -13,6 +13,7 @@ means adding one module.
 | `coreml` | coreml | | | |
 | `torchscript` (legacy) | torchscript | | | |
 | `executorch` (XNNPACK) | executorch | executorch | PT2E | executorch |
+| `litert` (XNNPACK) | litert | litert | PT2E | litert |
 | `openvino` | openvino | openvino | NNCF | openvino |
 | `pt2` (`torch.export`) | pt2 | | | |
 | `aoti` (AOTInductor) | aoti | aoti | | |
