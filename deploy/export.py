@@ -11,11 +11,13 @@ each followed by its runtime's check against PyTorch.
   in ExecuTorch's runtime; the operators left outside the delegate are listed.
 - OpenVINO (`deploy.runtimes.openvino`): IR (`.xml` + `.bin`), dynamic height/width for feature
   maps, run on its CPU plugin in f32.
+- LiteRT (`deploy.runtimes.litert`): `.tflite` converted by litert-torch at a fixed size, run in
+  the LiteRT interpreter with XNNPACK.
 - pt2 (`deploy.runtimes.pt2`): a `torch.export` ExportedProgram, symbolic batch (and height and
   width for feature maps), reloaded with `torch.export.load`.
 - aoti (`deploy.runtimes.aoti`): the same program compiled by AOTInductor into a `.pt2` package,
   loaded with `torch._inductor.aoti_load_package`.
-- int8 for ExecuTorch (PT2E, XNNPACK quantizer) and OpenVINO (NNCF), calibrated on the images of
+- int8 for ExecuTorch (PT2E, XNNPACK quantizer), LiteRT (PT2E) and OpenVINO (NNCF), calibrated on the images of
   an ImageNet-layout folder (`deploy.calibration`); the top-1 of the float and the int8 model on
   its val split is reported, and the check bounds their top-1 agreement.
 
@@ -211,8 +213,8 @@ def export_model(name: str, fmt: Format, out: str | Path, checkpoint: str | Path
 
     Args:
         name: project variant (efficientformerv2_s0 ...) or timm model name.
-        fmt: one of `FORMATS` (onnx, coreml, torchscript, executorch, openvino, pt2, aoti).
-            out: output path (.onnx, .mlpackage, .pt, .pte, .xml with its .bin next to it, .pt2).
+        fmt: one of `FORMATS` (onnx, coreml, torchscript, executorch, openvino, litert, pt2, aoti).
+            out: output path (.onnx, .mlpackage, .pt, .pte, .xml with its .bin next to it, .tflite, .pt2).
         checkpoint: weights for a project model (its class count is taken from the file).
         features: export the four feature maps (strides 4/8/16/32) instead of logits; ONNX,
             OpenVINO, pt2 and aoti then have dynamic height/width (TorchScript's traced graph also

@@ -1,7 +1,7 @@
 """Latency, parameters, GMACs and MES of the project's models and any timm model.
 
     python tools/benchmark.py --models efficientformerv2_s0 mobilenetv2_100 [timm:efficientformerv2_s0 ...]
-                              [--backend onnxruntime [torch compile tensorrt executorch openvino aoti]]
+                              [--backend onnxruntime [torch compile tensorrt executorch openvino litert aoti]]
                               [--threads 2] [--batch-size 1] [--resolution 224] [--runs 50] [--warmup 10]
                               [--int8 [--calibration DIR] [--calibration-count 32]]
                               [--baseline mobilenetv2_100] [--json OUT] [--csv OUT] [--plot OUT.png]
@@ -15,11 +15,12 @@ batch and resolution (static shapes) and checked against PyTorch (max abs differ
 table): ONNX Runtime with the shipped session options (`deploy.runtimes.onnxruntime`), ExecuTorch with the
 XNNPACK delegate (`deploy.runtimes.executorch`; its threads are set once per process, so run each thread
 count as its own command), OpenVINO's CPU plugin in f32 with the latency hint (`deploy.runtimes.openvino`),
+LiteRT's interpreter with its XNNPACK delegate on --threads threads (`deploy.runtimes.litert`),
 AOTInductor (`aoti`: the `torch.export` program compiled ahead of time into native code, run on
 PyTorch's --threads; compiling takes about a minute per model). The backends are the runtime
 registry's (`deploy.runtimes`).
 
-`--int8` adds int8 programs for executorch (XNNPACK quantizer, PT2E) and openvino (NNCF),
+`--int8` adds int8 programs for executorch and litert (PT2E) and openvino (NNCF),
 calibrated on `--calibration DIR` (an ImageNet-layout folder) or, without it, on random data,
 which gives a speed figure only. `--ort-profile` / `--et-profile` / `--ov-profile` then profile
 each ONNX Runtime / ExecuTorch / OpenVINO program and print where its time goes (per op type, ms

@@ -1,9 +1,9 @@
-"""Export a model in deploy form to ONNX, CoreML, TorchScript, ExecuTorch, OpenVINO, a torch.export
-program (pt2) or an AOTInductor package (aoti), and check it; or share a fine-tuned model as a folder
-in timm's own Hub format (hub).
+"""Export a model in deploy form to ONNX, CoreML, TorchScript, ExecuTorch, OpenVINO, LiteRT, a
+torch.export program (pt2) or an AOTInductor package (aoti), and check it; or share a fine-tuned
+model as a folder in timm's own Hub format (hub).
 
     python tools/export.py --model efficientformerv2_s0 [--checkpoint C]
-                           --format onnx|coreml|torchscript|executorch|openvino|pt2|aoti --out PATH
+                           --format onnx|coreml|torchscript|executorch|openvino|litert|pt2|aoti --out PATH
                            [--features] [--size H [W]] [--int8 --calibration DIR] [--precision float16|float32]
                            [--no-normalize] [--coreml-shapes HxW ... | --coreml-range MIN MAX | --coreml-fixed]
                            [--json OUT] [--verbose]
@@ -35,6 +35,9 @@ exports a graph taking already normalised tensors. `--features` exports the four
   and compared.
 - ExecuTorch (`.pte`): XNNPACK delegate, batch 1 at `--size` (also with `--features`); run in
   ExecuTorch's runtime; every operator left outside the delegate is listed (and warned about).
+- LiteRT (`.tflite`, Android): converted by litert-torch, batch 1 at `--size` (also with
+  `--features`); run in the LiteRT interpreter with XNNPACK. A model with an operator LiteRT
+  cannot convert is refused, the operator named.
 - OpenVINO (`.xml` + `.bin`): fixed size, or dynamic batch/height/width with `--features`
   (checked at `--size` and at a non-square other size); run on the CPU plugin in f32.
 - pt2 (`.pt2`): a `torch.export` ExportedProgram (`torch.export.save`), dynamic batch, and dynamic
@@ -49,9 +52,9 @@ Third-party messages (progress bars, version warnings, native logs) are kept out
 `--verbose` shows them.
 
 Every export is compared with PyTorch, max abs difference printed: ONNX Runtime, ExecuTorch,
-OpenVINO, pt2 and aoti fp32 within 1e-4, reloaded TorchScript within 1e-5, CoreML float16 within 5e-2 (its
+OpenVINO, LiteRT, pt2 and aoti fp32 within 1e-4, reloaded TorchScript within 1e-5, CoreML float16 within 5e-2 (its
 predictions run on macOS only; elsewhere the package is validated without them).
-`--int8 --calibration DIR` (executorch: XNNPACK quantizer through PT2E; openvino: NNCF) calibrates
+`--int8 --calibration DIR` (executorch, litert: PT2E quantizers; openvino: NNCF) calibrates
 on images of an ImageNet-layout folder (DIR/train/<class>/<image>); a classifier's top-1 of the
 float and the int8 model is reported on DIR/val when the folder has one with the classifier's
 classes, and the check bounds the share of images where both agree on the top-1 class. Files are
@@ -155,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                                              "hf-hub:ORG/REPO or local-dir:PATH")
     parser.add_argument("--format", required=True, choices=(*FORMATS, HUB))
     parser.add_argument("--out", required=True, type=Path,
-                        help=".onnx, .mlpackage, .pt, .pte, .xml or .pt2; a new folder for hub")
+                        help=".onnx, .mlpackage, .pt, .pte, .xml, .tflite or .pt2; a new folder for hub")
     parser.add_argument("--push", metavar="ORG/REPO",
                         help="hub: also upload the folder to this Hugging Face Hub repository")
     parser.add_argument("--features", action="store_true", help="export the four feature maps")
