@@ -64,7 +64,7 @@ def _unconvertible_operator(exc: BaseException) -> str | None:
     for pattern in _OPERATOR_PATTERNS:
         m = re.search(pattern, text)
         if m:
-            return m.group(1).removeprefix("torch.ops.")
+            return m.group(1).removeprefix("torch.ops.").rstrip(".")
     return None
 
 
@@ -134,6 +134,8 @@ def export_litert(module: nn.Module, example: torch.Tensor, path: str | Path,
                                                  quant_config=QuantConfig(pt2e_quantizer=quantizer))
     except Exception as exc:  # noqa: BLE001 - only errors that name an operator become bad input
         op = _unconvertible_operator(exc)
+        if op is None and isinstance(exc, AssertionError):  # the converter's own assertion, not a failed check
+            raise RuntimeError(f"litert-torch could not convert the model: {exc}") from exc
         if op is None:
             raise
         raise LiteRTConversionError(f"LiteRT cannot convert the operator {op} of this model "
