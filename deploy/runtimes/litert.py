@@ -18,9 +18,10 @@ interpreter has its own threadpool, so one process can hold several thread count
 int8 (`calibration` given): `litert_torch`'s PT2E quantizer (symmetric per-channel int8 weights,
 int8 activations), the way ExecuTorch's int8 is made: `torch.export`, `prepare_pt2e`, one
 forward per calibration image, `convert_pt2e`, then the conversion with the quantizer's
-`QuantConfig`. The converter folds the first quantize into the graph's input, so an int8 file
-takes an int8 input (and may give int8 outputs): `LiteRTProgram` quantizes and dequantizes with
-the scale and zero point stored in the file, as an app must.
+`QuantConfig`. The converter turns a quantize at the graph's start and a dequantize at its end
+into int8 inputs and outputs (with the normalisation inside the graph the input stays float,
+without it the input is int8; the logits are int8): `LiteRTProgram` quantizes and dequantizes
+with the scale and zero point stored in the file, as an app must.
 
 A model LiteRT cannot convert raises `LiteRTConversionError` (a ValueError) naming the operator
 from the converter's error.
