@@ -6,15 +6,17 @@ Depends on torch, timm and huggingface_hub only. The architecture description li
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 from .arch import RELEASED, Variant
 from .checkpoint import (CheckpointError, LoadReport, infer_arch, is_deploy_state_dict, load_checkpoint,
-                         read_state_dict, save_checkpoint, to_project_keys)
+                         read_checkpoint, read_state_dict, save_checkpoint, to_project_keys)
 from .efficientformer_v2 import (MODEL_FACTORIES, SWITCHES, VARIANTS, Arch, EfficientFormerV2, StageArch,
                                  StagePlan, efficientformerv2_l, efficientformerv2_s0, efficientformerv2_s1,
                                  efficientformerv2_s2, feature_grids, load_pretrained, pretrained_cfg_for,
                                  resolve_arch, stage_plans)
+from .model_info import ModelInfo, checkpoint_info, model_from_checkpoint, model_metadata
 
 _MODELS: dict[str, Callable[..., EfficientFormerV2]] = MODEL_FACTORIES
 
@@ -35,7 +37,9 @@ def create_model(name: str, pretrained: bool | str = False, checkpoint: str | No
         pretrained: True loads the variant's ImageNet weights from the Hugging Face Hub
             (`model.pretrained_cfg["hf_hub_id"]`, read from huggingface_hub's cache when offline;
             heads dropped when `num_classes` is not 1000); a string is a checkpoint spec (a local
-            file or `hf-hub:ORG/REPO`) loaded strictly.
+            file or `hf-hub:ORG/REPO`) loaded strictly, whose class count, distillation head,
+            training size and class names are taken from the file unless passed
+            (`backbones.model_info`).
         checkpoint: a checkpoint spec loaded strictly (the older name of `pretrained=SPEC`).
         **kwargs: passed to `EfficientFormerV2` (num_classes, distillation, drop_path_rate, ...).
     """
@@ -53,11 +57,23 @@ def create_model(name: str, pretrained: bool | str = False, checkpoint: str | No
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     if checkpoint is not None and pretrained not in (False, None):
         raise ValueError("pass either pretrained or checkpoint, not both")
-    return _MODELS[name](pretrained=checkpoint if checkpoint is not None else pretrained, **kwargs)
+    spec = checkpoint if checkpoint is not None else pretrained
+    info = None
+    if isinstance(spec, (str, os.PathLike)) and str(spec):
+        from .model_info import checkpoint_kwargs, checkpoint_info
+        info = checkpoint_info(spec)
+        kwargs.update(checkpoint_kwargs(info, kwargs))
+        spec = str(spec)
+    model = _MODELS[name](pretrained=spec, **kwargs)
+    if info is not None:
+        from .model_info import set_class_names
+        set_class_names(model, info.class_names)
+    return model
 
 
 __all__ = ["Arch", "StageArch", "StagePlan", "SWITCHES", "stage_plans", "feature_grids", "EfficientFormerV2",
            "VARIANTS", "RELEASED", "Variant", "is_deploy_state_dict", "efficientformerv2_s0",
            "efficientformerv2_s1", "efficientformerv2_s2", "efficientformerv2_l", "create_model",
            "list_models", "load_checkpoint", "load_pretrained", "pretrained_cfg_for", "save_checkpoint",
-           "read_state_dict", "to_project_keys", "infer_arch", "resolve_arch", "CheckpointError", "LoadReport"]
+           "read_state_dict", "to_project_keys", "infer_arch", "resolve_arch", "CheckpointError", "LoadReport", "read_checkpoint", "ModelInfo",
+           "checkpoint_info", "model_from_checkpoint", "model_metadata"]

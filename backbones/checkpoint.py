@@ -36,13 +36,14 @@ from torch import nn
 from .efficientformer_v2 import VARIANTS, Arch, EfficientFormerV2, StageArch
 
 __all__ = ["CheckpointError", "ArchitectureMismatchError", "ClassCountMismatchError", "LoadReport",
-           "read_state_dict", "unwrap_state_dict", "to_project_keys", "infer_arch", "is_deploy_state_dict",
+           "read_state_dict", "read_checkpoint", "unwrap_state_dict", "to_project_keys", "infer_arch", "is_deploy_state_dict",
            "load_checkpoint", "save_checkpoint", "describe_arch", "tensor_digest", "check_finite",
            "check_dtypes", "check_checkpoint", "resample_attention_biases", "DIGEST_KEY"]
 
 HEAD_PREFIXES = ("head.", "head_dist.")
 _SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
 DIGEST_KEY = "state_dict_sha256"  # safetensors metadata key, or the entry beside a saved state dict
+_EXTRA_ENTRIES = ("metadata", "hyper_parameters", "class_names", "fit_config")  # what read_checkpoint returns
 
 
 class CheckpointError(RuntimeError):
@@ -109,6 +110,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     `local-dir:PATH` (`backbones.hub.local_dir_file`). Raises `CheckpointError` for a file
     that is missing, unreadable, damaged (digest, zip CRC) or holds NaN/Inf values.
     """
+    return read_checkpoint(path)[0]
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """`read_state_dict(path)` and what the file says about its model: a safetensors file's
+    metadata as {"metadata": {...}}, or the entries `_EXTRA_ENTRIES` of a `torch.save`d mapping
+    (a project file's and a Lightning checkpoint's `metadata`, a Lightning checkpoint's
+    `hyper_parameters`, `class_names` and `fit_config`). Same checks and errors."""
     if isinstance(path, str) and path.startswith(("hf-hub:", "local-dir:")):
         from .hub import source_file
         path = source_file(path)
@@ -119,14 +128,16 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"checkpoint {str(path)!r} is empty (0 bytes): the download or save "
                               "was interrupted; fetch or write it again")
     if path.suffix == ".safetensors":
-        sd = _read_safetensors(path)
+        sd, extra = _read_safetensors(path)
     else:
-        sd = unwrap_state_dict(_read_torch(path), str(path))
+        obj = _read_torch(path)
+        sd = unwrap_state_dict(obj, str(path))
+        extra = {k: obj[k] for k in _EXTRA_ENTRIES if k in obj} if isinstance(obj, Mapping) else {}
     check_finite(sd, str(path))
-    return sd
+    return sd, extra
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     from safetensors import SafetensorError, safe_open
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -136,7 +147,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: not a readable safetensors file, damaged or truncated ({e}); "
                               "fetch or write it again") from e
     _verify_digest(sd, metadata.get(DIGEST_KEY), str(path))
-    return sd
+    return sd, {"metadata": metadata}
 
 
 def _read_torch(path: Path) -> Any:
@@ -509,6 +520,9 @@ def load_checkpoint(model: nn.Module, path: str | Path | Mapping[str, torch.Tens
         message = f"checkpoint does not fit the model: {report}" + (
             "; the attention-bias tables are of another grid: build the model with the img_size the checkpoint "
             "was trained at (e.g. img_size=224; any input size still works at run time)" if grid else "")
+        if report.missing and all(k.startswith("head_dist.") for k in report.missing):
+            message += ("; the checkpoint has no distillation head: build the model with distillation=False "
+                        "(backbones.model_from_checkpoint(path) reads this from the file)")
         if head_mismatch is not None:
             raise ClassCountMismatchError(message, *head_mismatch)
         raise CheckpointError(message)
@@ -570,14 +584,17 @@ def resample_attention_biases(table: torch.Tensor, size: int, mode: str = "bilin
 def save_checkpoint(model: nn.Module | Mapping[str, torch.Tensor], path: str | Path,
                     metadata: Mapping[str, str] | None = None) -> Path:
     """Write weights in the project's format, with a digest of the tensors that `read_state_dict`
-    verifies: safetensors (`.safetensors`, the digest and `metadata` in its metadata) or, for any
+    verifies, and, for an `EfficientFormerV2`, the description of the model that
+    `backbones.model_from_checkpoint` builds it from (`model_metadata`; `metadata` adds to it): safetensors (`.safetensors`, the digest and `metadata` in its metadata) or, for any
     other suffix, a `torch.save`d `{"state_dict": ..., "state_dict_sha256": ..., "metadata": {...}}`.
     The file is written beside its destination and then moved into place, with the permissions
     the umask gives a new file (not only the owner's)."""
+    from .model_info import model_metadata  # model_info imports this module
+    described = model_metadata(model) if isinstance(model, nn.Module) else {}
     sd = model.state_dict() if isinstance(model, nn.Module) else dict(model)
     sd = {k: v.detach().contiguous().cpu() for k, v in sd.items()}
     digest = tensor_digest(sd)
-    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    meta = {str(k): str(v) for k, v in {**described, **(metadata or {})}.items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")

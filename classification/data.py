@@ -281,6 +281,13 @@ class ImageNetDataModule(LightningDataModule):
                  source: str = "folder", image_column: str | None = None, label_column: str | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
+        for name in ("img_size", "batch_size", "eval_batch_size"):  # checked before any run folder is made
+            value = self.hparams[name]
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise DataError(f"--data.{name} must be a positive integer, got {value}")
+        if num_workers < 0 or not 0 < crop_pct <= 1:
+            raise DataError(f"--data.num_workers must be 0 or more and --data.crop_pct in (0, 1], got "
+                            f"{num_workers} and {crop_pct}")
         self.root = Path(root) if root is not None else None
         self.source = None
         if source != "folder":  # hf: or wds: (classification.sources); anything else is a DataError there

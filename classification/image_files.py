@@ -22,6 +22,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from backbones.model_info import class_names  # one home for readable class names
+
 from .data import IMAGE_EXTENSIONS, DataError, ImageFolderDataset, load_rgb, scan_split
 
 __all__ = ["LIST_SUFFIXES", "NO_TARGET", "find_images", "predict_samples", "predict_dataset", "predict_images",
@@ -96,20 +98,6 @@ def predict_dataset(source: str | Path | Sequence[str | Path], class_to_idx: dic
     return ImageFolderDataset(predict_samples(source, class_to_idx), transform, classes, with_paths=True)
 
 
-def class_names(num_classes: int, data_classes: Sequence[str] | None = None) -> list[str] | None:
-    """Names a person can read for a classifier's outputs: with 1000 classes and no other names
-    (or ImageNet's WordNet ids, the folder names of ImageNet itself), ImageNet-1K's
-    (`timm.data.ImageNetInfo`); else the data's class names when there is one per output; else None."""
-    if num_classes == 1000:
-        from timm.data import ImageNetInfo
-        info = ImageNetInfo()
-        if data_classes is None or len(data_classes) != 1000 or list(data_classes) == list(info.label_names()):
-            return list(info.label_descriptions())
-    if data_classes is not None and len(data_classes) == num_classes:
-        return list(data_classes)
-    return None
-
-
 @torch.no_grad()
 def predict_images(model: nn.Module, source: str | Path | Sequence[str | Path], top_k: int = 5,
                    batch_size: int = 16, names: Sequence[str] | None = None) -> list[dict[str, Any]]:
@@ -117,8 +105,9 @@ def predict_images(model: nn.Module, source: str | Path | Sequence[str | Path], 
 
     The images are prepared with the model's own evaluation transform (its `pretrained_cfg`:
     input size, crop, mean and std, as `timm.data.resolve_model_data_config` reads them).
-    Returns one dict per image: {"path", "classes": top-k names (`class_names`, or indices as
-    strings), "indices", "scores": softmax probabilities}, highest first.
+    Returns one dict per image: {"path", "classes": top-k names (`names`, else the model's
+    `pretrained_cfg["label_names"]` or ImageNet's, see `class_names`; else indices as strings),
+    "indices", "scores": softmax probabilities}, highest first.
     """
     from timm.data import create_transform, resolve_model_data_config
 
@@ -135,8 +124,9 @@ def predict_images(model: nn.Module, source: str | Path | Sequence[str | Path], 
             logits = model(batch)
             logits = logits[0] if isinstance(logits, (tuple, list)) else logits
             probs = logits.float().softmax(dim=1)
-            if names is None:
-                names = class_names(probs.shape[1]) or [str(i) for i in range(probs.shape[1])]
+            if names is None:  # the checkpoint's class names (`backbones.model_from_checkpoint`), or ImageNet's
+                own = (getattr(model, "pretrained_cfg", None) or {}).get("label_names")
+                names = class_names(probs.shape[1], own) or [str(i) for i in range(probs.shape[1])]
             scores, indices = probs.topk(min(top_k, probs.shape[1]), dim=1)
             for p, s, i in zip(chunk, scores.tolist(), indices.tolist()):
                 results.append({"path": str(p), "classes": [names[j] for j in i], "indices": i, "scores": s})

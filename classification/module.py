@@ -9,7 +9,10 @@ frozen teacher. Gradient clipping is the Trainer's (`trainer.gradient_clip_val`)
 
 The network is kept at `self.model`, so Lightning checkpoints (keys `model.*`) load with
 `backbones.load_checkpoint`; hyper-parameters are plain values, so they load with
-`torch.load(weights_only=True)`.
+`torch.load(weights_only=True)`. A checkpoint also carries the description of its network
+(`metadata`: architecture, class count and names, distillation head, input size), so
+`backbones.model_from_checkpoint(path)` builds the model from it alone, and the command's settings
+(`fit_config`, YAML) from which `python -m classification predict --ckpt_path` rebuilds the run.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ from backbones import (Arch, CheckpointError, EfficientFormerV2, create_model, l
 from backbones.checkpoint import (DIGEST_KEY, ArchitectureMismatchError, ClassCountMismatchError, check_dtypes,
                                   check_finite, tensor_digest, unwrap_state_dict)
 from backbones.hub import is_hub_spec, is_local_dir_spec, parse_hub_spec
+from backbones.model_info import model_metadata
 
 from .data import seeded
 from .optim import param_groups
@@ -194,6 +198,7 @@ class ImageClassifier(LightningModule):
         if distill:
             check_teacher_config(teacher)  # a config error now; its weights are read for fitting only
         self.teacher: nn.Module | None = None  # built by setup("fit"): evaluation needs no teacher file
+        self.fit_config: str | None = None  # the command line's settings (YAML), set by the CLI for its checkpoints
 
         self.mixup_fn = None
         if mixup > 0 or cutmix > 0:
@@ -343,6 +348,10 @@ class ImageClassifier(LightningModule):
         classes = self._data_classes()
         if classes is not None:
             checkpoint["class_names"] = classes
+        # what backbones.model_from_checkpoint builds the network from: arch, classes, heads, size
+        checkpoint["metadata"] = model_metadata(self.model, classes)
+        if self.fit_config is not None:  # the command's settings: `predict --ckpt_path` needs nothing else
+            checkpoint["fit_config"] = self.fit_config
         # the frozen teacher is rebuilt from its own checkpoint: do not copy it into every file
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
                                     if not k.startswith("teacher.")}

@@ -4,7 +4,8 @@ One row per image: its path, its folder's class (empty for an image outside clas
 the top-k class names and their softmax scores, highest first. A model with 1000 classes is
 named with ImageNet-1K's classes (`timm.data.ImageNetInfo`) unless the data has 1000 names of
 its own; the images may be any folder, image file or list (`classification.image_files`). The CLI adds the writer to every run (`predictions:` keys); it acts only
-in `predict`, whose last line of output then names the file.
+in `predict`, whose last line of output then names the file. When no image could be read, it
+writes no file and the command fails with one line (`DataError`).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import IO, Any, Sequence
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from .data import DataError
 from .image_files import class_names
 
 __all__ = ["PredictionWriter"]
@@ -56,10 +58,7 @@ class PredictionWriter(BasePredictionWriter):
         return folder / name
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.path = self._file_path(trainer)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("w", newline="")
-        self._writer = csv.writer(self._file)
+        self.path = self._file_path(trainer)  # opened with the first prediction: no image read, no file
         data_classes = getattr(trainer.datamodule, "classes", None)
         num_classes = getattr(getattr(pl_module, "model", pl_module), "num_classes", None)
         self._classes = class_names(num_classes, data_classes) if num_classes else data_classes
@@ -81,7 +80,10 @@ class PredictionWriter(BasePredictionWriter):
         paths = prediction.get("paths")
         if paths is None:  # a dataset without paths: the images' positions in it
             paths = [str(i) for i in batch_indices] if batch_indices is not None else [""] * len(targets)
-        if self.rows == 0:
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("w", newline="")
+            self._writer = csv.writer(self._file)
             k = len(classes[0])
             self._writer.writerow(["path", "target", *[f"top{i}{s}" for i in range(1, k + 1)
                                                        for s in ("", "_score")]])
@@ -89,6 +91,16 @@ class PredictionWriter(BasePredictionWriter):
             cells = [c for i, p in zip(top, score) for c in (self._name(i), f"{p:.6f}")]
             self._writer.writerow([path, self._name(target), *cells])
         self.rows += len(targets)
+
+    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """No image could be read: a `DataError` (one line at the command line), nothing written."""
+        if self._file is None and trainer.world_size == 1:
+            datamodule = getattr(trainer, "datamodule", None)
+            dataset = getattr(datamodule, "datasets", {}).get("predict")
+            count = f" {len(dataset)}" if dataset is not None else ""
+            first = dataset.samples[0][0] if dataset is not None and len(dataset) else ""
+            raise DataError(f"none of the{count} images to predict on could be read (e.g. {first}): they are "
+                            "damaged or not images; nothing was written")
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self._file is None:

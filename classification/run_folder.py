@@ -30,25 +30,29 @@ and tips) are kept out of the output; set the environment variable `EFV2_VERBOSE
 from __future__ import annotations
 
 import contextlib
+import difflib
 import logging
 import os
 import re
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NoReturn
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from backbones import CheckpointError, read_state_dict
+from backbones.threads import set_cpu_threads
 
 from .data import DataError
 
-__all__ = ["RunFolderCLI", "RunFolderError", "SettingError", "TrainerSettingError", "MetricHistory", "EpochCheckpoint",
+__all__ = ["RunFolderCLI", "OneLineArgumentParser", "close_match", "saved_config", "with_saved_config",
+           "RunFolderError", "SettingError", "TrainerSettingError", "MetricHistory", "EpochCheckpoint",
            "default_loggers", "exit_status", "quiet_third_party", "verbose", "NOISE", "VERBOSE_ENV"]
 
 #: the environment variable that shows the third-party messages `quiet_third_party` hides
@@ -146,6 +150,8 @@ def _devices_here() -> str:
 def trainer_setting_error(exc: BaseException, config: dict[str, Any], cpu_config: str | None) -> TrainerSettingError:
     """The one-line error for a Trainer that cannot be built from `config` (the trainer section)."""
     reason = " ".join(str(exc).split()) or type(exc).__name__
+    if not re.search(r"accelerator|device|gpu|cuda|strateg|precision|mps|tpu|ddp|backend", reason, re.IGNORECASE):
+        return TrainerSettingError(f"--trainer settings: {reason}")  # a bad value, whatever the machine
     given = ", ".join(f"{key} {config.get(key)}" for key in ("accelerator", "devices", "strategy", "precision")
                       if config.get(key) is not None)
     message = f"the trainer cannot be built from these settings ({given}) on this machine ({_devices_here()}): {reason}"
@@ -224,6 +230,48 @@ def default_loggers(root: str | Path) -> list[Any]:
     return [TensorBoardLogger(str(root), name="tb"), CSVLogger(str(root), name="csv")]
 
 
+_QUOTED_KEY = re.compile(r"""['"]([A-Za-z_][\w.]*)['"]""")
+
+
+def _known_keys(parser: Any) -> list[str]:
+    """The option names (dotted keys) a parser takes."""
+    return sorted({a.dest for a in getattr(parser, "_actions", ()) if isinstance(getattr(a, "dest", None), str)
+                   and a.dest not in ("help", "config")})
+
+
+def close_match(message: str, keys: list[str]) -> str:
+    """'; did you mean KEY?' for the first quoted key in `message` that is not one of `keys` but is
+    close to one; '' otherwise."""
+    for key in _QUOTED_KEY.findall(message):
+        if key in keys or key == "config":
+            continue
+        last = key.rsplit(".", 1)[-1]
+        matches = difflib.get_close_matches(key, keys, n=1, cutoff=0.6) or [
+            k for k in keys if difflib.get_close_matches(last, [k.rsplit(".", 1)[-1]], cutoff=0.8)][:1]
+        if matches:
+            return f"; did you mean {matches[0]}?"
+    return ""
+
+
+class OneLineArgumentParser(LightningArgumentParser):
+    """The CLI's parser: an error in the arguments or a config file (a missing file, a misspelt
+    key) is one line, `PROG: error: <what> [; did you mean <key>?] (see PROG SUBCOMMAND --help)`,
+    exit status 2; the usage only with --help."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error:
+            super().error(message, ex)
+        prog = self.prog.split(" [")[0]
+        sub = re.match(r"Subcommand '(\w+)'", str(message))
+        parser = getattr(ex, "subcommand_parser", None)
+        if parser is None and sub and self._subcommands_action is not None:
+            parser = self._subcommands_action._name_parser_map.get(sub.group(1))
+        keys = _known_keys(parser or self)
+        text = " ".join(str(message).split()) + close_match(str(message), keys)
+        print(f"{prog}: error: {text} (see {prog}{' ' + sub.group(1) if sub else ''} --help)", file=sys.stderr)
+        self.exit(2)
+
+
 class RunFolderCLI(LightningCLI):
     """LightningCLI whose logs and checkpoints follow `trainer.default_root_dir` (see the module
     docstring), whose `fit` never overwrites an earlier run's checkpoints silently and ends with a
@@ -235,21 +283,28 @@ class RunFolderCLI(LightningCLI):
     None: every `val/top1*` metric of the last validation epoch)."""
 
     prog: str = "fit"
+    program: str = "python -m classification"   # the command's name in its messages
     cpu_config: str | None = None
     summary_monitor: tuple[str, str] | None = None   # (metric, "max" or "min")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.history = MetricHistory()
+        kwargs.setdefault("parser_class", OneLineArgumentParser)
+        kwargs["parser_kwargs"] = {"prog": self.program, **(kwargs.get("parser_kwargs") or {})}
         with quiet_third_party():
             super().__init__(*args, **kwargs)
 
     def instantiate_classes(self) -> None:
         """Build the model, data and trainer; a ValueError or OSError they raise from their
-        settings is bad input (a `SettingError`), whereas one raised later, while running, is not."""
+        settings is bad input (a `SettingError`), whereas one raised later, while running, is not.
+        A model with a `fit_config` attribute gets the command's settings (YAML) to store in its
+        checkpoints."""
         try:
             super().instantiate_classes()
         except (ValueError, OSError) as exc:
             raise SettingError(" ".join(str(exc).split())) from exc
+        if self.subcommand == "fit" and hasattr(self.model, "fit_config"):
+            self.model.fit_config = self._parser("fit").dump(self.config["fit"], skip_none=False)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self._get(self.config_init, "trainer", default={})
@@ -262,6 +317,13 @@ class RunFolderCLI(LightningCLI):
             # raised while the Trainer picks its accelerator, devices, strategy and precision
             raise trainer_setting_error(exc, {**config, **kwargs}, self.cpu_config) from exc
         trainer.callbacks.append(self.history)
+        if isinstance(trainer.accelerator, CPUAccelerator):
+            hparams = getattr(self.datamodule, "hparams", None) or {}
+            try:
+                set_cpu_threads(hparams.get("num_workers", 0) or 0, processes=trainer.num_devices, override=None,
+                                announce=trainer.is_global_zero)
+            except ValueError as exc:  # EFV2_THREADS or OMP_NUM_THREADS not a count
+                raise SettingError(str(exc)) from exc
         for callback in trainer.checkpoint_callbacks:
             if callback.dirpath is None:  # Lightning would pick the logger's version folder: per command, not per run
                 callback.dirpath = os.path.realpath(root / "checkpoints")
@@ -273,6 +335,8 @@ class RunFolderCLI(LightningCLI):
         is, not a traceback. Lightning's names of this run's own checkpoints ("last", "best",
         "hpc") pass; a URL or a registry name is refused, since Lightning would unpickle what it
         downloads without the safe check."""
+        if args is None or isinstance(args, (list, tuple)):
+            args = with_saved_config(list(sys.argv[1:] if args is None else args))
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
@@ -344,6 +408,44 @@ class RunFolderCLI(LightningCLI):
         if best and self.summary_monitor is not None:
             place += f" (best: {Path(best).name})"
         return f"{text}; {place}"
+
+
+def saved_config(ckpt_path: str | Path) -> str | None:
+    """The settings (YAML) of the `fit` that wrote the checkpoint: stored in it (`fit_config`), or
+    else the config.yaml Lightning saved in the run folder's newest log version of a fit; None
+    when neither is there."""
+    from backbones import read_checkpoint
+
+    _, extra = read_checkpoint(ckpt_path)
+    if isinstance(extra.get("fit_config"), str):
+        return extra["fit_config"]
+    folder = Path(ckpt_path).resolve().parent
+    if folder.name != "checkpoints":
+        return None
+    saved = sorted(folder.parent.glob("*/version_*/config.yaml"), key=lambda p: p.stat().st_mtime, reverse=True)
+    return next((p.read_text() for p in saved if "ckpt_path" in p.read_text()), None)
+
+
+def with_saved_config(argv: list[str]) -> list[str]:
+    """`validate`, `test` or `predict` with `--ckpt_path FILE` and no `--config`: the fit's own
+    settings (`saved_config`) go first, so the command needs nothing else; options given still
+    override them."""
+    if not argv or argv[0] not in ("validate", "test", "predict") or any(
+            a in ("-c", "--config", "-h", "--help") or a.startswith("--config=") for a in argv):
+        return argv
+    path = None
+    for i, arg in enumerate(argv):
+        if arg == "--ckpt_path" and i + 1 < len(argv):
+            path = argv[i + 1]
+        elif arg.startswith("--ckpt_path="):
+            path = arg.split("=", 1)[1]
+    if path is None or not Path(path).is_file():
+        return argv
+    config = saved_config(path)
+    if config is None:
+        return argv
+    print(f"{argv[0]}: settings of the fit read from {path} (options given override them)", flush=True)
+    return [argv[0], "--config", config, *argv[1:]]
 
 
 def exit_status(run: Callable[[], Any], prog: str) -> int:
