@@ -204,6 +204,7 @@ def main(args: Any = None, run: bool = True):
 
     class SupernetCLI(RunFolderCLI):
         prog = "supernet fit"
+        program = "python -m classification.supernet"
         cpu_config = "configs/search/supernet_toy.yaml"
 
         def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:

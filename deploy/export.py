@@ -22,9 +22,11 @@ each followed by its runtime's check against PyTorch.
   its val split is reported, and the check bounds their top-1 agreement.
 
 Every fp32 check is bounded by 1e-4 (TorchScript 1e-5). Every file is written in a temporary
-folder next to the target and moved there once checked. A 1000-class classifier carries the
-ImageNet-1K class names: in the package for CoreML (`ClassifierConfig`), else in a labels file
-beside the export (`<out stem>.labels.txt`, one name per line, in class order).
+folder next to the target and moved there once checked. A classifier carries its class names
+(those its checkpoint records, `backbones.model_from_checkpoint`; ImageNet-1K's for an unnamed
+1000-class model): in the package for CoreML (`ClassifierConfig`), else in a labels file beside
+the export (`<out stem>.labels.txt`, one name per line, in class order). Every format checks that
+the output path ends in its suffix.
 
 Inputs of the exported classifier and feature models: RGB images in [0, 1] (pixel / 255), NCHW;
 the ImageNet mean/std normalisation is part of the graph (`normalize=False` exports a graph that
@@ -46,8 +48,10 @@ import torch
 from torch import nn
 
 from backbones import EfficientFormerV2
+from backbones.model_info import class_names
 
-from .calibration import calibration_images, class_names, val_samples
+from .calibration import calibration_images, val_samples
+from .calibration import class_names as split_classes
 from .models import IMAGENET_MEAN, IMAGENET_STD, FeatureTuple, ImageInput, build_model, deploy_form
 from .runtimes import FORMATS, INT8_FORMATS, RUNTIMES, format_runtime
 from .runtimes.base import FP32_ATOL, ExportResult, Runner, as_tuple, check_runtime, other_size
@@ -60,7 +64,7 @@ __all__ = ["ExportStackError", "ExportResult", "export_model", "export_onnx", "c
            "export_coreml", "check_coreml", "export_torchscript", "check_torchscript", "check_runtime",
            "compare_on_images", "ImageComparison", "check_output_path", "staged_output", "require_stack",
            "FORMATS", "INT8_FORMATS", "SUFFIXES", "ONNX_OPSET", "ONNX_ATOL", "EDGE_ATOL", "INT8_MIN_AGREEMENT",
-           "CALIBRATION_COUNT", "COREML_FEATURE_RANGE", "LABELS_SUFFIX", "imagenet_class_names", "labels_path",
+           "CALIBRATION_COUNT", "COREML_FEATURE_RANGE", "LABELS_SUFFIX", "imagenet_class_names", "model_class_names", "labels_path",
            "other_size"]
 
 SUFFIXES = {r.format: r.suffix for r in RUNTIMES.values() if r.format}
@@ -76,11 +80,13 @@ Format = Literal[FORMATS]  # one of the registry's export formats
 def imagenet_class_names(classes: int) -> list[str] | None:
     """The ImageNet-1K class names (timm's `ImageNetInfo`, e.g. "tench, Tinca tinca") in class
     order for a classifier of 1000 classes; None for any other class count."""
-    if classes != IMAGENET_CLASSES:
-        return None
-    from timm.data import ImageNetInfo
-    info = ImageNetInfo("imagenet-1k")
-    return [info.index_to_description(i) for i in range(IMAGENET_CLASSES)]
+    return class_names(classes) if classes == IMAGENET_CLASSES else None
+
+
+def model_class_names(model: nn.Module, classes: int) -> list[str] | None:
+    """The names of a classifier's `classes` outputs: its checkpoint's (`pretrained_cfg["label_names"]`,
+    set by `backbones.model_from_checkpoint`), else ImageNet-1K's for 1000 classes, else None."""
+    return class_names(classes, (getattr(model, "pretrained_cfg", None) or {}).get("label_names"))
 
 
 def labels_path(out: str | Path) -> Path:
@@ -136,9 +142,9 @@ def compare_on_images(runner: Runner, module: nn.Module, samples: Iterable[tuple
 def _labelled_val(root: Path, size: tuple[int, int], classes: int, limit: int | None, normalise) -> list | None:
     """(image, label) of the val split of `root` when it has one and its class count matches the
     classifier's; None otherwise."""
-    if not class_names(root / "val"):
+    if not split_classes(root / "val"):
         return None
-    names = class_names(root / "train") or class_names(root / "val")
+    names = split_classes(root / "train") or split_classes(root / "val")
     if len(names) != classes:
         return None
     return [(normalise(x), y) for x, y in val_samples(root, size, limit=limit)]
@@ -150,8 +156,9 @@ def _labelled_val(root: Path, size: tuple[int, int], classes: int, limit: int | 
 def check_output_path(out: Path, fmt: str) -> None:
     """Fail early, before any export work, when `out` cannot be written for `fmt`."""
     runtime = format_runtime(fmt)
-    if runtime.strict_suffix and out.suffix != runtime.suffix:
-        raise ValueError(f"{fmt} output must end in {runtime.suffix}, got {out}")
+    if runtime.suffix and out.suffix != runtime.suffix:  # e.g. an ONNX file named x.mlpackage
+        raise ValueError(f"--format {fmt} writes a {runtime.suffix} file: give --out a path ending in "
+                         f"{runtime.suffix}, not {out.name}")
     for folder in (out.parent, *out.parent.parents):
         if folder.exists():
             if not folder.is_dir():
@@ -205,7 +212,8 @@ def export_model(name: str, fmt: Format, out: str | Path, checkpoint: str | Path
                  coreml_shapes: CoreMLShapes | Literal["fixed"] = None, model: nn.Module | None = None,
                  seed: int = 0, int8: bool = False, calibration: str | Path | None = None,
                  calibration_count: int = CALIBRATION_COUNT, eval_limit: int | None = None,
-                 min_agreement: float = INT8_MIN_AGREEMENT) -> ExportResult:
+                 min_agreement: float = INT8_MIN_AGREEMENT,
+                 progress: Callable[[str], None] | None = None) -> ExportResult:
     """Export a project model (or any timm model) in deploy form and check the result.
 
     The file is written in a temporary folder next to `out` and moved there once checked: a
@@ -234,6 +242,8 @@ def export_model(name: str, fmt: Format, out: str | Path, checkpoint: str | Path
         min_agreement: int8 classifiers: least fraction of the compared images on which the int8
             and the float model give the same top-1 class (a model with random weights has
             near-tied logits: pass 0 to report its figures without a bound).
+        progress: called with a short line at each stage (reading, exporting and checking, top-1),
+            so that a long export (int8 calibration) says where it is.
     Raises:
         ValueError: bad arguments, an output path that cannot be written, `int8` without
             `calibration` or for another format, a calibration folder without readable images.
@@ -248,13 +258,15 @@ def export_model(name: str, fmt: Format, out: str | Path, checkpoint: str | Path
                          "folder (DIR/train/<class>/<image>; DIR/val/ also gives the top-1)")
     if calibration is not None and not runtime.int8:
         raise ValueError(f"calibration images are for the {' and '.join(INT8_FORMATS)} formats, not {fmt}")
-    runtime.require(int8=int8)
     out = Path(out)
-    check_output_path(out, fmt)
+    check_output_path(out, fmt)  # a wrong suffix or an unwritable place before anything else
+    runtime.require(int8=int8)
     start = time.perf_counter()
+    say = progress or (lambda _: None)
     normalise = _identity if normalize else _imagenet_normalise
     images = None
     if calibration is not None:
+        say(f"reading {calibration_count} calibration images of {calibration}")
         images = [normalise(x) for x in calibration_images(calibration, size, calibration_count)]
     if model is None:
         model = build_model(name, checkpoint, features=features)
@@ -269,20 +281,23 @@ def export_model(name: str, fmt: Format, out: str | Path, checkpoint: str | Path
     net.eval()
     g = torch.Generator().manual_seed(seed)
     example = normalise(torch.rand(1, 3, *size, generator=g))
-    labels = None if features else imagenet_class_names(_classes(net, example))
+    labels = None if features else model_class_names(model, _classes(net, example))
     if runtime.embeds_labels and labels is not None:
         options["class_labels"] = labels
 
+    slow = " (int8: calibrating and quantizing takes minutes on a CPU)" if int8 else ""
+    say(f"exporting to {fmt} and checking it against PyTorch{slow}")
     with staged_output(out) as path:
         result = runtime.export_checked(net, example, path, features=features, calibration=images if int8 else None,
                                         generator=g, normalise=normalise, **options)
         result.path = out
         if calibration is not None and not features:
+            say(f"top-1 of PyTorch and of the {fmt} export on {calibration}")
             _report_top1(result, runtime.load(path), net, Path(calibration), size, images, eval_limit, normalise,
                          min_agreement)
         if labels is not None and not runtime.embeds_labels:
             labels_path(path).write_text("\n".join(labels) + "\n")
-            result.labels = f"{labels_path(out)} ({len(labels)} ImageNet-1K class names, one per line)"
+            result.labels = f"{labels_path(out)} ({len(labels)} class names, one per line)"
     result.seconds = time.perf_counter() - start
     return result
 
@@ -317,7 +332,7 @@ def _report_top1(result: ExportResult, runner: Runner, net: nn.Module, root: Pat
     result.cosine = cmp.cosine
     result.top1_images = cmp.images
     result.top1_split = str(root / "val") if val else f"{cmp.images} calibration images of {root}"
-    if val is None and class_names(root / "val"):
+    if val is None and split_classes(root / "val"):
         result.note = f"no top-1: the classifier has {classes} classes, {root / 'val'} another count"
     if result.int8:
         result.checked += f"; top-1 agreement with PyTorch float on {cmp.images} images (bound {min_agreement:.0%})"

@@ -4,24 +4,18 @@ from __future__ import annotations
 
 import copy
 import difflib
-import math
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from backbones import CheckpointError, EfficientFormerV2, create_model, list_models, load_checkpoint
-from backbones.checkpoint import read_state_dict, to_project_keys
+from backbones import CheckpointError, EfficientFormerV2, checkpoint_info, create_model, list_models
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "build_model", "deploy_form", "is_project_model",
            "replace_activations", "ImageInput", "FeatureTuple"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-# the downsampling attention's bias table covers the stage-3 grid (input size / 16) of training
-_TRAIN_GRID_KEY = "stages.3.downsample.attn.pos_bias.attention_biases"
 
 
 def is_project_model(name: str) -> bool:
@@ -46,7 +40,8 @@ def build_model(name: str, checkpoint: str | Path | None = None, features: bool 
                 num_classes: int | None = None) -> nn.Module:
     """An eval-mode model by name: a project variant (optionally with weights from `checkpoint`,
     whose class count, distillation head and training input size are read from the file) or any timm model (random
-    weights; timm's `features_only` for `features`).
+    weights; timm's `features_only` for `features`). A checkpoint's class names end up in
+    `model.pretrained_cfg["label_names"]`.
 
     Raises:
         ValueError: unknown name, or a checkpoint passed for a timm model.
@@ -54,25 +49,17 @@ def build_model(name: str, checkpoint: str | Path | None = None, features: bool 
     """
     if is_project_model(name):
         kwargs: dict = {"features_only": features}
-        state = None
         if checkpoint is not None:
-            state, _ = to_project_keys(read_state_dict(checkpoint))
-            if "head.weight" in state and not features:
-                kwargs["num_classes"] = state["head.weight"].shape[0]
-                kwargs["distillation"] = "head_dist.weight" in state
-            elif not features and num_classes is None:
-                raise CheckpointError(f"{checkpoint} has no classifier head (a backbone checkpoint): "
-                                      "export it with --features, or pass a classifier checkpoint")
-        if num_classes is not None and "num_classes" not in kwargs:
+            # class count, distillation head, training size and class names come from the file
+            if not features and not checkpoint_info(checkpoint).num_classes:
+                if num_classes is None:
+                    raise CheckpointError(f"{checkpoint} has no classifier head (a backbone checkpoint): "
+                                          "export it with --features, or pass a classifier checkpoint")
+                kwargs["num_classes"] = num_classes
+            return create_model(name, pretrained=str(checkpoint), **kwargs).eval()
+        if num_classes is not None:
             kwargs["num_classes"] = num_classes
-        if state is not None and _TRAIN_GRID_KEY in state:
-            # the bias tables are stored at the training grid: build the model for that input size
-            side = math.isqrt(state[_TRAIN_GRID_KEY].shape[-1])
-            kwargs["img_size"] = 16 * side
-        model = create_model(name, **kwargs)
-        if state is not None:
-            load_checkpoint(model, state)
-        return model.eval()
+        return create_model(name, **kwargs).eval()
     if checkpoint is not None:
         if name not in _timm_names():
             raise _unknown_model(name)

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from _cli import ArgumentParser, require_positive, run
+from _demo import apply_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 ABLATIONS = ROOT / "configs" / "classification" / "ablations"
@@ -30,9 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--img-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads of the latency runs")
+    parser.add_argument("--train-threads", type=int, default=None,
+                        help="intra-op threads of the training runs (default: chosen for the machine)")
     args = parser.parse_args(argv)
     require_positive(epochs=args.epochs, img_size=args.img_size, threads=args.threads)
     start = time.perf_counter()
+    train_threads = apply_threads(args.train_threads, workers=1)  # toy.yaml's loader workers
 
     from classification.ablation import ablate
     from classification.toy_data import make_toy_classification
@@ -42,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo-ablate: generating the toy set in {toy}", flush=True)
         make_toy_classification(toy)
     result = ablate([ABLATIONS / f"{name}.yaml" for name in ROWS], args.out, backends=("torch",),
-                    threads=args.threads, runs=10, warmup=3, data=toy, epochs=args.epochs, train_threads=1,
+                    threads=args.threads, runs=10, warmup=3, data=toy, epochs=args.epochs, train_threads=train_threads,
                     img_size=args.img_size, batch_size=32, train_config=ROOT / "configs/classification/toy.yaml",
                     log=lambda s: print(f"demo-ablate: {s}", flush=True))
     print(result["markdown"])

@@ -18,32 +18,32 @@ import time
 from pathlib import Path
 
 from _cli import ArgumentParser, UsageError, run
+from _demo import add_threads_option, apply_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_demo(data: Path, config: Path, out: Path, threads: int = 1) -> tuple[float, Path]:
-    """Fit and validate on `data` with `threads` intra-op threads; return (val top-1 in [0, 1],
-    safetensors weights path)."""
-    import torch
-
+def run_demo(data: Path, config: Path, out: Path, threads: int | None = None) -> tuple[float, Path]:
+    """Fit and validate on `data` with `threads` intra-op threads (None: chosen for the machine);
+    return (val top-1 in [0, 1], safetensors weights path)."""
     from backbones import save_checkpoint
+    from backbones.model_info import set_class_names
     from classification.__main__ import cli
     from classification.toy_data import make_toy_classification
 
     if not (data / "train").is_dir() or not (data / "val").is_dir():
         print(f"demo: generating the toy set in {data}", flush=True)
         make_toy_classification(data)
-    torch.set_num_threads(threads)
+    apply_threads(threads, workers=1)  # toy.yaml's loader workers
     ckpt_dir = out / "checkpoints"  # where the CLI puts a run's checkpoints under its root folder
     shutil.rmtree(ckpt_dir, ignore_errors=True)  # the demo's own folder: a fresh run, not a resume
     common = ["--config", str(config), "--data.root", str(data), "--trainer.default_root_dir", str(out)]
     cli(["fit", *common])
     validated = cli(["validate", *common, "--ckpt_path", str(ckpt_dir / "last.ckpt")])
     top1 = float(validated.trainer.callback_metrics["val/top1"])
-    weights = save_checkpoint(validated.model.model, out / "efficientformerv2_s0.safetensors",
-                              metadata={"classes": ",".join(validated.datamodule.classes),
-                                        "val_top1": f"{top1:.4f}"})
+    net = validated.model.model
+    set_class_names(net, validated.datamodule.classes)  # recorded in the file with the rest of the model's description
+    weights = save_checkpoint(net, out / "efficientformerv2_s0.safetensors", metadata={"val_top1": f"{top1:.4f}"})
     return top1, weights
 
 
@@ -52,12 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=Path("data/toy_cls"))
     parser.add_argument("--config", type=Path, default=ROOT / "configs/classification/toy.yaml")
     parser.add_argument("--out", type=Path, default=Path("artifacts/cls_toy"))
-    parser.add_argument("--threads", type=int, default=1,
-                        help="intra-op threads; the toy model's tensors are small, and on a shared 2-core "
-                             "machine one thread is faster than two")
+    add_threads_option(parser)
     args = parser.parse_args(argv)
-    if args.threads < 1:
-        parser.error(f"--threads must be 1 or more, got {args.threads}")
     if not args.config.is_file():
         raise UsageError(f"--config {args.config} is not a file: give a classification config such as "
                          f"{ROOT / 'configs/classification/toy.yaml'}")

@@ -18,19 +18,19 @@ import time
 from pathlib import Path
 
 from _cli import ArgumentParser, UsageError, run
-from _demo import TOY_CLASSIFIER, ensure_toy_classifier
+from _demo import TOY_CLASSIFIER, add_threads_option, apply_threads, ensure_toy_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"det": ROOT / "configs/detection/mask-rcnn_efficientformerv2-s0_fpn_toy-coco.py",
            "seg": ROOT / "configs/segmentation/fpn_efficientformerv2-s0_ade20k-toy.py"}
 DATASETS = {"det": "toy_coco", "seg": "toy_ade20k"}
+DENSE_WORKERS = 0  # the toy configs' loader workers
 
 
-def run_demo(task: str, data: Path, backbone: Path, work_dir: Path | None, cfg_options: dict) -> str:
-    """Run one demo and return its summary line."""
-    import torch
-
-    torch.set_num_threads(2)
+def run_demo(task: str, data: Path, backbone: Path, work_dir: Path | None, cfg_options: dict,
+             threads: int | None = None) -> str:
+    """Run one demo and return its summary line (`threads`: intra-op threads, None: chosen for the machine)."""
+    apply_threads(threads, workers=DENSE_WORKERS)
     start = time.time()
     ensure_toy_classifier(backbone, data, f"demo-{task}")
     work_dir = work_dir or Path("work_dirs") / f"demo_{task}"
@@ -57,13 +57,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="S0 classification checkpoint the backbone starts from")
     parser.add_argument("--work-dir", type=Path, default=None)
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, default={})
+    add_threads_option(parser)
     args = parser.parse_args(argv)
     if args.data.exists() and not args.data.is_dir():
         raise UsageError(f"--data {args.data} is a file; give the folder that holds (or will hold) the toy data sets")
     if args.backbone.exists() and not args.backbone.is_file():
         raise UsageError(f"--backbone {args.backbone} is not a file; give the S0 classification checkpoint, "
                          f"or leave --backbone out for {TOY_CLASSIFIER}")
-    print(run_demo(args.task, args.data, args.backbone, args.work_dir, args.cfg_options), flush=True)
+    print(run_demo(args.task, args.data, args.backbone, args.work_dir, args.cfg_options, args.threads), flush=True)
     return 0
 
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from _cli import ArgumentParser, run
-from _demo import TOY_CLASSIFIER
+from _demo import TOY_CLASSIFIER, add_threads_option, apply_threads
 
 
 def _toy_images(data: Path, size: int, n: int = 2):
@@ -63,10 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=Path("data"))
     parser.add_argument("--checkpoint", type=Path, default=TOY_CLASSIFIER)
     parser.add_argument("--out", type=Path, default=Path("artifacts/export"))
+    add_threads_option(parser)
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    import torch
-    torch.set_num_threads(2)
+    apply_threads(args.threads, workers=0)
     diff, coreml = run_demo(args.data, args.checkpoint, args.out)
     print(f"demo-export: onnx max diff {diff:.2e} coreml {coreml} in {time.perf_counter() - start:.1f} s")
     return 0

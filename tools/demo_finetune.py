@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from _cli import ArgumentParser, positive_int, run
-from _demo import TOY_CLASSIFIER, ensure_toy_classifier
+from _demo import TOY_CLASSIFIER, add_threads_option, apply_threads, ensure_toy_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs/classification"
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=positive_int, default=8,
                         help="batch size (a small set: the last partial batch is dropped in training)")
     parser.add_argument("--out", type=Path, default=Path("artifacts/finetune_toy"), help="run folders")
+    add_threads_option(parser)
     args = parser.parse_args(argv)
     from classification.toy_data import CLASSES, make_toy_classification
 
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--train-per-class {args.train_per_class} gives {args.train_per_class * len(CLASSES)} "
                      f"training images, fewer than --batch-size {args.batch_size}: no full batch to train on")
     start = time.perf_counter()
+    apply_threads(args.threads, workers=1)  # toy.yaml's loader workers
     pretrained = args.pretrained
     if not pretrained.startswith("hf-hub:"):
         pretrained = str(ensure_toy_classifier(Path(pretrained), args.data, "demo-finetune"))

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from _cli import ArgumentParser, UsageError, run
+from _demo import add_threads_option, apply_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,10 +45,8 @@ def check_supernet_config(supernet_config: Path) -> None:
                 from None
 
 
-def run_demo(data: Path, out: Path, supernet_config: Path, search_config: Path) -> dict:
+def run_demo(data: Path, out: Path, supernet_config: Path, search_config: Path, threads: int | None = None) -> dict:
     """Train, tabulate, search and compare; returns the figures of the summary line."""
-    import torch
-
     from backbones.supernet import SubnetConfig
     from classification.search import SubnetEvaluator, image_batches, load_settings, load_supernet, run_search
     from classification.supernet import main as supernet_cli
@@ -56,7 +55,7 @@ def run_demo(data: Path, out: Path, supernet_config: Path, search_config: Path) 
 
     settings = load_settings(search_config)   # a bad search config fails before anything runs
     check_supernet_config(supernet_config)
-    torch.set_num_threads(2)
+    apply_threads(threads, workers=1)
     if not (data / "train").is_dir() or not (data / "val").is_dir():
         print(f"demo-search: generating the toy set in {data}", flush=True)
         make_toy_classification(data)
@@ -104,9 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("artifacts/search_toy"))
     parser.add_argument("--supernet-config", type=Path, default=ROOT / "configs/search/supernet_toy.yaml")
     parser.add_argument("--search-config", type=Path, default=ROOT / "configs/search/search_toy.yaml")
+    add_threads_option(parser)
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    s = run_demo(args.data, args.out, args.supernet_config, args.search_config)
+    s = run_demo(args.data, args.out, args.supernet_config, args.search_config, args.threads)
     print(f"demo-search: on the independent toy set, searched {s['searched_top1']:.1f} (params {s['params']}, "
           f"{s['latency_ms']:.2f} ms) vs random {s['random_top1_mean']:.1f} (each: "
           f"{', '.join(f'{a:.1f}' for a in s['random_top1'])})")

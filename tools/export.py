@@ -45,11 +45,13 @@ exports a graph taking already normalised tensors. `--features` exports the four
 - aoti (`.pt2`): the same program compiled by AOTInductor (`aoti_compile_and_package`, needs a C++
   compiler, about a minute for S0); loaded with `aoti_load_package` and compared.
 
-A 1000-class classifier carries the ImageNet-1K class names: inside a CoreML package (a CoreML
+A classifier carries its class names: those its checkpoint records (a fine-tuned run's classes,
+whatever their count), else ImageNet-1K's for 1000 classes: inside a CoreML package (a CoreML
 classifier, `ClassifierConfig`: outputs `classLabel` and `classLabel_probs`), beside every other file as
-`<name>.labels.txt` (one name per line, in class order). Other class counts get no names.
-Third-party messages (progress bars, version warnings, native logs) are kept out of the output;
-`--verbose` shows them.
+`<name>.labels.txt` (one name per line, in class order). A model without names gets none.
+--out must end in the format's suffix. Third-party messages (progress bars, version warnings,
+native logs) are kept out of the output; `--verbose` shows them. Each stage of the export is
+printed as it begins (an int8 export calibrates and quantizes for minutes on a CPU).
 
 Every export is compared with PyTorch, max abs difference printed: ONNX Runtime, ExecuTorch,
 OpenVINO, LiteRT, pt2 and aoti fp32 within 1e-4, reloaded TorchScript within 1e-5, CoreML float16 within 5e-2 (its
@@ -64,6 +66,7 @@ failed check leaves nothing behind.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
@@ -85,14 +88,21 @@ def export(model: str, fmt: str, out: Path, checkpoint: Path | None = None, feat
            calibration: Path | None = None, calibration_count: int = CALIBRATION_IMAGES, eval_limit: int | None = None,
            min_agreement: float = MIN_AGREEMENT, verbose: bool = False):
     """Export and check; returns a `deploy.export.ExportResult`. Third-party messages are
-    swallowed unless `verbose`."""
+    swallowed unless `verbose`; the export's stages are printed as they begin (`export: ...`)."""
     from deploy.quiet import quiet
-    with quiet(verbose):
-        from deploy.export import export_model
-        return export_model(model, fmt, out, checkpoint=checkpoint, features=features, size=size,
-                            normalize=normalize, precision=precision, coreml_shapes=coreml_shapes, int8=int8,
-                            calibration=calibration, calibration_count=calibration_count, eval_limit=eval_limit,
-                            min_agreement=min_agreement)
+    console = os.fdopen(os.dup(sys.stdout.fileno()), "w")  # the terminal, which quiet() takes from the exporters
+    try:
+        def progress(line: str) -> None:
+            print(f"export: {line}", file=console, flush=True)
+
+        with quiet(verbose):
+            from deploy.export import export_model
+            return export_model(model, fmt, out, checkpoint=checkpoint, features=features, size=size,
+                                normalize=normalize, precision=precision, coreml_shapes=coreml_shapes, int8=int8,
+                                calibration=calibration, calibration_count=calibration_count,
+                                eval_limit=eval_limit, min_agreement=min_agreement, progress=progress)
+    finally:
+        console.close()
 
 
 def _hw(text: str) -> tuple[int, int]:

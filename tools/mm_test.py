@@ -8,6 +8,9 @@ A missing config or checkpoint, a checkpoint that is not an mmengine checkpoint,
 component accepts, a --cfg-options key that sets a variable of the config file, a missing data
 root, annotation file or image folder, or class names that match none of the data's is reported
 in one line (exit status 2) before testing; such a failed attempt leaves no folder in the work dir.
+The console shows progress, warnings and errors only (`--verbose`: mmengine's whole log, which the
+work dir keeps anyway); the last line names the main metrics:
+`mm_test: coco/bbox_mAP 0.312, coco/segm_mAP 0.291 (full log in WORK_DIR)`.
 """
 from __future__ import annotations
 
@@ -15,7 +18,10 @@ import argparse
 import sys
 import warnings
 
+from pathlib import Path
+
 from _cli import ArgumentParser, run
+from _mm_console import brief_console, summary_line
 
 # mmengine imports pkg_resources, which the setuptools that builds mmcv (< 82) deprecates: a warning
 # on every run that says nothing to the user of this tool (main() imports mmengine, after this filter)
@@ -43,12 +49,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="override config keys, e.g. test_dataloader.batch_size=2")
     parser.add_argument("--launcher", choices=LAUNCHERS, default="none", help="job launcher (pytorch for torchrun)")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--verbose", action="store_true", help="show mmengine's whole log on the console too")
     args = parser.parse_args(argv)
-    metrics = test(args.config, args.checkpoint, args.work_dir, args.cfg_options, args.launcher, args.data_root,
-                   args.classes_from_data)
-    for name, value in metrics.items():
-        print(f"{name}: {value}")
+    with brief_console(args.verbose):
+        metrics = test(args.config, args.checkpoint, args.work_dir, args.cfg_options, args.launcher, args.data_root,
+                       args.classes_from_data)
+    print(test_summary(metrics, args.work_dir or f"work_dirs/{Path(args.config).stem}"))
     return 0
+
+
+def test_summary(metrics: dict, work_dir: str) -> str:
+    """The last line: the main metrics (`_mm_console.summary_line`) and where the full log is."""
+    return summary_line("mm_test", metrics, work_dir)
 
 
 if __name__ == "__main__":

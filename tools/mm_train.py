@@ -11,6 +11,8 @@ of the config file (data_root=...: use --data-root), a missing data root, annota
 folder or Pretrained checkpoint, class names that match none of the data's (see
 --classes-from-data) or a missing or unreadable checkpoint to resume from is reported in one
 line (exit status 2) before training; such a failed attempt leaves no folder in the work dir.
+The console shows progress, warnings and errors only (`--verbose`: mmengine's whole log, which the
+work dir keeps anyway); the last line names the last validation's main metrics and the log folder.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import sys
 import warnings
 
 from _cli import ArgumentParser, run
+from _mm_console import brief_console, summary_line
 
 # mmengine imports pkg_resources, which the setuptools that builds mmcv (< 82) deprecates: a warning
 # on every run that says nothing to the user of this tool (main() imports mmengine, after this filter)
@@ -49,10 +52,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="override config keys, e.g. train_cfg.max_epochs=1 model.backbone.arch=s1")
     parser.add_argument("--launcher", choices=LAUNCHERS, default="none", help="job launcher (pytorch for torchrun)")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--verbose", action="store_true", help="show mmengine's whole log on the console too")
     args = parser.parse_args(argv)
-    train(args.config, args.work_dir, args.cfg_options, args.resume, args.amp, args.launcher, args.data_root,
-          args.classes_from_data)
+    with brief_console(args.verbose):
+        runner = train(args.config, args.work_dir, args.cfg_options, args.resume, args.amp, args.launcher,
+                       args.data_root, args.classes_from_data)
+    print(train_summary(runner))
     return 0
+
+
+def train_summary(runner) -> str:
+    """The last line: the metrics of the last validation (`_mm_console.summary_line`) and the log folder."""
+    hub = runner.message_hub
+    metrics = {k[len("val/"):]: hub.get_scalar(k).current() for k in hub.log_scalars if k.startswith("val/")}
+    return summary_line("mm_train", metrics, getattr(runner, "log_dir", None))
 
 
 if __name__ == "__main__":
