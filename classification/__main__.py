@@ -10,7 +10,9 @@ each image's top-k classes and scores to RUN/tb/version_<n>/predictions.csv (`pr
 Trainer settings this machine cannot run are one line, exit status 2, saying what to pass (on a
 CPU: `--trainer.accelerator cpu --trainer.devices 1`, or configs/classification/toy.yaml). Known
 third-party messages (worker and pin_memory hints, precision switched, device banner) are hidden;
-`EFV2_VERBOSE=1` shows them.
+`EFV2_VERBOSE=1` shows them. `predict --ckpt_path CKPT` needs nothing else: the fit's settings are
+stored in its checkpoints. On a CPU the intra-op threads are chosen for the machine and printed in
+one line (`EFV2_THREADS=N` sets them).
 Also installed as the `efficientformerv2-cls` console script.
 """
 from __future__ import annotations

@@ -20,6 +20,13 @@ are bad input too (`TrainerSettingError`): the line names the settings and what 
 (`--trainer.accelerator cpu --trainer.devices 1`, or a CPU config such as
 configs/classification/toy.yaml).
 
+Mistakes in the arguments or a config file (a missing file, a misspelt key) are one line naming
+the program and, for a misspelt key, the closest one (`OneLineArgumentParser`); the usage only
+with --help. On a CPU the trainer's process sets torch's intra-op threads for the machine
+(`backbones.threads`: usable cores less the loader workers; `EFV2_THREADS` to choose) and says so
+in one line. `validate`, `test` and `predict` with `--ckpt_path FILE` and no `--config` take the
+settings of the fit that wrote the checkpoint (`with_saved_config`).
+
 What a run says: `fit` ends with one line, the run's metric and where its checkpoints went
 (`fit: best val/top1 63.2% at epoch 4; checkpoints in RUN/checkpoints`); the supernet CLI's the
 same with its own metrics. Known third-party messages that say nothing about the run (the

@@ -6,7 +6,7 @@ model as a folder in timm's own Hub format (hub).
                            --format onnx|coreml|torchscript|executorch|openvino|litert|pt2|aoti --out PATH
                            [--features] [--size H [W]] [--int8 --calibration DIR] [--precision float16|float32]
                            [--no-normalize] [--coreml-shapes HxW ... | --coreml-range MIN MAX | --coreml-fixed]
-                           [--json OUT] [--verbose]
+                           [--json OUT] [--verbose] [--threads N]
     python tools/export.py --model efficientformerv2_s0 --checkpoint RUN.ckpt --format hub --out DIR
                            [--push ORG/REPO]
 
@@ -195,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
                              "with its command, date and CPU as a record for the records page")
     parser.add_argument("--verbose", action="store_true",
                         help="also show the exporters' and runtimes' own messages (progress, warnings, logs)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="torch intra-op threads of the export and its check (default: the usable cores, "
+                             "or EFV2_THREADS / OMP_NUM_THREADS when set)")
     args = parser.parse_args(argv)
     if args.size is not None and len(args.size) not in (1, 2):
         parser.error("--size takes H or H W")
@@ -216,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         size = args.coreml_shapes[0] if args.coreml_shapes else (224, 224)
     flexible = "fixed" if args.coreml_fixed else tuple(args.coreml_range) if args.coreml_range else args.coreml_shapes
+    from backbones.threads import set_cpu_threads
+    set_cpu_threads(0, args.threads)  # no loader workers: the calibration images are read in this process
     try:
         result = export(args.model, args.format, args.out, args.checkpoint, args.features, size,
                         args.precision, not args.no_normalize, flexible, args.int8, args.calibration,

@@ -2,9 +2,9 @@
 the ImageNet normalisation built in; checked by loading the saved package and listing its ops, and
 by prediction parity where a CoreML runtime exists (macOS only).
 
-A 1000-class classifier is converted as a CoreML classifier (`ClassifierConfig`) with the
-ImageNet-1K class names, so that an app shows names: its outputs are `classLabel` (the top class's
-name) and `classLabel_probs` (name -> softmax probability).
+A classifier with class names (its checkpoint's, or ImageNet-1K's for an unnamed 1000-class model)
+is converted as a CoreML classifier (`ClassifierConfig`), so that an app shows names: its outputs
+are `classLabel` (the top class's name) and `classLabel_probs` (name -> softmax probability).
 """
 from __future__ import annotations
 
