@@ -37,8 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TOY = ROOT / "configs/classification/toy.yaml"
 TINY = ["--data.img_size", "32", "--data.batch_size", "8", "--data.num_workers", "0",
         "--data.persistent_workers", "false", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
-        "--trainer.limit_val_batches", "1", "--trainer.enable_model_summary", "false",
-        "--trainer.enable_progress_bar", "false"]
+        "--trainer.limit_val_batches", "1", "--trainer.enable_model_summary", "false"]
 
 
 @pytest.fixture(autouse=True)
@@ -69,6 +68,9 @@ def _cli(args: list[str]) -> tuple[int, str, str]:
     return status, out.getvalue(), err.getvalue()
 
 
+FIT_OUTPUT: list[str] = []  # what the fixture's fit printed
+
+
 @pytest.fixture(scope="module")
 def fitted(toy, tmp_path_factory) -> Path:
     """A toy fit (S0 at 32 px, 10 named classes, no teacher): its last.ckpt."""
@@ -78,6 +80,7 @@ def fitted(toy, tmp_path_factory) -> Path:
         status, out, err = _cli(["fit", "--config", str(TOY), "--data.root", str(toy),
                                  "--trainer.default_root_dir", str(run), *TINY])
     assert status == 0, err[-3000:]
+    FIT_OUTPUT.append(out)
     return run / "checkpoints" / "last.ckpt"
 
 
@@ -108,7 +111,8 @@ def test_a_thread_count_that_is_not_one_is_refused():
 
 
 def test_the_cli_says_its_threads_in_one_line(fitted):
-    # the fit of the fixture ran with EFV2_THREADS=1; torch follows it
+    lines = [line for line in FIT_OUTPUT[0].splitlines() if line.startswith("threads:")]
+    assert lines == ["threads: 1 intra-op (from EFV2_THREADS; EFV2_THREADS=N to change)"], lines
     assert torch.get_num_threads() == 1
 
 

@@ -90,11 +90,16 @@ def export(model: str, fmt: str, out: Path, checkpoint: Path | None = None, feat
     """Export and check; returns a `deploy.export.ExportResult`. Third-party messages are
     swallowed unless `verbose`; the export's stages are printed as they begin (`export: ...`)."""
     from deploy.quiet import quiet
-    console = os.fdopen(os.dup(sys.stdout.fileno()), "w")  # the terminal, which quiet() takes from the exporters
-    try:
-        def progress(line: str) -> None:
-            print(f"export: {line}", file=console, flush=True)
+    try:  # the terminal, which quiet() takes from the exporters (their file descriptor 1 goes elsewhere)
+        console = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    except (OSError, ValueError, AttributeError):  # stdout is no file (an embedding, a test): its object
+        console = None
+    stream = console or sys.stdout
 
+    def progress(line: str) -> None:
+        print(f"export: {line}", file=stream, flush=True)
+
+    try:
         with quiet(verbose):
             from deploy.export import export_model
             return export_model(model, fmt, out, checkpoint=checkpoint, features=features, size=size,
@@ -102,7 +107,8 @@ def export(model: str, fmt: str, out: Path, checkpoint: Path | None = None, feat
                                 calibration=calibration, calibration_count=calibration_count,
                                 eval_limit=eval_limit, min_agreement=min_agreement, progress=progress)
     finally:
-        console.close()
+        if console is not None:
+            console.close()
 
 
 def _hw(text: str) -> tuple[int, int]:
