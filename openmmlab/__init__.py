@@ -10,6 +10,7 @@ package.
 - `openmmlab.runner`: train and test a config with mmengine's Runner (tools/mm_train.py,
   tools/mm_test.py, the dense demos).
 - `openmmlab.benchmark`: forward time and memory of the backbone at dense-task sizes.
+- `openmmlab.console`: what tools/mm_train.py and tools/mm_test.py show (progress, one summary line).
 
 Importing the package registers the backbone and allow-lists mmengine's checkpoint objects;
 configs do it with ``custom_imports = dict(imports=['openmmlab'], allow_failed_imports=False)``.

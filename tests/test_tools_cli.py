@@ -33,7 +33,7 @@ CASES: dict[str, tuple[str, list[str], str]] = {
     "ablate-demo-threads": ("demo_ablate", ["--threads", "0"], "--threads must be >= 1"),
     "toy-out-is-a-file": ("make_toy_data", ["--task", "cls", "--out", "notes.pth/toy"], "is a file, not a folder"),
     "toy-negative-seed": ("make_toy_data", ["--task", "cls", "--out", "toy", "--seed", "-1"], "--seed must be 0 or more"),
-    "demo-threads": ("demo_cls", ["--threads", "0"], "--threads must be 1 or more"),
+    "demo-threads": ("demo_cls", ["--threads", "0"], "--threads: expected a positive integer, got '0'"),
     "demo-missing-config": ("demo_cls", ["--config", "missing.yaml"], "--config missing.yaml is not a file"),
     "demo-data-is-a-file": ("demo_cls", ["--data", "notes.pth"], "--data notes.pth is a file, not a folder"),
     "dense-unknown-task": ("demo_dense", ["pose"], "invalid choice: 'pose'"),

@@ -21,7 +21,6 @@ import warnings
 from pathlib import Path
 
 from _cli import ArgumentParser, run
-from _mm_console import brief_console, summary_line
 
 # mmengine imports pkg_resources, which the setuptools that builds mmcv (< 82) deprecates: a warning
 # on every run that says nothing to the user of this tool (main() imports mmengine, after this filter)
@@ -31,6 +30,7 @@ warnings.filterwarnings("ignore", message="pkg_resources is deprecated", categor
 def main(argv: list[str] | None = None) -> int:
     from mmengine.config import DictAction
 
+    from openmmlab.console import brief_console
     from openmmlab.runner import LAUNCHERS, test
 
     parser = ArgumentParser(prog="mm_test", description=__doc__)
@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def test_summary(metrics: dict, work_dir: str) -> str:
-    """The last line: the main metrics (`_mm_console.summary_line`) and where the full log is."""
+    """The last line: the main metrics (`openmmlab.console.summary_line`) and where the full log is."""
+    from openmmlab.console import summary_line
     return summary_line("mm_test", metrics, work_dir)
 
 

@@ -21,7 +21,6 @@ import sys
 import warnings
 
 from _cli import ArgumentParser, run
-from _mm_console import brief_console, summary_line
 
 # mmengine imports pkg_resources, which the setuptools that builds mmcv (< 82) deprecates: a warning
 # on every run that says nothing to the user of this tool (main() imports mmengine, after this filter)
@@ -31,6 +30,7 @@ warnings.filterwarnings("ignore", message="pkg_resources is deprecated", categor
 def main(argv: list[str] | None = None) -> int:
     from mmengine.config import DictAction
 
+    from openmmlab.console import brief_console
     from openmmlab.runner import LAUNCHERS, train
 
     parser = ArgumentParser(prog="mm_train", description=__doc__)
@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train_summary(runner) -> str:
-    """The last line: the metrics of the last validation (`_mm_console.summary_line`) and the log folder."""
+    """The last line: the metrics of the last validation (`openmmlab.console.summary_line`) and the log folder."""
+    from openmmlab.console import summary_line
     hub = runner.message_hub
     metrics = {k[len("val/"):]: hub.get_scalar(k).current() for k in hub.log_scalars if k.startswith("val/")}
     return summary_line("mm_train", metrics, getattr(runner, "log_dir", None))

@@ -4,7 +4,7 @@ mmengine's Runner logs its environment, the whole config and every interval to t
 a log file in the work dir. The file keeps all of it; the console keeps the progress lines
 (`Epoch(...)`/`Iter(...)`), warnings and errors (`brief_console`), and the tool ends with one line
 naming its main metrics and the log file (`summary_line`). `--verbose` shows the full log.
-Only tools import this module.
+Needs nothing of mmengine itself.
 """
 from __future__ import annotations
 
