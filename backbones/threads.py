@@ -96,7 +96,7 @@ def choose_threads(workers: int = 0, requested: int | None = None, processes: in
 
 
 def set_cpu_threads(workers: int = 0, requested: int | None = None, processes: int = 1,
-                    override: str | None = "--threads", announce: bool = True) -> ThreadChoice:
+                    override: str | None = "--threads N", announce: bool = True) -> ThreadChoice:
     """Apply `choose_threads(...)` to torch (`torch.set_num_threads`) and print its line once per
     process and count (`announce`); returns the choice. `override` is the option named in the line.
     An explicit `requested` count is also put into `EFV2_THREADS`, so that the runs a command starts
