@@ -240,7 +240,7 @@ class CoreML(Runtime):
         if not result.ok:  # nothing is written for a failed check
             raise AssertionError(f"CoreML differs from PyTorch by {result.max_abs_diff:.3g}")
         if class_labels is not None:
-            result.labels = f"{len(class_labels)} ImageNet-1K class names in the package (ClassifierConfig)"
+            result.labels = f"{len(class_labels)} class names in the package (ClassifierConfig)"
         return result
 
 
