@@ -43,7 +43,9 @@ __all__ = ["CheckpointError", "ArchitectureMismatchError", "ClassCountMismatchEr
 HEAD_PREFIXES = ("head.", "head_dist.")
 _SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
 DIGEST_KEY = "state_dict_sha256"  # safetensors metadata key, or the entry beside a saved state dict
-_EXTRA_ENTRIES = ("metadata", "hyper_parameters", "class_names", "fit_config")  # what read_checkpoint returns
+# what read_checkpoint returns beside the tensors (Lightning's run facts included, for model cards)
+_EXTRA_ENTRIES = ("metadata", "hyper_parameters", "class_names", "fit_config", "datamodule_hyper_parameters",
+                  "callbacks", "epoch", "global_step")
 
 
 class CheckpointError(RuntimeError):

@@ -17,8 +17,8 @@ evaluation transform: input size, crop fraction, interpolation, mean and std) an
 fine-tuned from, its classes, the run's validation top-1 and the command that made the folder.
 
 What a Lightning checkpoint of the classification package says about its run is read by
-`checkpoint_classes` (the class names) and `run_facts` (the data's evaluation transform, the
-starting weights, the monitored validation top-1). The folder is written beside its destination
+`run_facts` (the data's evaluation transform, the starting weights, the monitored validation
+top-1); the class names are the checkpoint's own (`backbones.checkpoint_info`). The folder is written beside its destination
 and moved there only after `timm.create_model("local-dir:...", pretrained=True)` has loaded it and
 given the same logits as the project's model (max abs difference within 1e-4): a failed check
 leaves nothing behind, and an existing non-empty folder is never overwritten.
@@ -26,7 +26,6 @@ leaves nothing behind, and an existing non-empty folder is never overwritten.
 from __future__ import annotations
 
 import importlib
-import json
 import shlex
 import shutil
 import tempfile
@@ -39,13 +38,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from backbones import CheckpointError, EfficientFormerV2, list_models, read_state_dict
+from backbones import CheckpointError, EfficientFormerV2, list_models, read_checkpoint
 from backbones.checkpoint import describe_arch
 
 from .models import build_model
 from .runtimes.base import FP32_ATOL
 
-__all__ = ["HUB_FORMAT", "HubExport", "checkpoint_classes", "read_checkpoint_object", "run_facts", "timm_twin",
+__all__ = ["HUB_FORMAT", "HubExport", "run_facts", "timm_twin",
            "export_hub", "push_folder", "command_line"]
 
 HUB_FORMAT = "hub"  # tools/export.py --format name
@@ -74,48 +73,6 @@ class HubExport:
 # --------------------------------------------------------------------------------------------
 # What a checkpoint says about its run
 # --------------------------------------------------------------------------------------------
-def read_checkpoint_object(path: str | Path) -> dict[str, Any]:
-    """The whole checkpoint object beside its tensors (a Lightning checkpoint's hyper-parameters,
-    callbacks and class names; a safetensors file's metadata), read safely. The file is checked
-    first (`backbones.read_state_dict`: digest, zip CRCs, finite values)."""
-    read_state_dict(path)
-    if str(path).startswith(("hf-hub:", "local-dir:")):
-        return {}
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-        with safe_open(str(path), framework="pt") as f:
-            return {"metadata": dict(f.metadata() or {})}
-    obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    return obj if isinstance(obj, dict) else {}
-
-
-def _names(value: Any) -> list[str] | None:
-    if isinstance(value, str):  # safetensors metadata holds strings: a JSON list
-        try:
-            value = json.loads(value)
-        except ValueError:
-            return None
-    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
-        return list(value)
-    return None
-
-
-def checkpoint_classes(ckpt: Mapping[str, Any]) -> list[str] | None:
-    """The class names a checkpoint object records, in class order, or None: the classification
-    module's `class_names` (or `classes`), the datamodule's hyper-parameters, a safetensors
-    file's metadata."""
-    places = (ckpt, ckpt.get("datamodule_hyper_parameters") or {}, ckpt.get("hyper_parameters") or {},
-              ckpt.get("metadata") or {})
-    for place in places:
-        if isinstance(place, Mapping):
-            for key in ("class_names", "classes", "label_names"):
-                names = _names(place.get(key))
-                if names is not None:
-                    return names
-    return None
-
-
 def run_facts(ckpt: Mapping[str, Any]) -> dict[str, Any]:
     """What a Lightning checkpoint of the classification package records about its run:
     `data_config` (the evaluation transform for timm: input size, crop fraction, interpolation,
@@ -245,15 +202,14 @@ def export_hub(name: str, checkpoint: str | Path, out: str | Path, command: str 
         raise ValueError(f"--format {HUB_FORMAT} is for {', '.join(list_models())} (timm's architectures), not {name}")
     _check_out(out)
     start = time.perf_counter()
-    ckpt = read_checkpoint_object(checkpoint)
-    model = build_model(name, checkpoint)
+    _, ckpt = read_checkpoint(checkpoint)
+    model = build_model(name, checkpoint)  # class count, heads, size and class names from the file
     if not isinstance(model, EfficientFormerV2) or model.features_only:
         raise CheckpointError(f"{checkpoint} holds no classifier: a hub export needs the fine-tuned head")
     twin = timm_twin(model)
     facts = run_facts(ckpt)
-    names = checkpoint_classes(ckpt)
-    if names is not None and len(names) != model.num_classes:
-        names = None  # names of another head (e.g. data with more classes): not this classifier's
+    names = model.pretrained_cfg.get("label_names")  # the checkpoint's own, for this head only
+    names = list(names) if names else None
     diff = _max_diff(model, twin, model.img_size)
     if not diff <= FP32_ATOL:
         raise AssertionError(f"timm's model with these weights differs from the project's by {diff:.3g} > {FP32_ATOL}")

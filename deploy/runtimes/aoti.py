@@ -54,7 +54,6 @@ class AOTInductor(Runtime):
     format = "aoti"
     backend = "aoti"
     suffix = ".pt2"
-    strict_suffix = True
     dynamic_batch = True
     dynamic_hw = True
 

@@ -194,8 +194,7 @@ class Runtime:
     what: ClassVar[str] = ""                 # how checks name it, e.g. "ONNX Runtime"
     format: ClassVar[str | None] = None      # tools/export.py --format name, None: not a file format
     backend: ClassVar[str | None] = None     # tools/benchmark.py --backend name, None: not benchmarked
-    suffix: ClassVar[str] = ""               # the export's file suffix
-    strict_suffix: ClassVar[bool] = False    # the output path must end in `suffix`
+    suffix: ClassVar[str] = ""               # the export's file suffix (checked: the output path must end in it)
     stack: ClassVar[str | None] = None       # deploy.stacks key of what it needs installed
     int8_stack: ClassVar[str | None] = None  # ... and for int8
     imports: ClassVar[tuple[str, ...]] = ()  # modules the backend imports (probed before a benchmark)

@@ -218,7 +218,6 @@ class CoreML(Runtime):
     what = "CoreML"
     format = "coreml"
     suffix = ".mlpackage"
-    strict_suffix = True
     stack = "coreml"
     embeds_labels = True
     writes_folder = True

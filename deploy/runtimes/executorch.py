@@ -255,7 +255,6 @@ class ExecuTorch(Runtime):
     format = "executorch"
     backend = "executorch"
     suffix = ".pte"
-    strict_suffix = True
     stack = "executorch"
     imports = ("executorch.runtime", "executorch.exir")
     int8 = True

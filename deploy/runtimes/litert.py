@@ -219,7 +219,6 @@ class LiteRT(Runtime):
     format = "litert"
     backend = "litert"
     suffix = ".tflite"
-    strict_suffix = True
     stack = "litert"
     imports = ("litert_torch", "ai_edge_litert.interpreter")
     int8 = True

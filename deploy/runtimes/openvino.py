@@ -191,7 +191,6 @@ class OpenVINO(Runtime):
     format = "openvino"
     backend = "openvino"
     suffix = ".xml"
-    strict_suffix = True
     stack = "openvino"
     int8_stack = "nncf"
     imports = ("openvino",)

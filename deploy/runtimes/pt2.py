@@ -59,7 +59,6 @@ class PT2(Runtime):
     what = "reloaded ExportedProgram"
     format = "pt2"
     suffix = ".pt2"
-    strict_suffix = True
     dynamic_batch = True
     dynamic_hw = True
 
