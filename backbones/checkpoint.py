@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .dense_bias import DENSE_TABLE, bias_mode, match_bias_mode
 from .efficientformer_v2 import VARIANTS, Arch, EfficientFormerV2, StageArch
 
 __all__ = ["CheckpointError", "ArchitectureMismatchError", "ClassCountMismatchError", "LoadReport",
@@ -300,8 +301,8 @@ def _official_key(key: str) -> str | None:
     if not m:
         return key
     index, rest = int(m.group(1)), m.group(2)
-    if rest.endswith("attention_bias_idxs"):
-        return None  # derived buffer, recomputed here
+    if rest.endswith(("attention_bias_idxs", "attention_bias_idxs_seg")):
+        return None  # derived buffers, recomputed here
     if index % 2 == 0:  # a stage: network.{2i}.{block}.
         block, rest = rest.split(".", 1)
         prefix = f"stages.{index // 2}.blocks.{block}."
@@ -352,9 +353,11 @@ def to_project_keys(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, t
     else:
         raise CheckpointError("the checkpoint is not an EfficientFormerV2 state dict (no stem or "
                               f"patch_embed keys; first keys: {list(sd)[:4]})")
-    # timm keeps the attention bias table on the attention module itself
-    sd = {re.sub(r"(token_mixer|attn)\.attention_biases$", r"\1.pos_bias.attention_biases", k): v
+    # timm and the official code keep the attention bias tables on the attention module itself
+    sd = {re.sub(r"(token_mixer|attn)\.attention_biases(_seg)?$", r"\1.pos_bias.attention_biases\2", k): v
           for k, v in sd.items()}
+    # the official dense backbones keep the ImageNet tables in a buffer they never read
+    sd = {k: v for k, v in sd.items() if not (k.endswith(".attention_biases") and k + "_seg" in sd)}
     return sd, fmt
 
 
@@ -420,7 +423,7 @@ def describe_arch(arch: Arch) -> str:
 # --------------------------------------------------------------------------------------------
 def load_checkpoint(model: nn.Module, path: str | Path | Mapping[str, torch.Tensor], *,
                     classifier: Literal["load", "drop", "resize"] = "load",
-                    strict: bool = True, fuse: bool = True) -> LoadReport:
+                    strict: bool = True, fuse: bool = True, keep_dense_bias: bool = False) -> LoadReport:
     """Load weights into an `EfficientFormerV2` from a file or a state dict.
 
     Args:
@@ -435,6 +438,10 @@ def load_checkpoint(model: nn.Module, path: str | Path | Mapping[str, torch.Tens
             (otherwise they are only reported).
         fuse: deploy-form weights (BatchNorm folded) turn a training-form model into the deploy
             form to take them; False refuses them (a model that is to be trained further).
+        keep_dense_bias: a model in the official dense bias mode (`backbones.dense_bias`) given
+            offset (ImageNet) tables keeps its dense tables at their initial zeros and skips the
+            checkpoint's, as the official dense training starts; otherwise the model takes the
+            bias mode of the checkpoint's tables (official dense tables switch it to "dense").
 
     Returns:
         a `LoadReport`. A checkpoint of another architecture fails with the variant it looks like
@@ -462,6 +469,13 @@ def load_checkpoint(model: nn.Module, path: str | Path | Mapping[str, torch.Tens
                                   "cannot be fine-tuned: pass the training-form checkpoint")
         model.fuse()  # deploy-form weights (BatchNorm folded): build the deploy form, then fill it
         report.fused = True
+    keep_dense = keep_dense_bias and isinstance(model, EfficientFormerV2) and bias_mode(model) == "dense"
+    if isinstance(model, EfficientFormerV2) and not model.is_fused:
+        match_bias_mode(model, sd, keep_dense=keep_dense)
+    if keep_dense and not any(k.endswith(DENSE_TABLE) for k in sd):
+        report.skipped += [k for k in sd if k.endswith(".pos_bias.attention_biases")]
+        sd = {k: v for k, v in sd.items() if not k.endswith(".pos_bias.attention_biases")}
+        sd.update({k: v for k, v in model.state_dict().items() if k.endswith(DENSE_TABLE)})  # their zeros
     own = model.state_dict()
 
     if isinstance(model, EfficientFormerV2):

@@ -24,6 +24,7 @@ from torch import nn
 from .arch import (ATTENTION_STAGES, DOWNSAMPLING, HUB_TAG, RELEASED, SWITCHES, VARIANTS, Arch, StageArch, StagePlan,
                    Variant, feature_grids, find_variant, resolve_arch, stage_plans)
 from .arch import _arch  # noqa: F401  (re-exported: it lived here)
+from .dense_bias import set_bias_mode
 from .layers import Attention2d, Attention2dDownsample, ConvNorm, LayerScale
 from .layers import LocalGlobalQuery  # noqa: F401  (re-exported: it lived here)
 
@@ -222,6 +223,10 @@ class EfficientFormerV2(ClassifierForward, nn.Module):
         features_only: return the stage outputs (strides 4, 8, 16, 32) instead of logits.
         out_indices: which stages `features_only` returns.
         layer_scale_init: initial value of the layer scales.
+        bias_mode: "offset" (default: the attention-bias tables are resampled in offset space to
+            the grid of the input) or "dense" (the official detection/segmentation backbones'
+            bias: tables at the grids of `img_size`, then the dense training resolution, resized
+            bicubically as N x N matrices; `backbones.dense_bias`).
     """
 
     __jit_unused_properties__ = ["is_fused"]  # Python-side state, not part of a scripted model
@@ -229,7 +234,8 @@ class EfficientFormerV2(ClassifierForward, nn.Module):
     def __init__(self, arch: Arch | Mapping[str, Any] | str, num_classes: int = 1000,
                  distillation: bool = True, drop_path_rate: float | None = None, drop_rate: float = 0.0,
                  img_size: int = 224, features_only: bool = False,
-                 out_indices: Iterable[int] = (0, 1, 2, 3), layer_scale_init: float = 1e-5) -> None:
+                 out_indices: Iterable[int] = (0, 1, 2, 3), layer_scale_init: float = 1e-5,
+                 bias_mode: str = "offset") -> None:
         super().__init__()
         arch = resolve_arch(arch)
         self.arch = arch
@@ -278,6 +284,8 @@ class EfficientFormerV2(ClassifierForward, nn.Module):
             self.head_dist = (nn.Linear(prev, num_classes) if num_classes > 0 else nn.Identity()) \
                 if distillation else None
         self.apply(self._init_weights)
+        if bias_mode != "offset":
+            set_bias_mode(self, bias_mode, img_size)
         self.register_load_state_dict_post_hook(_refresh_deploy_caches)
 
     @staticmethod

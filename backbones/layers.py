@@ -84,6 +84,19 @@ def grid_size(size: int, stride: int) -> int:
     return (size - 1) // stride + 1
 
 
+def offset_index(query_hw: tuple[int, int], key_hw: tuple[int, int], query_stride: int,
+                 device: torch.device) -> torch.Tensor:
+    """Flat index (Hq*Wq*Hk*Wk,) into an (Hk, Wk) table over absolute offsets: query (i, j) sits at
+    key position (i, j) * query_stride, and the pair's entry is |dy| * Wk + |dx|."""
+    qy = torch.arange(query_hw[0], device=device) * query_stride
+    qx = torch.arange(query_hw[1], device=device) * query_stride
+    ky = torch.arange(key_hw[0], device=device)
+    kx = torch.arange(key_hw[1], device=device)
+    dy = (qy[:, None] - ky[None, :]).abs()  # (Hq, Hk)
+    dx = (qx[:, None] - kx[None, :]).abs()  # (Wq, Wk)
+    return (dy[:, None, :, None] * key_hw[1] + dx[None, :, None, :]).reshape(-1)
+
+
 # a leaf for torch.fx (timm's feature extraction): which table it returns depends on the grid size,
 # control flow that symbolic tracing cannot follow; as a leaf the traced graph works at any size
 @register_notrace_module
@@ -124,19 +137,9 @@ class OffsetAttentionBias(nn.Module):
         train_grid = (self.resolution, self.resolution)
         if self.cached is not None and tuple(key_hw) == train_grid:
             return self.cached
-        device = self.attention_biases.device
-        s = self.query_stride
-        qy = torch.arange(query_hw[0], device=device) * s
-        qx = torch.arange(query_hw[1], device=device) * s
-        ky = torch.arange(key_hw[0], device=device)
-        kx = torch.arange(key_hw[1], device=device)
-        dy = (qy[:, None] - ky[None, :]).abs()  # (Hq, Hk)
-        dx = (qx[:, None] - kx[None, :]).abs()  # (Wq, Wk)
-        table = self.table(key_hw)
-        # index (Hq, Wq, Hk, Wk) -> flat offset in the (H, W) table
-        idx = dy[:, None, :, None] * key_hw[1] + dx[None, :, None, :]
+        idx = offset_index(query_hw, key_hw, self.query_stride, self.attention_biases.device)
         nq, nk = query_hw[0] * query_hw[1], key_hw[0] * key_hw[1]
-        return table.flatten(1)[:, idx.reshape(-1)].view(self.num_heads, nq, nk)
+        return self.table(key_hw).flatten(1)[:, idx].view(self.num_heads, nq, nk)
 
     @torch.no_grad()
     def fuse(self) -> "OffsetAttentionBias":
