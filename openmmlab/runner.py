@@ -309,7 +309,9 @@ def train(config: str | Path, work_dir: str | Path | None = None, cfg_options: M
     if amp:
         cfg.optim_wrapper.type = "AmpOptimWrapper"
         cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
+    checkpoint = _read_run_checkpoint(cfg)
     runner = build_runner(cfg, "train")
+    _check_run_checkpoint(runner, checkpoint, config)
     _run(runner, "train")
     return runner
 
@@ -329,7 +331,46 @@ def test(config: str | Path, checkpoint: str | Path, work_dir: str | Path | None
     read_checkpoint(checkpoint)
     cfg = load_config(config, work_dir, cfg_options, launcher, data_root, "test" if classes_from_data else None)
     cfg.load_from = str(checkpoint)
-    return _run(build_runner(cfg, "test"), "test")
+    read = _read_run_checkpoint(cfg)
+    runner = build_runner(cfg, "test")
+    _check_run_checkpoint(runner, read, config)
+    return _run(runner, "test")
+
+
+def _read_run_checkpoint(cfg: Config) -> tuple[str, dict[str, Any]] | None:
+    """The checkpoint the run will load (``load_from``, or with ``resume=True`` and no
+    ``load_from`` the latest of the work dir), read safely and checked for damage, with the
+    config's backbone set to the checkpoint's attention-bias mode
+    (`openmmlab.checkpoint_check.adapt_config_to_checkpoint`); None when the run loads none."""
+    from mmengine.runner import find_latest_checkpoint
+
+    from .checkpoint_check import adapt_config_to_checkpoint, checkpoint_state_dict
+
+    path = cfg.get("load_from")
+    if not path and cfg.get("resume"):
+        path = find_latest_checkpoint(cfg.work_dir) if Path(cfg.work_dir).is_dir() else None
+    if not path or "://" in str(path):
+        return None
+    checkpoint = read_checkpoint(path)
+    adapt_config_to_checkpoint(cfg, checkpoint_state_dict(checkpoint, path), path)
+    return str(path), checkpoint
+
+
+def _check_run_checkpoint(runner: Runner, read: tuple[str, dict[str, Any]] | None, config: str | Path) -> None:
+    """Refuse, before the run starts, a checkpoint that does not fit the built model
+    (`openmmlab.checkpoint_check.check_checkpoint_fits`); what the Runner created in the work dir
+    is removed."""
+    if read is None:
+        return
+    from .checkpoint_check import check_checkpoint_fits
+
+    try:
+        check_checkpoint_fits(runner.model, read[1], read[0], str(config))
+    except BaseException:
+        for hook in runner.hooks:
+            if isinstance(hook, _WorkDirGuard):
+                hook.undo()
+        raise
 
 
 def train_measures(runner: Runner) -> dict[str, float]:
