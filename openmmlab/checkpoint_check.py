@@ -221,11 +221,13 @@ def check_checkpoint_fits(model: nn.Module, checkpoint: Mapping[str, Any], path:
                 " or set model.backbone.arch to its variant"
     if not why:
         extra_tasks = sorted({_group(k) for k in unexpected} - {k.split(".")[0] for k in own})
+        class_layers = [k for k in reshaped if _class_count(k, tuple(own[k].shape)) is not None]
+        in_heads = all(_group(k) not in (prefix.rstrip("."), "neck") for k in reshaped)
         if extra_tasks and missing and not any(k.startswith(prefix) for k in missing):
-            why = f"it is another model's checkpoint (its {', '.join(extra_tasks)} are not in this config's model)"
-        elif reshaped and all(_class_count(k, tuple(own[k].shape)) is not None for k in reshaped) \
-                and not missing and not unexpected:
-            k = reshaped[0]
+            why = (f"it is another model's checkpoint ({', '.join(extra_tasks)} "
+                   f"{'is' if len(extra_tasks) == 1 else 'are'} not part of this config's model)")
+        elif class_layers and in_heads and not missing and not unexpected:
+            k = class_layers[0]
             theirs, ours = _class_count(k, tuple(sd[k].shape)), _class_count(k, tuple(own[k].shape))
             names = _checkpoint_classes(checkpoint)
             shown = f" ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})" if names else ""

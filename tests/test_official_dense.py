@@ -78,6 +78,7 @@ def test_dense_mode_by_option_and_in_the_projects_layout(tmp_path):
     again = EfficientFormerV2(ARCH, features_only=True)
     load_checkpoint(again, saved)
     assert bias_mode(again) == "dense" and _max_diff(again, inputs, outputs) <= 1e-4
+    assert _max_diff(again.fuse(), inputs, outputs) <= 1e-4  # the deploy form
 
 
 def test_offset_mode_stays_the_default_and_dense_keeps_zero_tables_from_imagenet_weights():
