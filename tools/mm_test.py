@@ -4,10 +4,16 @@
                             [--cfg-options k=v ...]
     torchrun --nproc_per_node=8 tools/mm_test.py CONFIG CHECKPOINT --launcher pytorch
 
+CHECKPOINT is a file mmengine wrote, one tools/convert_checkpoint.py wrote, or an official
+snap-research detector or segmentor as released (its backbone keys are converted on loading, and
+its dense attention-bias tables select the backbone's dense mode).
+
 A missing config or checkpoint, a checkpoint that is not an mmengine checkpoint, a config key no
 component accepts, a --cfg-options key that sets a variable of the config file, a missing data
-root, annotation file or image folder, or class names that match none of the data's is reported
-in one line (exit status 2) before testing; such a failed attempt leaves no folder in the work dir.
+root, annotation file or image folder, class names that match none of the data's, or a checkpoint
+that does not fit the config's model (another variant, a damaged or incomplete file, heads for
+another class count, another task's model, a classification file) is reported in one line (exit
+status 2) before testing; such a failed attempt leaves no folder in the work dir.
 The console shows progress, warnings and errors only (`--verbose`: mmengine's whole log, which the
 work dir keeps anyway); the last line names the main metrics:
 `mm_test: coco/bbox_mAP 0.312, coco/segm_mAP 0.291 (full log in WORK_DIR)`.

@@ -9,8 +9,11 @@
 A missing config, a config key no component accepts, a --cfg-options key that sets a variable
 of the config file (data_root=...: use --data-root), a missing data root, annotation file, image
 folder or Pretrained checkpoint, class names that match none of the data's (see
---classes-from-data) or a missing or unreadable checkpoint to resume from is reported in one
-line (exit status 2) before training; such a failed attempt leaves no folder in the work dir.
+--classes-from-data), a missing or unreadable checkpoint to resume from, or a checkpoint to
+resume from or in load_from that does not fit the config's model (another variant, a damaged or
+incomplete file, heads for another class count, another task's model, a classification file:
+backbone weights go in model.backbone.init_cfg) is reported in one line (exit status 2) before
+training; such a failed attempt leaves no folder in the work dir.
 The console shows progress, warnings and errors only (`--verbose`: mmengine's whole log, which the
 work dir keeps anyway); the last line names the last validation's main metrics and the log folder.
 """
