@@ -26,6 +26,9 @@ model = dict(
         out_indices=(0, 1, 2, 3),
         frozen_stages=-1,
         norm_eval=True,
+        # the project's attention bias, for training from ImageNet weights; the official COCO and
+        # ADE20K weights select 'dense' (the official dense bias at their resolution) by themselves
+        bias_mode='offset',
         init_cfg=dict(type='Pretrained', checkpoint='hf-hub:timm/efficientformerv2_s0.snap_dist_in1k')),
     neck=dict(in_channels=[32, 48, 96, 176], out_channels=256, num_outs=4),
     decode_head=dict(num_classes=150))
