@@ -217,8 +217,11 @@ def check_checkpoint_fits(model: nn.Module, checkpoint: Mapping[str, Any], path:
             name, model_name = describe_arch(arch), describe_arch(found[1].body.arch)
             other = _variant_config(config, name)
             why = f"its backbone is {name} but the config's is {model_name}"
-            todo = f"use the config of {name}" + (f" ({other})" if other else "") + \
-                " or set model.backbone.arch to its variant"
+            if name.startswith("efficientformerv2_"):
+                todo = f"use the config of {name}" + (f" ({other})" if other else "") + \
+                    f" or set model.backbone.arch='{name.split('_', 1)[1].split(' ')[0]}'"
+            else:
+                todo = "use the config it was trained with (model.backbone.arch set to its architecture)"
     if not why:
         extra_tasks = sorted({_group(k) for k in unexpected} - {k.split(".")[0] for k in own})
         class_layers = [k for k in reshaped if _class_count(k, tuple(own[k].shape)) is not None]
