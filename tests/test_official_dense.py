@@ -242,7 +242,7 @@ def test_inferencers_predict_the_same_from_the_official_and_the_converted_file(d
         assert det.model.backbone.bias_mode == "dense"
         preds.append(det(image, return_datasamples=True)["predictions"][0].pred_instances)
         metas.append(det.model.dataset_meta["classes"])
-    assert metas[0] == metas[1] == ("circle", "square", "triangle") or list(metas[1]) == list(metas[0])
+    assert list(metas[0]) == list(metas[1]) == ["circle", "square", "triangle"]  # CLASSES of the file
     assert len(preds[0]) == len(preds[1]) > 0
     torch.testing.assert_close(preds[0].bboxes, preds[1].bboxes)
     torch.testing.assert_close(preds[0].scores, preds[1].scores)
@@ -304,3 +304,26 @@ def test_a_dense_checkpoint_that_does_not_fit_is_refused_before_the_run(dense_fi
     cls = save_checkpoint(EfficientFormerV2(ARCH, num_classes=5), tmp_path / "cls.pth")
     line = _refused("mm_test", det_cfg, cls, "--data-root", coco, work_dir=work)
     assert "classification (backbone-only) checkpoint" in line and "model.backbone.init_cfg" in line
+
+
+@mm
+def test_fit_check_names_the_variant_of_an_official_file_and_its_config(official_layout):
+    pytest.importorskip("mmengine")
+    from openmmlab import EfficientFormerV2 as Backbone
+    from openmmlab.checkpoint_check import CheckpointMismatch, check_checkpoint_fits
+
+    class Detector(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = Backbone(arch="s0")
+            self.neck = torch.nn.Conv2d(176, 4, 1)
+
+    model = Detector()
+    s2 = EfficientFormerV2("s2", features_only=True).state_dict()
+    sd = {f"backbone.{k}": v for k, v in official_layout(s2).items()}
+    sd.update({k: v for k, v in model.state_dict().items() if k.startswith("neck.")})
+    config = ROOT / "configs/detection/mask-rcnn_efficientformerv2-s0_fpn_1x_coco.py"
+    with pytest.raises(CheckpointMismatch) as err:
+        check_checkpoint_fits(model, {"state_dict": sd}, "s2.pth", str(config))
+    assert "its backbone is efficientformerv2_s2 but the config's is efficientformerv2_s0" in str(err.value)
+    assert "mask-rcnn_efficientformerv2-s2_fpn_1x_coco.py" in str(err.value) and "arch='s2'" in str(err.value)
