@@ -81,6 +81,18 @@ def test_dense_mode_by_option_and_in_the_projects_layout(tmp_path):
     assert _max_diff(again.fuse(), inputs, outputs) <= 1e-4  # the deploy form
 
 
+def test_convert_checkpoint_writes_an_official_dense_backbone_in_the_projects_layout(tmp_path):
+    from tool_runner import run_tool
+
+    weights, inputs, outputs = _fixture("seg")
+    save_file(weights, tmp_path / "official.safetensors")
+    out = run_tool("convert_checkpoint", tmp_path / "official.safetensors", tmp_path / "ours.safetensors")
+    assert out.returncode == 0 and "img_size 512" in out.stdout, out.stderr
+    model = EfficientFormerV2(ARCH, features_only=True)
+    load_checkpoint(model, tmp_path / "ours.safetensors")
+    assert bias_mode(model) == "dense" and _max_diff(model, inputs, outputs) <= 1e-4
+
+
 def test_offset_mode_stays_the_default_and_dense_keeps_zero_tables_from_imagenet_weights():
     offset = EfficientFormerV2(ARCH, features_only=True)
     assert all(isinstance(m.pos_bias, OffsetAttentionBias) for m in offset.modules() if hasattr(m, "pos_bias"))

@@ -24,7 +24,6 @@ tables resampled to its grid. The converted weights are loaded into the model st
 """
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
@@ -33,18 +32,16 @@ from _cli import ArgumentParser, UsageError, positive_int, run
 from backbones import (EfficientFormerV2, create_model, infer_arch, list_models, load_checkpoint, resolve_arch,
                        save_checkpoint)
 from backbones.checkpoint import ArchitectureMismatchError, describe_arch, read_state_dict, to_project_keys
-
-# the downsampling attention's bias table covers the stage-4 input grid: the input size / 16
-_TRAIN_GRID_KEY = "stages.3.downsample.attn.pos_bias.attention_biases"
-
+from backbones.dense_bias import bias_mode, checkpoint_bias_mode
 
 def training_size(state_dict: dict) -> int | None:
-    """The input side the checkpoint's attention-bias tables were made for (None: no such table)."""
-    table = state_dict.get(_TRAIN_GRID_KEY)
-    if table is None or table.dim() != 2:
+    """The input side the checkpoint's attention-bias tables were made for (None: no such table),
+    offset or official dense tables alike (`backbones.dense_bias.checkpoint_bias_mode`)."""
+    try:
+        found = checkpoint_bias_mode(state_dict)
+    except ValueError:
         return None
-    side = math.isqrt(table.shape[-1])
-    return 16 * side if side * side == table.shape[-1] else None
+    return found[1] if found else None
 
 
 def convert_checkpoint(src: str, dst: Path, model_name: str | None = None, img_size: int | None = None) -> str:
@@ -66,7 +63,8 @@ def convert_checkpoint(src: str, dst: Path, model_name: str | None = None, img_s
     num_classes = head.shape[0] if head is not None else 0
     trained_at = training_size(sd)
     size = img_size or trained_at or 224
-    kwargs = dict(num_classes=num_classes, distillation="head_dist.weight" in sd, img_size=size)
+    kwargs = dict(num_classes=num_classes, distillation="head_dist.weight" in sd, img_size=size,
+                  features_only=not any(k.startswith("norm.") for k in sd))  # a dense backbone has no final norm
     model = create_model(model_name, **kwargs) if model_name else EfficientFormerV2(arch, **kwargs)
     try:
         report = load_checkpoint(model, sd)  # strict: any missing or extra key fails here
@@ -74,7 +72,8 @@ def convert_checkpoint(src: str, dst: Path, model_name: str | None = None, img_s
         fix = f"pass --model {e.checkpoint_name}, or" if e.checkpoint_name in list_models() else "a custom architecture:"
         raise UsageError(f"{src}: the checkpoint is {e.checkpoint_name}, but --model is {model_name}: {fix} "
                          "leave --model out to convert the checkpoint's own architecture") from e
-    save_checkpoint(model, dst, metadata={"source_format": fmt, "arch": describe_arch(arch), "img_size": str(size)})
+    save_checkpoint(model, dst, metadata={"source_format": fmt, "arch": describe_arch(arch), "img_size": str(model.img_size),
+                                          "bias_mode": bias_mode(model)})
     resized = f", bias tables resampled from {trained_at} to {size} px" if report.resampled else ""
     return (f"{src} ({fmt}, {describe_arch(arch)}, {num_classes} classes, img_size {size}{resized}) -> {dst} "
             f"[{report}]")
@@ -94,7 +93,6 @@ def convert_dense_model(src: str, dst: Path, model_name: str | None = None) -> s
     import torch
 
     from backbones.checkpoint import DIGEST_KEY, _read_torch, tensor_digest, unwrap_state_dict
-    from backbones.dense_bias import checkpoint_bias_mode
     from openmmlab.backbone import to_backbone_keys
 
     if dst.suffix != ".pth":
