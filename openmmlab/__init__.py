@@ -7,6 +7,7 @@ package.
 - `openmmlab.backbone`: `EfficientFormerV2`, an mmengine `BaseModule`, registered once in
   mmengine's root `MODELS`, where mmdet's and mmseg's registries find it.
 - `openmmlab.safe_loading`: allow-list for mmengine checkpoints under torch's safe loading.
+- `openmmlab.checkpoint_check`: a run's checkpoint checked against the built model before the run.
 - `openmmlab.runner`: train and test a config with mmengine's Runner (tools/mm_train.py,
   tools/mm_test.py, the dense demos).
 - `openmmlab.benchmark`: forward time and memory of the backbone at dense-task sizes.
