@@ -29,7 +29,8 @@ __all__ = ["EfficientFormerV2", "to_backbone_keys"]
 _BODY = "body."
 
 
-def to_backbone_keys(state_dict: Mapping[str, torch.Tensor], prefix: str = "") -> tuple[dict[str, torch.Tensor], str | None]:
+def to_backbone_keys(state_dict: Mapping[str, torch.Tensor],
+                     prefix: str = "") -> tuple[dict[str, torch.Tensor], str | None]:
     """`state_dict` with the keys under `prefix` (e.g. ``"backbone."`` of a detector) in this
     backbone's layout (``prefix + "body." + project key``): the official release's layout (also of
     its dense backbones: ``patch_embed.*``, ``network.N.*``, layer scales (C, 1, 1),

@@ -72,8 +72,8 @@ def convert_checkpoint(src: str, dst: Path, model_name: str | None = None, img_s
         fix = f"pass --model {e.checkpoint_name}, or" if e.checkpoint_name in list_models() else "a custom architecture:"
         raise UsageError(f"{src}: the checkpoint is {e.checkpoint_name}, but --model is {model_name}: {fix} "
                          "leave --model out to convert the checkpoint's own architecture") from e
-    save_checkpoint(model, dst, metadata={"source_format": fmt, "arch": describe_arch(arch), "img_size": str(model.img_size),
-                                          "bias_mode": bias_mode(model)})
+    save_checkpoint(model, dst, metadata={"source_format": fmt, "arch": describe_arch(arch),
+                                          "img_size": str(model.img_size), "bias_mode": bias_mode(model)})
     resized = f", bias tables resampled from {trained_at} to {size} px" if report.resampled else ""
     return (f"{src} ({fmt}, {describe_arch(arch)}, {num_classes} classes, img_size {size}{resized}) -> {dst} "
             f"[{report}]")
