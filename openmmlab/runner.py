@@ -328,20 +328,21 @@ def test(config: str | Path, checkpoint: str | Path, work_dir: str | Path | None
         work_dir, cfg_options, launcher, data_root: as for `train`.
         classes_from_data: take the class names of the test data (as the training run did).
     """
-    read_checkpoint(checkpoint)
+    loaded = read_checkpoint(checkpoint)
     cfg = load_config(config, work_dir, cfg_options, launcher, data_root, "test" if classes_from_data else None)
     cfg.load_from = str(checkpoint)
-    read = _read_run_checkpoint(cfg)
+    read = _read_run_checkpoint(cfg, loaded)
     runner = build_runner(cfg, "test")
     _check_run_checkpoint(runner, read, config)
     return _run(runner, "test")
 
 
-def _read_run_checkpoint(cfg: Config) -> tuple[str, dict[str, Any]] | None:
+def _read_run_checkpoint(cfg: Config, loaded: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]] | None:
     """The checkpoint the run will load (``load_from``, or with ``resume=True`` and no
     ``load_from`` the latest of the work dir), read safely and checked for damage, with the
     config's backbone set to the checkpoint's attention-bias mode
-    (`openmmlab.checkpoint_check.adapt_config_to_checkpoint`); None when the run loads none."""
+    (`openmmlab.checkpoint_check.adapt_config_to_checkpoint`); None when the run loads none.
+    `loaded`: the ``load_from`` file, already read."""
     from mmengine.runner import find_latest_checkpoint
 
     from .checkpoint_check import adapt_config_to_checkpoint, checkpoint_state_dict
@@ -351,7 +352,7 @@ def _read_run_checkpoint(cfg: Config) -> tuple[str, dict[str, Any]] | None:
         path = find_latest_checkpoint(cfg.work_dir) if Path(cfg.work_dir).is_dir() else None
     if not path or "://" in str(path):
         return None
-    checkpoint = read_checkpoint(path)
+    checkpoint = loaded if loaded is not None else read_checkpoint(path)
     adapt_config_to_checkpoint(cfg, checkpoint_state_dict(checkpoint, path), path)
     return str(path), checkpoint
 
