@@ -134,7 +134,7 @@ def _det_config(tmp_path: Path, arch=ARCH, num_classes: int = 3, name: str = "de
     path = tmp_path / name
     path.write_text(f"""_base_ = '{ROOT}/configs/detection/mask-rcnn_efficientformerv2-s0_fpn_toy-coco.py'
 model = dict(
-    backbone=dict(arch={arch!r}, img_size=224, init_cfg=None),
+    backbone=dict(arch=dict(_delete_=True, **{arch!r}), img_size=224, init_cfg=None),
     neck=dict(in_channels={[w for w in arch['widths']]!r}, out_channels={TINY_NECK}),
     rpn_head=dict(in_channels={TINY_NECK}, feat_channels={TINY_NECK}),
     roi_head=dict(
@@ -150,7 +150,7 @@ def _seg_config(tmp_path: Path) -> Path:
     path = tmp_path / "seg.py"
     path.write_text(f"""_base_ = '{ROOT}/configs/segmentation/fpn_efficientformerv2-s0_ade20k-toy.py'
 model = dict(
-    backbone=dict(arch={ARCH!r}, img_size=224, init_cfg=None),
+    backbone=dict(arch=dict(_delete_=True, **{ARCH!r}), img_size=224, init_cfg=None),
     neck=dict(in_channels={ARCH['widths']!r}, out_channels={TINY_NECK}),
     decode_head=dict(in_channels=[{TINY_NECK}] * 4, channels={TINY_NECK}))
 """)
