@@ -69,9 +69,7 @@ def checkpoint_state_dict(checkpoint: Mapping[str, Any], path: str | Path) -> di
         check_finite(sd, str(path))
     except CheckpointError as exc:
         raise CheckpointMismatch(str(exc)) from exc
-    if not sd:
-        raise CheckpointMismatch(f"checkpoint {str(path)!r} holds no weights")
-    return sd
+    return sd  # an empty one is refused by the fit check, after the config's own checks
 
 
 def _backbone_cfgs(model_cfg: Any) -> list[Any]:
