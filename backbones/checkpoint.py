@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .efficientformer_v2 import VARIANTS, Arch, EfficientFormerV2, StageArch
+from .arch import VARIANTS, Arch, StageArch
+from .errors import ArchitectureMismatchError, CheckpointError, ClassCountMismatchError
 
 __all__ = ["CheckpointError", "ArchitectureMismatchError", "ClassCountMismatchError", "LoadReport",
            "read_state_dict", "unwrap_state_dict", "to_project_keys", "infer_arch", "is_deploy_state_dict",
@@ -43,32 +44,6 @@ __all__ = ["CheckpointError", "ArchitectureMismatchError", "ClassCountMismatchEr
 HEAD_PREFIXES = ("head.", "head_dist.")
 _SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
 DIGEST_KEY = "state_dict_sha256"  # safetensors metadata key, or the entry beside a saved state dict
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read or does not fit the model; the message says what to do."""
-
-
-class ArchitectureMismatchError(CheckpointError):
-    """The checkpoint holds another architecture than the model's. `checkpoint_name` is the
-    variant the weights are (`describe_arch`), `model_name` the model's; `checkpoint_arch` the
-    architecture read from the weights. Front ends re-word the advice in their own terms."""
-
-    def __init__(self, message: str, checkpoint_name: str, model_name: str, checkpoint_arch: Arch) -> None:
-        super().__init__(message)
-        self.checkpoint_name = checkpoint_name
-        self.model_name = model_name
-        self.checkpoint_arch = checkpoint_arch
-
-
-class ClassCountMismatchError(CheckpointError):
-    """The checkpoint's classifier has another class count (`checkpoint_classes`) than the
-    model's (`model_classes`); `load_checkpoint(..., classifier="drop" | "resize")` takes it."""
-
-    def __init__(self, message: str, checkpoint_classes: int, model_classes: int) -> None:
-        super().__init__(message)
-        self.checkpoint_classes = checkpoint_classes
-        self.model_classes = model_classes
 
 
 @dataclass
@@ -440,7 +415,7 @@ def load_checkpoint(model: nn.Module, path: str | Path | Mapping[str, torch.Tens
     where = str(path) if isinstance(path, (str, Path)) else "state dict"
     sd, fmt = to_project_keys(raw)
     report = LoadReport(fmt)
-    if isinstance(model, EfficientFormerV2) and is_deploy_state_dict(sd) != model.is_fused:
+    if _is_network(model) and is_deploy_state_dict(sd) != model.is_fused:
         if model.is_fused:
             raise CheckpointError("the model is in deploy form (fuse()d) but the checkpoint holds training-form "
                                   "weights (with BatchNorm): load the checkpoint first, then call fuse()")
@@ -451,7 +426,7 @@ def load_checkpoint(model: nn.Module, path: str | Path | Mapping[str, torch.Tens
         report.fused = True
     own = model.state_dict()
 
-    if isinstance(model, EfficientFormerV2):
+    if _is_network(model):
         backbone_keys = [k for k in sd if k.startswith(("stem.", "stages."))]
         try:
             ckpt_arch = infer_arch({k: sd[k] for k in backbone_keys})
@@ -514,6 +489,12 @@ def load_checkpoint(model: nn.Module, path: str | Path | Mapping[str, torch.Tens
         raise CheckpointError(message)
     model.load_state_dict(to_load, strict=False)
     return report
+
+
+def _is_network(model: nn.Module) -> bool:
+    """Whether `model` is a plain EfficientFormerV2 network (built from an `Arch`, with a deploy
+    form), told by its attributes so that this module needs only the architecture description."""
+    return isinstance(getattr(model, "arch", None), Arch) and hasattr(model, "is_fused")
 
 
 def _variant_names() -> set[str]:

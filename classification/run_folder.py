@@ -45,8 +45,8 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from backbones import CheckpointError, read_state_dict
-
-from .data import DataError
+from backbones.errors import EfficientFormerV2Error
+from imagefolder import DataError
 
 __all__ = ["RunFolderCLI", "RunFolderError", "SettingError", "TrainerSettingError", "MetricHistory", "EpochCheckpoint",
            "default_loggers", "exit_status", "quiet_third_party", "verbose", "NOISE", "VERBOSE_ENV"]
@@ -123,11 +123,11 @@ def quiet_third_party() -> Iterator[None]:
                 logger.removeFilter(drop)
 
 
-class RunFolderError(FileExistsError):
+class RunFolderError(EfficientFormerV2Error, FileExistsError):
     """A new run would overwrite the checkpoints of an earlier one; the message says what to do."""
 
 
-class SettingError(ValueError):
+class SettingError(EfficientFormerV2Error, ValueError):
     """A setting from which the model, the data or the trainer cannot be built; the message
     is the reason the class gave."""
 
