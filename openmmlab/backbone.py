@@ -21,6 +21,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from backbones import EfficientFormerV2 as _EfficientFormerV2
 from backbones import load_checkpoint
 
+from .datasets import ConfigError
+
 __all__ = ["EfficientFormerV2"]
 
 
@@ -54,11 +56,11 @@ class EfficientFormerV2(BaseModule):
                  frozen_stages: int = -1, norm_eval: bool = False, drop_path_rate: float | None = None,
                  img_size: int = 224, with_cp: bool = False, init_cfg: dict | None = None) -> None:
         if init_cfg is not None and init_cfg.get("type") == "Pretrained" and not init_cfg.get("checkpoint"):
-            raise ValueError("init_cfg=dict(type='Pretrained') needs checkpoint=PATH (a local file or "
-                             "hf-hub:ORG/REPO) to ImageNet weights")
+            raise ConfigError("init_cfg=dict(type='Pretrained') needs checkpoint=PATH (a local file or "
+                              "hf-hub:ORG/REPO) to ImageNet weights")
         super().__init__(init_cfg=init_cfg)
         if not -1 <= frozen_stages <= 4:
-            raise ValueError(f"frozen_stages must be in -1..4 (4 = every stage), got {frozen_stages}")
+            raise ConfigError(f"frozen_stages must be in -1..4 (4 = every stage), got {frozen_stages}")
         self.body = _EfficientFormerV2(dict(arch) if isinstance(arch, Mapping) else arch, features_only=True,
                                        out_indices=out_indices, drop_path_rate=drop_path_rate, img_size=img_size)
         self.out_indices = self.body.out_indices
