@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from backbones.errors import FileFormatError, NotFoundError
+from backbones.errors import FileFormatError, UsageError
 
 __all__ = ["PROVENANCE_KEYS", "RecordFile", "provenance", "cpu_name", "load_record_file", "load_record_dir",
            "render_page", "render_model_table", "replace_between_markers", "MODEL_TABLE_BEGIN", "MODEL_TABLE_END"]
@@ -111,10 +111,10 @@ def load_record_dir(folder: str | Path) -> list[RecordFile]:
     """Every `*.json` record file of `folder`, by name."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise NotFoundError(f"no record folder {folder}: run the benchmark tools with --json {folder}/NAME.json first")
+        raise UsageError(f"no record folder {folder}: run the benchmark tools with --json {folder}/NAME.json first")
     files = sorted(folder.glob("*.json"))
     if not files:
-        raise NotFoundError(f"{folder} holds no *.json record files")
+        raise UsageError(f"{folder} holds no *.json record files")
     return [load_record_file(p) for p in files]
 
 

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import torch
 
 from backbones import EfficientFormerV2
-from backbones.errors import CheckpointError, FileFormatError, NotFoundError
+from backbones.errors import FileFormatError, NotFoundError
 from backbones.supernet import EfficientFormerV2Supernet, SubnetConfig
 
 from .calibration import Batches
@@ -198,20 +198,20 @@ def load_supernet(checkpoint: str | Path) -> EfficientFormerV2Supernet:
         ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as e:
         # torch.load fails on a file that is not a torch checkpoint with any of these
-        raise CheckpointError(f"cannot read supernet checkpoint {checkpoint} (not a torch checkpoint, or one that "
+        raise FileFormatError(f"cannot read supernet checkpoint {checkpoint} (not a torch checkpoint, or one that "
                               f"carries code): {type(e).__name__}: {e}") from e
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise CheckpointError(f"{checkpoint} is not a Lightning checkpoint of classification.supernet.SupernetModule "
+        raise FileFormatError(f"{checkpoint} is not a Lightning checkpoint of classification.supernet.SupernetModule "
                               "(python -m classification.supernet fit ... writes one)")
     hp = ckpt["hyper_parameters"]
     state = {k[len("supernet."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("supernet.")}
     if not state:
-        raise CheckpointError(f"{checkpoint} holds no supernet weights (no 'supernet.*' keys)")
+        raise FileFormatError(f"{checkpoint} holds no supernet weights (no 'supernet.*' keys)")
     net = EfficientFormerV2Supernet(hp.get("space"), num_classes=hp["num_classes"],
                                     distillation=hp.get("distillation", True), img_size=hp["img_size"])
     missing, unexpected = net.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise CheckpointError(f"{checkpoint} does not fit the supernet its hyper-parameters describe: missing "
+        raise FileFormatError(f"{checkpoint} does not fit the supernet its hyper-parameters describe: missing "
                               f"{missing[:5]}, unexpected {unexpected[:5]}")
     return net.eval()
 
