@@ -123,7 +123,14 @@ def build_named_model(name: str, resolution: int = 224) -> nn.Module:
 def _calibration_batches(subject: Subject) -> list[torch.Tensor]:
     """Int8 calibration batches of the subject's input shape, prepared as the benchmarked graphs
     take them (normalised tensors): images of the settings' folder through the model's own
-    evaluation transform (`imagefolder.data_config`), or standard-normal noise without a folder."""
+    evaluation transform (`imagefolder.data_config`), or standard-normal noise without a folder.
+    Read once per subject (every int8 backend calibrates on the same batches)."""
+    if subject.calibration is None:
+        subject.calibration = _read_calibration(subject)
+    return subject.calibration
+
+
+def _read_calibration(subject: Subject) -> list[torch.Tensor]:
     settings, x = subject.settings, subject.x
     n, count = x.shape[0], settings.calibration_count
     if settings.calibration is None:
@@ -193,6 +200,7 @@ class Subject:
     top1_paper: float | None
     data_config: dict              # its evaluation transform (int8 calibration images)
     activations_replaced: int | None = None
+    calibration: list[torch.Tensor] | None = field(default=None, repr=False)  # int8 batches, read once
 
     @property
     def output_abs_max(self) -> float:
