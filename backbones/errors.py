@@ -10,8 +10,8 @@ A leaf module: it imports nothing of the project, so every module may import it.
 """
 from __future__ import annotations
 
-__all__ = ["EfficientFormerV2Error", "UsageError", "NotFoundError", "FileFormatError", "CheckpointError", "ArchitectureMismatchError",
-           "ClassCountMismatchError"]
+__all__ = ["EfficientFormerV2Error", "UsageError", "NotFoundError", "FileFormatError", "NetworkError",
+           "CheckpointError", "ArchitectureMismatchError", "ClassCountMismatchError"]
 
 
 class EfficientFormerV2Error(Exception):
@@ -31,6 +31,11 @@ class NotFoundError(EfficientFormerV2Error, FileNotFoundError):
 class FileFormatError(EfficientFormerV2Error, ValueError):
     """A file the input names is not of the kind expected (a record, a table, a config, a
     searched network) or cannot be parsed; the message names the file and what it should be."""
+
+
+class NetworkError(EfficientFormerV2Error, OSError):
+    """A service the input needs (the Hugging Face Hub) cannot be reached or refused the request;
+    the message says what to do (log in, work offline, pass a local file)."""
 
 
 class CheckpointError(EfficientFormerV2Error, RuntimeError):
