@@ -27,7 +27,8 @@ setup(
     version="0.1.0",
     description=__doc__.splitlines()[0],
     python_requires=">=3.10",
-    packages=find_packages(include=["backbones*", "classification*", "openmmlab*", "detection*", "segmentation*", "deploy*"]),
+    packages=find_packages(include=["backbones*", "imagefolder*", "classification*", "openmmlab*", "detection*",
+                                    "segmentation*", "deploy*"]),
     install_requires=CORE,
     extras_require={
         "classification": CLASSIFICATION,

@@ -15,6 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from .errors import UsageError
 from .layers import grid_size
 
 __all__ = ["Arch", "StageArch", "StagePlan", "SWITCHES", "ATTENTION_STAGES", "DOWNSAMPLING", "stage_plans",
@@ -57,7 +58,7 @@ def stage_plans(img_size: int = 224, stride_attention: bool = True, downsampling
     dual-path attention downsampling by default); MHSA possible in stages 3 and 4, strided in
     stage 3 when `stride_attention`."""
     if downsampling not in DOWNSAMPLING:
-        raise ValueError(f"downsampling must be one of {', '.join(DOWNSAMPLING)}, not {downsampling!r}")
+        raise UsageError(f"downsampling must be one of {', '.join(DOWNSAMPLING)}, not {downsampling!r}")
     grid = grid_size(grid_size(img_size, 2), 2)
     plans = []
     for i in range(4):
@@ -127,22 +128,22 @@ class Arch:
 
     def __post_init__(self) -> None:
         if len(self.stages) != 4:
-            raise ValueError(f"EfficientFormerV2 has 4 stages, the architecture gives {len(self.stages)}")
+            raise UsageError(f"EfficientFormerV2 has 4 stages, the architecture gives {len(self.stages)}")
         for name, accepted in SWITCHES.items():
             value = getattr(self, name)
             if value not in accepted or type(value) is not type(accepted[0]):
-                raise ValueError(f"architecture switch {name}={value!r} is not accepted; use one of "
+                raise UsageError(f"architecture switch {name}={value!r} is not accepted; use one of "
                                  f"{', '.join(map(repr, accepted))}")
         for i, s in enumerate(self.stages):
             if s.width <= 0 or s.depth < 1:
-                raise ValueError(f"stage {i + 1}: width must be > 0 and depth >= 1, got width "
+                raise UsageError(f"stage {i + 1}: width must be > 0 and depth >= 1, got width "
                                  f"{s.width} and {s.depth} blocks")
             if any(e <= 0 for e in s.expansions):
-                raise ValueError(f"stage {i + 1}: expansion ratios must be > 0, got {list(s.expansions)}")
+                raise UsageError(f"stage {i + 1}: expansion ratios must be > 0, got {list(s.expansions)}")
             if not 0 <= s.attention <= s.depth:
-                raise ValueError(f"stage {i + 1}: {s.attention} attention blocks but only {s.depth} blocks")
+                raise UsageError(f"stage {i + 1}: {s.attention} attention blocks but only {s.depth} blocks")
             if i not in ATTENTION_STAGES and s.attention:
-                raise ValueError(f"stage {i + 1}: attention blocks are only possible in stages 3 and 4")
+                raise UsageError(f"stage {i + 1}: attention blocks are only possible in stages 3 and 4")
         if self.stem_width == 0:
             object.__setattr__(self, "stem_width", self.stages[0].width // 2)
 
@@ -181,11 +182,11 @@ class Arch:
         accepted = ("base",) + _ARCH_KEYS + tuple(SWITCHES)
         unknown = sorted(set(d) - set(accepted))
         if unknown:
-            raise ValueError(f"unknown architecture keys {unknown}; accepted: {', '.join(accepted)}")
+            raise UsageError(f"unknown architecture keys {unknown}; accepted: {', '.join(accepted)}")
         base = d.pop("base", None)
         if base is not None:
             if not isinstance(base, str):
-                raise ValueError(f"architecture 'base' must be a variant name ({', '.join(VARIANTS)}), "
+                raise UsageError(f"architecture 'base' must be a variant name ({', '.join(VARIANTS)}), "
                                  f"not {base!r}")
             base_dict = resolve_arch(base).to_dict()
             if "expansions" in d and "depths" not in d:
@@ -195,7 +196,7 @@ class Arch:
             d = {**base_dict, **d}
         missing = [k for k in ("widths", "expansions") if k not in d]
         if missing:
-            raise ValueError(f"architecture needs {missing[0]!r}: widths (4 ints) and expansions "
+            raise UsageError(f"architecture needs {missing[0]!r}: widths (4 ints) and expansions "
                              "(4 lists, one ratio per block), or a 'base' variant")
         try:
             widths = [int(w) for w in d["widths"]]
@@ -206,13 +207,13 @@ class Arch:
             depths = [int(n) for n in d["depths"]] if "depths" in d else None
             stem_width, drop_path_rate = int(d.get("stem_width", 0)), float(d.get("drop_path_rate", 0.0))
         except (TypeError, ValueError):
-            raise ValueError("architecture: widths and attention take 4 ints, expansions 4 lists of ratios "
+            raise UsageError("architecture: widths and attention take 4 ints, expansions 4 lists of ratios "
                              "(one per block), stem_width an int and drop_path_rate a number; got "
                              f"{ {k: d[k] for k in _ARCH_KEYS if k in d} }") from None
         if not len(widths) == len(expansions) == len(attention):
-            raise ValueError("widths, expansions and attention must each have one entry per stage")
+            raise UsageError("widths, expansions and attention must each have one entry per stage")
         if depths is not None and depths != [len(e) for e in expansions]:
-            raise ValueError(f"depths {depths} disagree with the number of expansion "
+            raise UsageError(f"depths {depths} disagree with the number of expansion "
                              f"ratios per stage {[len(e) for e in expansions]}")
         stages = tuple(StageArch(w, e, a) for w, e, a in zip(widths, expansions, attention))
         switches = {k: d[k] for k in SWITCHES if k in d}
@@ -232,7 +233,7 @@ def resolve_arch(arch: Arch | Mapping[str, Any] | str) -> Arch:
     if isinstance(arch, str):
         key = arch.lower().removeprefix(MODEL_PREFIX)
         if key not in VARIANTS:
-            raise ValueError(f"unknown EfficientFormerV2 variant {arch!r}; known: {sorted(VARIANTS)}")
+            raise UsageError(f"unknown EfficientFormerV2 variant {arch!r}; known: {sorted(VARIANTS)}")
         return VARIANTS[key]
     if isinstance(arch, Mapping):
         return Arch.from_dict(arch)

@@ -20,6 +20,7 @@ A damaged file is one `CheckpointError` that names what is wrong.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import pickle
@@ -27,19 +28,20 @@ import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .arch import VARIANTS, Arch, StageArch
 from .dense_bias import DENSE_TABLE, bias_mode, match_bias_mode
-from .efficientformer_v2 import VARIANTS, Arch, EfficientFormerV2, StageArch
+from .errors import ArchitectureMismatchError, CheckpointError, ClassCountMismatchError
 
 __all__ = ["CheckpointError", "ArchitectureMismatchError", "ClassCountMismatchError", "LoadReport",
            "read_state_dict", "read_checkpoint", "unwrap_state_dict", "to_project_keys", "infer_arch", "is_deploy_state_dict",
            "load_checkpoint", "save_checkpoint", "describe_arch", "tensor_digest", "check_finite",
-           "check_dtypes", "check_checkpoint", "resample_attention_biases", "DIGEST_KEY"]
+           "check_dtypes", "check_checkpoint", "resample_attention_biases", "model_metadata", "DIGEST_KEY"]
 
 HEAD_PREFIXES = ("head.", "head_dist.")
 _SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
@@ -47,32 +49,6 @@ DIGEST_KEY = "state_dict_sha256"  # safetensors metadata key, or the entry besid
 # what read_checkpoint returns beside the tensors (Lightning's run facts included, for model cards)
 _EXTRA_ENTRIES = ("metadata", "hyper_parameters", "class_names", "fit_config", "datamodule_hyper_parameters",
                   "callbacks", "epoch", "global_step")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read or does not fit the model; the message says what to do."""
-
-
-class ArchitectureMismatchError(CheckpointError):
-    """The checkpoint holds another architecture than the model's. `checkpoint_name` is the
-    variant the weights are (`describe_arch`), `model_name` the model's; `checkpoint_arch` the
-    architecture read from the weights. Front ends re-word the advice in their own terms."""
-
-    def __init__(self, message: str, checkpoint_name: str, model_name: str, checkpoint_arch: Arch) -> None:
-        super().__init__(message)
-        self.checkpoint_name = checkpoint_name
-        self.model_name = model_name
-        self.checkpoint_arch = checkpoint_arch
-
-
-class ClassCountMismatchError(CheckpointError):
-    """The checkpoint's classifier has another class count (`checkpoint_classes`) than the
-    model's (`model_classes`); `load_checkpoint(..., classifier="drop" | "resize")` takes it."""
-
-    def __init__(self, message: str, checkpoint_classes: int, model_classes: int) -> None:
-        super().__init__(message)
-        self.checkpoint_classes = checkpoint_classes
-        self.model_classes = model_classes
 
 
 @dataclass
@@ -460,7 +436,7 @@ def load_checkpoint(model: nn.Module, path: str | Path | Mapping[str, torch.Tens
     where = str(path) if isinstance(path, (str, Path)) else "state dict"
     sd, fmt = to_project_keys(raw)
     report = LoadReport(fmt)
-    if isinstance(model, EfficientFormerV2) and is_deploy_state_dict(sd) != model.is_fused:
+    if _is_network(model) and is_deploy_state_dict(sd) != model.is_fused:
         if model.is_fused:
             raise CheckpointError("the model is in deploy form (fuse()d) but the checkpoint holds training-form "
                                   "weights (with BatchNorm): load the checkpoint first, then call fuse()")
@@ -469,8 +445,8 @@ def load_checkpoint(model: nn.Module, path: str | Path | Mapping[str, torch.Tens
                                   "cannot be fine-tuned: pass the training-form checkpoint")
         model.fuse()  # deploy-form weights (BatchNorm folded): build the deploy form, then fill it
         report.fused = True
-    keep_dense = keep_dense_bias and isinstance(model, EfficientFormerV2) and bias_mode(model) == "dense"
-    if isinstance(model, EfficientFormerV2) and not model.is_fused:
+    keep_dense = keep_dense_bias and _is_network(model) and bias_mode(model) == "dense"
+    if _is_network(model) and not model.is_fused:
         match_bias_mode(model, sd, keep_dense=keep_dense)
     if keep_dense and not any(k.endswith(DENSE_TABLE) for k in sd):
         report.skipped += [k for k in sd if k.endswith(".pos_bias.attention_biases")]
@@ -478,7 +454,7 @@ def load_checkpoint(model: nn.Module, path: str | Path | Mapping[str, torch.Tens
         sd.update({k: v for k, v in model.state_dict().items() if k.endswith(DENSE_TABLE)})  # their zeros
     own = model.state_dict()
 
-    if isinstance(model, EfficientFormerV2):
+    if _is_network(model):
         backbone_keys = [k for k in sd if k.startswith(("stem.", "stages."))]
         try:
             ckpt_arch = infer_arch({k: sd[k] for k in backbone_keys})
@@ -546,6 +522,12 @@ def load_checkpoint(model: nn.Module, path: str | Path | Mapping[str, torch.Tens
     return report
 
 
+def _is_network(model: nn.Module) -> bool:
+    """Whether `model` is a plain EfficientFormerV2 network (built from an `Arch`, with a deploy
+    form), told by its attributes so that this module needs only the architecture description."""
+    return isinstance(getattr(model, "arch", None), Arch) and hasattr(model, "is_fused")
+
+
 def _variant_names() -> set[str]:
     """The names `create_model` takes."""
     return {f"efficientformerv2_{name}" for name in VARIANTS}
@@ -597,6 +579,22 @@ def resample_attention_biases(table: torch.Tensor, size: int, mode: str = "bilin
     return out.reshape(heads, s * s).to(table.dtype).contiguous()
 
 
+def model_metadata(model: nn.Module, names: Sequence[str] | None = None) -> dict[str, str]:
+    """The description a checkpoint of `model` carries (string values, as safetensors metadata
+    holds them): model_name, arch (JSON), num_classes, distillation, img_size, class_names (JSON;
+    `names`, else the model's `pretrained_cfg["label_names"]`)."""
+    if not _is_network(model):
+        return {}
+    meta = {"model_name": describe_arch(model.arch), "arch": json.dumps(model.arch.to_dict()),
+            "img_size": str(model.img_size)}
+    if not model.features_only:
+        meta.update(num_classes=str(model.num_classes), distillation=str(bool(model.distillation)).lower())
+        names = names if names is not None else (model.pretrained_cfg or {}).get("label_names")
+        if names is not None:
+            meta["class_names"] = json.dumps(list(names))
+    return meta
+
+
 def save_checkpoint(model: nn.Module | Mapping[str, torch.Tensor], path: str | Path,
                     metadata: Mapping[str, str] | None = None) -> Path:
     """Write weights in the project's format, with a digest of the tensors that `read_state_dict`
@@ -605,7 +603,6 @@ def save_checkpoint(model: nn.Module | Mapping[str, torch.Tensor], path: str | P
     other suffix, a `torch.save`d `{"state_dict": ..., "state_dict_sha256": ..., "metadata": {...}}`.
     The file is written beside its destination and then moved into place, with the permissions
     the umask gives a new file (not only the owner's)."""
-    from .model_info import model_metadata  # model_info imports this module
     described = model_metadata(model) if isinstance(model, nn.Module) else {}
     sd = model.state_dict() if isinstance(model, nn.Module) else dict(model)
     sd = {k: v.detach().contiguous().cpu() for k, v in sd.items()}

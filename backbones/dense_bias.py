@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import CheckpointError, UsageError
 from .layers import Attention2d, Attention2dDownsample, OffsetAttentionBias, grid_size, offset_index
 
 __all__ = ["BIAS_MODES", "DENSE_TABLE", "DenseAttentionBias", "bias_mode", "set_bias_mode",
@@ -110,7 +111,7 @@ def set_bias_mode(model: nn.Module, mode: BiasMode, img_size: int) -> None:
     as the official dense tables do, until weights are loaded. Deploy-form (fused) models are
     refused."""
     if mode not in BIAS_MODES:
-        raise ValueError(f"bias_mode must be one of {', '.join(BIAS_MODES)}, not {mode!r}")
+        raise UsageError(f"bias_mode must be one of {', '.join(BIAS_MODES)}, not {mode!r}")
     if getattr(model, "is_fused", False):
         raise ValueError("set the bias mode before fuse(): the deploy form precomputes the bias")
     plans = model.arch.plans(img_size)
@@ -151,7 +152,7 @@ def checkpoint_bias_mode(state_dict: Mapping[str, torch.Tensor]) -> tuple[BiasMo
             side = math.isqrt(v.shape[-1])
             if k.startswith(prefix) and side > 0 and side * side == v.shape[-1]:
                 return ("dense" if dense else "offset"), per_side * side
-    raise ValueError(f"attention-bias tables of unknown place or shape: {sorted(tables)[:3]}")
+    raise CheckpointError(f"attention-bias tables of unknown place or shape: {sorted(tables)[:3]}")
 
 
 def match_bias_mode(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *,

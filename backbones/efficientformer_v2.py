@@ -6,13 +6,13 @@ timm's model contract (`pretrained_cfg`, `forward_intermediates`, `prune_interme
 `reset_classifier`, `set_grad_checkpointing`, `group_matcher`, `no_weight_decay`), scripts with
 TorchScript and traces with torch.fx and torch.compile.
 
-Order of this file: blocks -> stage -> model -> factories (one per `backbones.arch.RELEASED`);
-the attention token mixers are in `backbones.layers`.
-The architecture names are re-exported here for existing imports.
+Order of this file: blocks -> stage -> model; the attention token mixers are in
+`backbones.layers`, the factories (one per `backbones.arch.RELEASED`), the registry and weight
+loading in `backbones.builder`, which imports this file (never the reverse).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -21,16 +21,12 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from torch import nn
 
-from .arch import (ATTENTION_STAGES, DOWNSAMPLING, HUB_TAG, RELEASED, SWITCHES, VARIANTS, Arch, StageArch, StagePlan,
-                   Variant, feature_grids, find_variant, resolve_arch, stage_plans)
-from .arch import _arch  # noqa: F401  (re-exported: it lived here)
+from .arch import DOWNSAMPLING, HUB_TAG, Arch, StagePlan, find_variant, resolve_arch
 from .dense_bias import set_bias_mode
 from .layers import Attention2d, Attention2dDownsample, ConvNorm, LayerScale
-from .layers import LocalGlobalQuery  # noqa: F401  (re-exported: it lived here)
 
-__all__ = ["Arch", "StageArch", "StagePlan", "SWITCHES", "ATTENTION_STAGES", "DOWNSAMPLING", "stage_plans",
-           "feature_grids", "resolve_arch", "EfficientFormerV2", "VARIANTS", "MODEL_FACTORIES",
-           "pretrained_cfg_for", *(v.model_name for v in RELEASED)]
+__all__ = ["ConvMlp", "Downsample", "EfficientFormerV2Block", "EfficientFormerV2Stage", "ClassifierForward",
+           "EfficientFormerV2", "pretrained_cfg_for"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -501,47 +497,3 @@ def pretrained_cfg_for(arch: Arch | Mapping[str, Any] | str, img_size: int = 224
         "first_conv": "stem.conv1.conv",
         "license": "apache-2.0",
     }
-
-
-# --------------------------------------------------------------------------------------------
-# Factories: one per released variant (`backbones.arch.RELEASED`), named after it
-# --------------------------------------------------------------------------------------------
-def load_pretrained(model: EfficientFormerV2, pretrained: bool | str) -> None:
-    """Load the weights `pretrained` names into `model`: True the variant's hub weights
-    (`pretrained_cfg["hf_hub_id"]`; heads dropped if the class count differs), a string any spec
-    `load_checkpoint` reads (a local file or `hf-hub:ORG/REPO`), False nothing."""
-    from .checkpoint import load_checkpoint  # checkpoint.py imports this module
-
-    if pretrained is False or pretrained is None or pretrained == "":
-        return
-    if pretrained is True:
-        hub_id = model.pretrained_cfg.get("hf_hub_id")
-        if not hub_id:
-            raise ValueError("pretrained=True needs a released variant (s0, s1, s2, l); this architecture "
-                             "has no published weights: pass pretrained='FILE' or 'hf-hub:ORG/REPO'")
-        same_classes = model.features_only or model.num_classes == model.pretrained_cfg["num_classes"]
-        load_checkpoint(model, "hf-hub:" + hub_id, classifier="load" if same_classes else "drop")
-    elif isinstance(pretrained, str):
-        load_checkpoint(model, pretrained)
-    else:
-        raise TypeError(f"pretrained must be a bool or a checkpoint spec, not {type(pretrained).__name__}")
-
-
-def _factory(variant: Variant) -> Callable[..., EfficientFormerV2]:
-    def factory(pretrained: bool | str = False, **kwargs: Any) -> EfficientFormerV2:
-        model = EfficientFormerV2(variant.arch, **kwargs)
-        load_pretrained(model, pretrained)
-        return model
-
-    factory.__name__ = factory.__qualname__ = variant.model_name
-    factory.__module__ = __name__
-    factory.__doc__ = (f"EfficientFormerV2-{variant.key.upper()} ({variant.summary}).\n\n"
-                       "Args:\n    pretrained: True for the hub weights, or a checkpoint spec (see "
-                       "`load_pretrained`).\n    **kwargs: of `EfficientFormerV2` (num_classes, "
-                       "distillation, features_only, ...).")
-    return factory
-
-
-MODEL_FACTORIES: dict[str, Callable[..., EfficientFormerV2]] = {v.model_name: _factory(v) for v in RELEASED}
-# efficientformerv2_s0, _s1, _s2, _l as module attributes: importable by name, picklable
-globals().update(MODEL_FACTORIES)

@@ -30,7 +30,7 @@ import os
 import re
 from pathlib import Path
 
-from .checkpoint import CheckpointError
+from .errors import CheckpointError
 
 __all__ = ["HUB_PREFIX", "LOCAL_PREFIX", "WEIGHT_FILES", "CONFIG_FILE", "is_hub_spec", "is_local_dir_spec",
            "is_source_spec", "parse_hub_spec", "hub_file", "hub_offline", "local_dir_file", "source_file",

@@ -29,8 +29,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, describe_arch, infer_arch, load_checkpoint, read_checkpoint, to_project_keys
-from .efficientformer_v2 import Arch, EfficientFormerV2
+from .arch import Arch
+from .checkpoint import (CheckpointError, describe_arch, infer_arch, load_checkpoint, model_metadata, read_checkpoint,
+                         to_project_keys)
+from .efficientformer_v2 import EfficientFormerV2
 
 __all__ = ["ModelInfo", "checkpoint_info", "checkpoint_kwargs", "model_from_checkpoint", "model_metadata",
            "class_names", "set_class_names"]
@@ -88,22 +90,6 @@ def set_class_names(model: nn.Module, names: Sequence[str] | None) -> None:
         model.pretrained_cfg = {**cfg, "label_names": tuple(names)}
         if hasattr(model, "default_cfg"):
             model.default_cfg = model.pretrained_cfg
-
-
-def model_metadata(model: nn.Module, names: Sequence[str] | None = None) -> dict[str, str]:
-    """The description a checkpoint of `model` carries (string values, as safetensors metadata
-    holds them): model_name, arch (JSON), num_classes, distillation, img_size, class_names (JSON;
-    `names`, else the model's `pretrained_cfg["label_names"]`)."""
-    if not isinstance(model, EfficientFormerV2):
-        return {}
-    meta = {"model_name": describe_arch(model.arch), "arch": json.dumps(model.arch.to_dict()),
-            "img_size": str(model.img_size)}
-    if not model.features_only:
-        meta.update(num_classes=str(model.num_classes), distillation=str(bool(model.distillation)).lower())
-        names = names if names is not None else (model.pretrained_cfg or {}).get("label_names")
-        if names is not None:
-            meta["class_names"] = json.dumps(list(names))
-    return meta
 
 
 def _from_metadata(meta: Mapping[str, Any], info: ModelInfo) -> None:

@@ -31,9 +31,10 @@ import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
 from torch import nn
 
-from .efficientformer_v2 import (ATTENTION_STAGES, Arch, Attention2d, ClassifierForward, ConvMlp, Downsample,
-                                 EfficientFormerV2, StageArch, StagePlan, resolve_arch, stage_plans)
-from .layers import ConvNorm, LayerScale
+from .arch import ATTENTION_STAGES, Arch, StageArch, StagePlan, resolve_arch, stage_plans
+from .efficientformer_v2 import ClassifierForward, ConvMlp, Downsample, EfficientFormerV2
+from .errors import UsageError
+from .layers import Attention2d, ConvNorm, LayerScale
 
 __all__ = ["SearchSpace", "StageConfig", "SubnetConfig", "EfficientFormerV2Supernet", "SwitchableBatchNorm2d",
            "ElasticConvNorm", "ATTENTION_STAGES", "count_subnet_params"]
@@ -81,7 +82,7 @@ class SubnetConfig:
         arch = resolve_arch(arch)
         switched = arch.non_default_switches()
         if switched:
-            raise ValueError(f"the supernet's search space has the paper's attention design; the architecture "
+            raise UsageError(f"the supernet's search space has the paper's attention design; the architecture "
                              f"switches {switched} are not searchable: train that network on its own "
                              "(python -m classification fit with model.arch)")
         return cls(arch.stem_width, tuple(StageConfig(s.width, tuple(range(s.depth)), tuple(s.expansions),
@@ -103,7 +104,7 @@ class SubnetConfig:
                            for s in d["stages"])
             return cls(int(d["stem_width"]), stages)
         except KeyError as e:
-            raise ValueError(f"sub-network config needs {e.args[0]!r}: stem_width and stages, each with "
+            raise UsageError(f"sub-network config needs {e.args[0]!r}: stem_width and stages, each with "
                              "width, blocks, expansions and attention") from None
 
 
@@ -140,14 +141,14 @@ class SearchSpace:
         object.__setattr__(self, "expansions", tuple(sorted(set(self.expansions))))
         object.__setattr__(self, "stem_widths", tuple(sorted(set(int(c) for c in self.stem_widths))))
         if len(self.widths) != 4 or len(self.depths) != 4:
-            raise ValueError(f"a search space has 4 stages: got {len(self.widths)} width sets and "
+            raise UsageError(f"a search space has 4 stages: got {len(self.widths)} width sets and "
                              f"{len(self.depths)} depths")
         if any(not w or w[0] <= 0 for w in self.widths) or not self.stem_widths or self.stem_widths[0] <= 0:
-            raise ValueError("every stage and the stem need at least one positive width")
+            raise UsageError("every stage and the stem need at least one positive width")
         if any(d < 1 for d in self.depths):
-            raise ValueError(f"maximum depths must be >= 1, got {list(self.depths)}")
+            raise UsageError(f"maximum depths must be >= 1, got {list(self.depths)}")
         if not self.expansions or self.expansions[0] <= 0:
-            raise ValueError(f"expansion ratios must be positive, got {list(self.expansions)}")
+            raise UsageError(f"expansion ratios must be positive, got {list(self.expansions)}")
 
     @classmethod
     def default(cls) -> "SearchSpace":
@@ -159,13 +160,13 @@ class SearchSpace:
     def from_dict(cls, d: Mapping[str, Any]) -> "SearchSpace":
         unknown = set(d) - {"widths", "depths", "expansions", "stem_widths"}
         if unknown:
-            raise ValueError(f"unknown search-space keys {sorted(unknown)}; expected widths (4 lists), "
+            raise UsageError(f"unknown search-space keys {sorted(unknown)}; expected widths (4 lists), "
                              "depths (4 ints), expansions, stem_widths")
         try:
             return cls(tuple(tuple(w) for w in d["widths"]), tuple(d["depths"]), tuple(d["expansions"]),
                        tuple(d["stem_widths"]))
         except KeyError as e:
-            raise ValueError(f"search space needs {e.args[0]!r}") from None
+            raise UsageError(f"search space needs {e.args[0]!r}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return {"widths": [list(w) for w in self.widths], "depths": list(self.depths),
@@ -201,26 +202,26 @@ class SearchSpace:
     def validate(self, config: SubnetConfig) -> None:
         """Raise ValueError, saying what is wrong, unless `config` is a sub-network of this space."""
         if config.stem_width not in self.stem_widths:
-            raise ValueError(f"stem width {config.stem_width} is not a choice of the space {list(self.stem_widths)}")
+            raise UsageError(f"stem width {config.stem_width} is not a choice of the space {list(self.stem_widths)}")
         if len(config.stages) != 4:
-            raise ValueError(f"a sub-network has 4 stages, got {len(config.stages)}")
+            raise UsageError(f"a sub-network has 4 stages, got {len(config.stages)}")
         for j, s in enumerate(config.stages):
             where = f"stage {j + 1}"
             if s.width not in self.widths[j]:
-                raise ValueError(f"{where}: width {s.width} is not a choice {list(self.widths[j])}")
+                raise UsageError(f"{where}: width {s.width} is not a choice {list(self.widths[j])}")
             if not s.blocks:
-                raise ValueError(f"{where}: a stage keeps at least one block")
+                raise UsageError(f"{where}: a stage keeps at least one block")
             if list(s.blocks) != sorted(set(s.blocks)) or s.blocks[0] < 0 or s.blocks[-1] >= self.depths[j]:
-                raise ValueError(f"{where}: blocks {list(s.blocks)} must be distinct increasing indices "
+                raise UsageError(f"{where}: blocks {list(s.blocks)} must be distinct increasing indices "
                                  f"in 0..{self.depths[j] - 1}")
             if len(s.expansions) != len(s.blocks):
-                raise ValueError(f"{where}: {len(s.blocks)} blocks but {len(s.expansions)} expansion ratios")
+                raise UsageError(f"{where}: {len(s.blocks)} blocks but {len(s.expansions)} expansion ratios")
             bad = [e for e in s.expansions if e not in self.expansions]
             if bad:
-                raise ValueError(f"{where}: expansion ratios {bad} are not choices {list(self.expansions)}")
+                raise UsageError(f"{where}: expansion ratios {bad} are not choices {list(self.expansions)}")
             limit = len(s.blocks) if j in ATTENTION_STAGES else 0
             if not 0 <= s.attention <= limit:
-                raise ValueError(f"{where}: attention must lie in 0..{limit}, got {s.attention}")
+                raise UsageError(f"{where}: attention must lie in 0..{limit}, got {s.attention}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from .errors import UsageError
+
 __all__ = ["THREADS_ENV", "ThreadChoice", "usable_cores", "choose_threads", "set_cpu_threads"]
 
 #: the environment variable that sets the intra-op threads of every command
@@ -67,7 +69,7 @@ def _count(text: str | None, name: str) -> int | None:
     except ValueError:
         value = 0
     if value < 1:
-        raise ValueError(f"{name} must be a positive number of threads, got {text!r}")
+        raise UsageError(f"{name} must be a positive number of threads, got {text!r}")
     return value
 
 
@@ -83,7 +85,7 @@ def choose_threads(workers: int = 0, requested: int | None = None, processes: in
         environ: the environment (default `os.environ`): `EFV2_THREADS`, then `OMP_NUM_THREADS`.
 
     Raises:
-        ValueError: a requested or environment count that is not a positive integer.
+        UsageError: a requested or environment count that is not a positive integer.
     """
     environ = os.environ if environ is None else environ
     cores, workers, processes = usable_cores(affinity), max(0, int(workers)), max(1, int(processes))

@@ -10,11 +10,11 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-_LAZY = {"ImageClassifier": "module", "ImageNetDataModule": "data", "DataError": "data"}
+_LAZY = {"ImageClassifier": ".module", "ImageNetDataModule": ".data", "DataError": "imagefolder"}
 __all__ = sorted(_LAZY)
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        return getattr(import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,11 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from backbones.errors import EfficientFormerV2Error
+
 __all__ = ["AblationError", "ArchConfig", "PAPER", "read_config", "measure", "train_top1", "markdown_table", "plot",
            "check_data", "ablate"]
 
 
-class AblationError(ValueError):
+class AblationError(EfficientFormerV2Error, ValueError):
     """Bad input to the study; `option` is the argument it is about (None: the configs)."""
 
     def __init__(self, message: str, option: str | None = None) -> None:
@@ -241,9 +243,9 @@ def check_data(data: Path) -> None:
     """Fail early (before any measurement) when `data` is not an ImageNet-layout folder."""
     if not data.is_dir():
         raise AblationError(f"data folder {data} does not exist: pass an ImageNet-layout folder "
-                         "(ROOT/train/<class>/*, ROOT/val/<class>/*); a toy set is made by "
-                         "`python tools/make_toy_data.py --task cls --out DIR`")
-    from .data import find_classes
+                            "(ROOT/train/<class>/*, ROOT/val/<class>/*); a toy set is made by "
+                            "`python tools/make_toy_data.py --task cls --out DIR`")
+    from imagefolder import find_classes
 
     find_classes(data / "train")
     find_classes(data / "val")

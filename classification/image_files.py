@@ -23,18 +23,14 @@ import torch
 from torch import nn
 
 from backbones.model_info import class_names  # one home for readable class names
-
-from .data import IMAGE_EXTENSIONS, DataError, ImageFolderDataset, load_rgb, scan_split
+from imagefolder import (IMAGE_EXTENSIONS, DataError, ImageFolderDataset, data_config, eval_transform, is_image,
+                         load_rgb, scan_split)
 
 __all__ = ["LIST_SUFFIXES", "NO_TARGET", "find_images", "predict_samples", "predict_dataset", "predict_images",
            "class_names"]
 
 LIST_SUFFIXES = (".txt", ".lst")  # a text file naming one image per line
 NO_TARGET = -1  # the target of an image that is not in a class folder
-
-
-def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
 def find_images(source: str | Path | Sequence[str | Path]) -> list[Path]:
@@ -51,7 +47,7 @@ def find_images(source: str | Path | Sequence[str | Path]) -> list[Path]:
     for item in sources:
         path = Path(item)
         if path.is_dir():
-            images += sorted(p for p in path.rglob("*") if _is_image(p) and p.is_file()
+            images += sorted(p for p in path.rglob("*") if is_image(p) and p.is_file()
                              and not any(part.startswith(".") for part in p.relative_to(path).parts))
         elif path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
             for n, line in enumerate(path.read_text().splitlines(), 1):
@@ -63,7 +59,7 @@ def find_images(source: str | Path | Sequence[str | Path]) -> list[Path]:
                     raise DataError(f"{path}, line {n}: {line} is not a file")
                 images.append(listed)
         elif path.is_file():
-            if not _is_image(path):
+            if not is_image(path):
                 raise DataError(f"{path} is not an image (extensions {', '.join(IMAGE_EXTENSIONS)}) nor a list of "
                                 f"images ({', '.join(LIST_SUFFIXES)})")
             images.append(path)
@@ -86,7 +82,7 @@ def predict_samples(source: str | Path | Sequence[str | Path],
     if isinstance(source, (str, Path)) and Path(source).is_dir() and class_to_idx:
         folder = Path(source)
         subfolders = [p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
-        loose = [p for p in folder.iterdir() if p.is_file() and _is_image(p)]
+        loose = [p for p in folder.iterdir() if p.is_file() and is_image(p)]
         if subfolders and not loose and all(name in class_to_idx for name in subfolders):
             return scan_split(folder, class_to_idx)
     return [(str(p), NO_TARGET) for p in find_images(source)]
@@ -103,16 +99,15 @@ def predict_images(model: nn.Module, source: str | Path | Sequence[str | Path], 
                    batch_size: int = 16, names: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Classify the images of `source` (see `find_images`) with `model`.
 
-    The images are prepared with the model's own evaluation transform (its `pretrained_cfg`:
-    input size, crop, mean and std, as `timm.data.resolve_model_data_config` reads them).
+    The images are prepared with the model's own evaluation transform (`imagefolder.data_config`:
+    its `pretrained_cfg`'s input size, crop, mean and std, as `timm.data.resolve_model_data_config`
+    reads them).
     Returns one dict per image: {"path", "classes": top-k names (`names`, else the model's
     `pretrained_cfg["label_names"]` or ImageNet's, see `class_names`; else indices as strings),
     "indices", "scores": softmax probabilities}, highest first.
     """
-    from timm.data import create_transform, resolve_model_data_config
-
     paths = find_images(source)
-    transform = create_transform(**resolve_model_data_config(model), is_training=False)
+    transform = eval_transform(data_config(model))
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

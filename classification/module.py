@@ -37,9 +37,9 @@ from backbones import (Arch, CheckpointError, EfficientFormerV2, create_model, l
 from backbones.checkpoint import (DIGEST_KEY, ArchitectureMismatchError, ClassCountMismatchError, check_dtypes,
                                   check_finite, tensor_digest, unwrap_state_dict)
 from backbones.hub import is_hub_spec, is_local_dir_spec, parse_hub_spec
-from backbones.model_info import model_metadata
+from backbones.checkpoint import model_metadata
+from imagefolder import seeded
 
-from .data import seeded
 from .optim import param_groups
 
 __all__ = ["ImageClassifier", "TeacherConfig", "build_teacher", "check_teacher_config", "load_pretrained_weights"]

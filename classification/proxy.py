@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from backbones.errors import UsageError
 from backbones.supernet import SearchSpace, SubnetConfig
 
 from .search import (ProxyReport, SubnetEvaluator, arch_dict, classification_config, image_batches,
@@ -42,14 +43,14 @@ def spread_configs(space: SearchSpace, count: int, size: Callable[[SubnetConfig]
     largest, and between them the random draws at evenly spaced ranks of a pool of `pool`
     uniformly drawn ones (so that small, medium and large networks are all represented)."""
     if count < 3:
-        raise ValueError(f"the proxy check needs at least 3 sub-networks, got {count}")
+        raise UsageError(f"the proxy check needs at least 3 sub-networks, got {count}")
     rng = random.Random(seed)
     smallest, largest = space.smallest(), space.largest()
     drawn = {space.sample(rng) for _ in range(pool)} - {smallest, largest}
     ranked = sorted(drawn, key=lambda c: (size(c), str(c.to_dict())))
     inner = count - 2
     if len(ranked) < inner:
-        raise ValueError(f"the space holds too few distinct sub-networks for {count} (found {len(ranked) + 2} "
+        raise UsageError(f"the space holds too few distinct sub-networks for {count} (found {len(ranked) + 2} "
                          f"in {pool} draws)")
     picks = [ranked[round((i + 1) * (len(ranked) - 1) / (inner + 1))] for i in range(inner)]
     if len(set(picks)) < inner:  # a small pool: fall back to consecutive ranks
@@ -65,7 +66,7 @@ def _set_dotted(config: dict[str, Any], key: str, value: Any) -> None:
         if node.get(name) is None:
             node[name] = {}
         elif not isinstance(node[name], dict):
-            raise ValueError(f"override {key!r}: {name!r} is not a section of the config")
+            raise UsageError(f"override {key!r}: {name!r} is not a section of the config")
         node = node[name]
     node[leaf] = value
 
@@ -86,7 +87,7 @@ def standalone_config(config: SubnetConfig, data_root: str | Path, img_size: int
         overrides: dotted keys set last (e.g. {"data.num_workers": 0}).
     """
     if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
+        raise UsageError(f"epochs must be >= 1, got {epochs}")
     cfg = classification_config(config, base_config)
     settings = {"data.root": str(data_root), "data.img_size": img_size, "trainer.max_epochs": epochs,
                 "trainer.check_val_every_n_epoch": epochs, "trainer.num_sanity_val_steps": 0,

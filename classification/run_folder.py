@@ -54,9 +54,9 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from backbones import CheckpointError, read_state_dict
+from backbones.errors import EfficientFormerV2Error
 from backbones.threads import set_cpu_threads
-
-from .data import DataError
+from imagefolder import DataError
 
 __all__ = ["RunFolderCLI", "OneLineArgumentParser", "close_match", "saved_config", "with_saved_config",
            "RunFolderError", "SettingError", "TrainerSettingError", "MetricHistory", "EpochCheckpoint",
@@ -134,11 +134,11 @@ def quiet_third_party() -> Iterator[None]:
                 logger.removeFilter(drop)
 
 
-class RunFolderError(FileExistsError):
+class RunFolderError(EfficientFormerV2Error, FileExistsError):
     """A new run would overwrite the checkpoints of an earlier one; the message says what to do."""
 
 
-class SettingError(ValueError):
+class SettingError(EfficientFormerV2Error, ValueError):
     """A setting from which the model, the data or the trainer cannot be built; the message
     is the reason the class gave."""
 

@@ -57,7 +57,9 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .data import _READ_ERRORS, IMAGE_EXTENSIONS, DataError, ImageFolderDataset, ResumableDataLoader, load_rgb, seeded
+from imagefolder import IMAGE_EXTENSIONS, READ_ERRORS, DataError, ImageFolderDataset, load_rgb, seeded
+
+from .loaders import ResumableDataLoader
 
 __all__ = ["SOURCE_KINDS", "INFO_FILE", "parse_source", "open_source", "HFSource", "HFImageDataset", "ShardSource",
            "ShardStream", "StreamPosition", "ShardLoader", "shard_info", "count_shard", "write_shards"]
@@ -477,7 +479,7 @@ class ShardStream(IterableDataset):
             name = f"{name}.{ext}"
             img = load_rgb(io.BytesIO(sample[ext]))
             target = int(sample["cls"]) if "cls" in sample else -1
-        except (*_READ_ERRORS, KeyError) as e:
+        except (*READ_ERRORS, KeyError) as e:
             with self._skipped.get_lock():
                 self._skipped.value += 1
             warnings.warn(f"skipped unreadable image {name}: {type(e).__name__}: {e}", RuntimeWarning, stacklevel=2)
@@ -511,7 +513,7 @@ def write_shards(root: str | Path, out: str | Path, shard_size: int = 1000, seed
     import tempfile
     import webdataset as wds
 
-    from .data import find_classes, scan_split
+    from imagefolder import find_classes, scan_split
 
     root, out = Path(root), Path(out)
     classes = find_classes(root / splits[0])

@@ -19,6 +19,8 @@ import torch
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from torch.utils.data import DataLoader, Dataset
 
+from backbones.errors import UsageError
+
 from .module import ImageClassifier
 
 __all__ = ["ThroughputMeter", "SyntheticImages", "fit_throughput", "synchronize"]
@@ -56,7 +58,7 @@ class ThroughputMeter(Callback):
 
     def __init__(self, warmup_steps: int = 5, clock: Callable[[], float] = time.perf_counter) -> None:
         if warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be 0 or more, got {warmup_steps}")
+            raise UsageError(f"warmup_steps must be 0 or more, got {warmup_steps}")
         self.warmup_steps = warmup_steps
         self.clock = clock
         self.images = 0
@@ -161,11 +163,11 @@ def fit_throughput(device: str | torch.device = "cuda", precision: str = "bf16-m
         `peak_memory_gib` (`torch.cuda.max_memory_allocated`).
     """
     if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
+        raise UsageError(f"steps must be at least 1, got {steps}")
     device = torch.device(device)
     accelerator = {"cuda": "gpu", "cpu": "cpu", "mps": "mps"}.get(device.type)
     if accelerator is None:
-        raise ValueError(f"device {device} is not supported: use cuda or cpu")
+        raise UsageError(f"device {device} is not supported: use cuda or cpu")
     devices = [device.index] if device.type == "cuda" and device.index is not None else 1
     module = ImageClassifier(model_name=model_name, num_classes=num_classes, img_size=image_size,
                              batch_size=batch_size, **(module_kwargs or {}))

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from backbones import create_model
+from backbones.errors import UsageError
 
 from .latency import Timed, measure_interleaved
 
@@ -153,7 +154,7 @@ def prepare(model: nn.Module, x: torch.Tensor, runtime: str, workdir: str | Path
         run = _ort(model, x, workdir, name, providers)
         run()  # TensorRT builds its engine on the first run
     else:
-        raise ValueError(f"unknown runtime {runtime!r}: choose from {', '.join(RUNTIMES)}")
+        raise UsageError(f"unknown runtime {runtime!r}: choose from {', '.join(RUNTIMES)}")
     synchronize(device)
     info = {"providers": run.session.get_providers()} if runtime == "tensorrt" else {}
     return Prepared(run, time.perf_counter() - t0, info)
@@ -192,10 +193,10 @@ def benchmark_accelerated(model: str | nn.Module = "efficientformerv2_s0", batch
     """
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device cuda asked for, but torch sees no CUDA device")
+        raise UsageError("device cuda asked for, but torch sees no CUDA device")
     unknown = [r for r in runtimes if r not in RUNTIMES]
     if unknown:
-        raise ValueError(f"unknown runtime(s) {unknown}: choose from {', '.join(RUNTIMES)}")
+        raise UsageError(f"unknown runtime(s) {unknown}: choose from {', '.join(RUNTIMES)}")
     label = model if isinstance(model, str) else type(model).__name__
     if isinstance(model, str):
         model = create_model(model, img_size=resolution).eval().fuse()

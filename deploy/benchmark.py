@@ -1,8 +1,12 @@
 """Latency benchmark of the project's models and any timm model on every backend of the runtime
 registry (`deploy.runtimes`): torch eager, torch.compile, ONNX Runtime (and TensorRT where installed
 with a GPU), ExecuTorch with the XNNPACK delegate, OpenVINO's CPU plugin and AOTInductor, fp32 and
-(ExecuTorch, OpenVINO) int8, with parameters, GMACs and MES in the same table. All (model, backend, precision) triples of one table are measured interleaved
-(`deploy.latency.measure_interleaved`): compare latencies only inside one run.
+(ExecuTorch, OpenVINO) int8, with parameters, GMACs and MES in the same table.
+
+Two steps: `prepare(spec, backend, workdir, settings)` builds, exports and checks one model on one
+backend (an `Entry`; it raises for that model alone), and `measure(entries)` times all entries
+interleaved (`deploy.latency.measure_interleaved`) into `Record`s: compare latencies only inside
+one `measure`. `run_benchmark` does both for a list of models and backends.
 
 Models: a project variant (`efficientformerv2_s0`), any timm model (`mobilenetv2_100`),
 `timm:NAME` for timm's implementation of a name the project also has (the reference graph), or
@@ -14,7 +18,7 @@ import csv
 import json
 import statistics
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Sequence, Union
 
@@ -22,10 +26,12 @@ import torch
 from torch import nn
 
 from backbones import create_model
+from backbones.errors import FileFormatError, UsageError
+from imagefolder import eval_transform
 
 from .latency import Timed, measure_interleaved
 from .mes import mobile_efficiency_score
-from .models import IMAGENET_MEAN, IMAGENET_STD, build_model, deploy_form, is_project_model, replace_activations
+from .models import build_model, deploy_form, is_project_model, model_data_config, replace_activations
 from .profile import count_gmacs, count_params
 from .runtimes import BACKENDS as _BACKENDS
 from .runtimes import INT8_BACKENDS as _INT8_BACKENDS
@@ -33,7 +39,7 @@ from .runtimes import backend_runtime
 from .runtimes.base import CompiledModel, as_tuple
 
 __all__ = ["BACKENDS", "INT8_BACKENDS", "PAPER_TOP1", "ModelSpec", "CompiledModel", "compile_module",
-           "run_benchmark", "format_table", "write_json", "write_csv", "plot_accuracy_latency",
+           "Settings", "Subject", "Entry", "Record", "prepare_subject", "prepare", "measure", "run_benchmark", "format_table", "write_json", "write_csv", "plot_accuracy_latency",
            "available_backends", "build_named_model", "RANDOM_CALIBRATION_NOTE", "read_records", "spread",
            "format_spread"]
 
@@ -81,19 +87,6 @@ def compile_module(module: nn.Module, x: torch.Tensor, backend: str, threads: in
     return runtime.compile(module.eval(), x, threads, workdir, name, calibration=calibration)
 
 
-@dataclass
-class _Entry:
-    label: str              # model as given
-    backend: str
-    precision: str          # fp32 or int8
-    compiled: CompiledModel
-    max_abs_diff: float | None
-
-    @property
-    def key(self) -> str:
-        return f"{self.label}|{self.backend}|{self.precision}"
-
-
 def _resolve(name: str) -> tuple[str, bool]:
     """(model name, from timm?) for a command-line name."""
     if name.startswith("timm:"):
@@ -127,19 +120,25 @@ def build_named_model(name: str, resolution: int = 224) -> nn.Module:
     return create_model(model_name, img_size=resolution).eval()
 
 
-def _calibration_batches(calibration: str | Path | None, x: torch.Tensor, count: int) -> list[torch.Tensor]:
-    """`count` batches of `x`'s shape for int8 calibration, normalised as the benchmarked graphs
-    expect (they take ImageNet-normalised tensors): images of an ImageNet-layout folder, or
-    standard-normal noise when `calibration` is None."""
-    n, _, h, w = x.shape
-    if calibration is None:
+def _calibration_batches(subject: Subject) -> list[torch.Tensor]:
+    """Int8 calibration batches of the subject's input shape, prepared as the benchmarked graphs
+    take them (normalised tensors): images of the settings' folder through the model's own
+    evaluation transform (`imagefolder.data_config`), or standard-normal noise without a folder.
+    Read once per subject (every int8 backend calibrates on the same batches)."""
+    if subject.calibration is None:
+        subject.calibration = _read_calibration(subject)
+    return subject.calibration
+
+
+def _read_calibration(subject: Subject) -> list[torch.Tensor]:
+    settings, x = subject.settings, subject.x
+    n, count = x.shape[0], settings.calibration_count
+    if settings.calibration is None:
         g = torch.Generator().manual_seed(1)
         return [torch.randn(x.shape, generator=g) for _ in range(count)]
     from .calibration import calibration_images
-    images = torch.cat(calibration_images(calibration, (h, w), count=count * n))
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    images = (images - mean) / std
+    images = torch.cat(calibration_images(settings.calibration, eval_transform(subject.data_config),
+                                          count=count * n))
     reps = -(-count * n // len(images))   # too few images: reuse them
     images = images.repeat(reps, 1, 1, 1)[:count * n]
     return list(images.split(n))
@@ -151,30 +150,235 @@ def _max_abs_diff(got: Sequence[torch.Tensor], want: Sequence[torch.Tensor]) -> 
     return max(float((g.float() - w.float()).abs().max()) for g, w in zip(got, want))
 
 
-def _check_thread_use(entries: Sequence[_Entry], threads: int, runs: int, warmup: int,
-                      log: Callable[[str], None]) -> dict[str, dict]:
-    """For entries that can run with another thread count in this process: their latency with
-    1 thread, timed interleaved with the `threads` one, and the speed-up."""
-    out: dict[str, dict] = {}
+@dataclass(frozen=True)
+class Settings:
+    """What the entries of one table share: the input and the protocol.
+
+    Attributes:
+        batch_size, threads, resolution: the bound input (batch_size, 3, resolution, resolution)
+            and the intra-op threads of every backend. ExecuTorch's XNNPACK threadpool takes one
+            count per process (RuntimeError for a second one): run other counts in a new process.
+        activation: "relu": every model's activations replaced by ReLU before it is measured
+            (`deploy.models.replace_activations`), the protocol of the paper's Pixel 6 latencies
+            (Sec. 5.1); a latency figure only. None: the models as built.
+        calibration: int8 calibration folder (ImageNet layout), read with each model's own
+            evaluation transform (`imagefolder.data_config`); None: random data
+            (`RANDOM_CALIBRATION_NOTE`).
+        calibration_count: int8 calibration batches.
+    """
+
+    batch_size: int = 1
+    threads: int = 2
+    resolution: int = 224
+    activation: str | None = None
+    calibration: str | Path | None = None
+    calibration_count: int = 32
+
+    def __post_init__(self) -> None:
+        if self.activation is not None and self.activation not in ACTIVATION_PROTOCOLS:
+            raise UsageError(f"activation must be None (models as built) or one of {sorted(ACTIVATION_PROTOCOLS)}, "
+                             f"got {self.activation!r}")
+
+    def example(self) -> torch.Tensor:
+        """The input every model is measured on (seeded: the same for every entry)."""
+        return torch.randn(self.batch_size, 3, self.resolution, self.resolution,
+                           generator=torch.Generator().manual_seed(0))
+
+
+@dataclass
+class Subject:
+    """A model ready to be compiled for any backend: its deploy form, its PyTorch outputs on the
+    settings' input and the figures of its record (`prepare_subject`)."""
+
+    label: str
+    net: nn.Module                 # deploy form, activations replaced by the settings' protocol
+    settings: Settings
+    x: torch.Tensor
+    reference: tuple[torch.Tensor, ...]
+    params: int                    # of the trainable form
+    gmacs: float
+    top1_paper: float | None
+    data_config: dict              # its evaluation transform (int8 calibration images)
+    activations_replaced: int | None = None
+    calibration: list[torch.Tensor] | None = field(default=None, repr=False)  # int8 batches, read once
+
+    @property
+    def output_abs_max(self) -> float:
+        # random weights can give huge logits (MobileOne's): the difference relative to them too
+        return max(float(t.float().abs().max()) for t in self.reference)
+
+
+@dataclass
+class Entry:
+    """A subject compiled on one backend at one precision: what `measure` times."""
+
+    subject: Subject
+    backend: str
+    precision: str                 # fp32 or int8
+    compiled: CompiledModel
+    max_abs_diff: float | None     # against the PyTorch fp32 deploy form (None on torch itself)
+
+    @property
+    def key(self) -> str:
+        return f"{self.subject.label}|{self.backend}|{self.precision}"
+
+
+@dataclass
+class Record:
+    """One measured (model, backend, precision): the fields of a benchmark JSON record
+    (`as_dict`, the keys `tools/benchmark.py --json` writes)."""
+
+    model: str
+    backend: str
+    precision: str
+    batch_size: int
+    threads: int
+    resolution: int
+    latency_ms_median: float
+    latency_ms_p90: float
+    latency_ms_mean: float
+    latency_ms_min: float
+    runs: int
+    params: int
+    gmacs: float
+    mes: float
+    top1_paper: float | None
+    max_abs_diff: float | None
+    output_abs_max: float
+    max_rel_diff: float | None = None  # max_abs_diff / output_abs_max
+    details: dict = field(default_factory=dict)  # runtime facts, protocol, calibration, thread check, profiles
+    vs_baseline: float | None = None
+
+    def as_dict(self) -> dict:
+        """The JSON record: the fixed fields, then the optional ones where set, then the details."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)
+               if f.name not in ("max_rel_diff", "details", "vs_baseline")}
+        if self.max_rel_diff is not None:
+            out["max_rel_diff"] = self.max_rel_diff
+        out.update(self.details)
+        if self.vs_baseline is not None:
+            out["vs_baseline"] = self.vs_baseline
+        return out
+
+
+def prepare_subject(spec: ModelSpec, settings: Settings = Settings()) -> Subject:
+    """Build the model of `spec` (a name or a (label, module) pair; a module given is left as it
+    was), its deploy form and its PyTorch outputs. Raises for this model alone."""
+    label, module = (spec, None) if isinstance(spec, str) else spec
+    model = build_named_model(label, settings.resolution) if module is None else module.eval()
+    net = deploy_form(model)  # a copy: a module given by the caller is left as it was
+    replaced = None
+    if settings.activation is not None:
+        replaced = replace_activations(net, ACTIVATION_PROTOCOLS[settings.activation])
+    x = settings.example()
+    with torch.inference_mode():
+        reference = as_tuple(net(x))
+    return Subject(label, net, settings, x, reference, count_params(model), count_gmacs(model, settings.resolution),
+                   PAPER_TOP1.get(_resolve(label)[0]) if module is None else None,
+                   model_data_config(model, settings.resolution), replaced)
+
+
+def prepare(spec: ModelSpec | Subject, backend: str, workdir: str | Path, settings: Settings = Settings(),
+            precision: str = "fp32") -> Entry:
+    """`spec` compiled on `backend` at `precision` (fp32, or int8 on `INT8_BACKENDS`), run once
+    and compared with PyTorch. Raises for this model alone (an export or a run that fails).
+
+    Args:
+        spec: a model name, a (label, module) pair, or a `Subject` prepared once for several
+            backends (its own settings then apply).
+        workdir: folder for the exported file; it must outlive the `measure` of the entry.
+    """
+    subject = spec if isinstance(spec, Subject) else prepare_subject(spec, settings)
+    calibration = _calibration_batches(subject) if precision == "int8" else None
+    stem = subject.label.replace(":", "_").replace("/", "_")
+    compiled = compile_module(subject.net, subject.x, backend, subject.settings.threads, workdir,
+                              f"{stem}_{backend}_{precision}", calibration=calibration)
+    diff = None if backend == "torch" else _max_abs_diff(compiled.outputs(), subject.reference)
+    return Entry(subject, backend, precision, compiled, diff)
+
+
+def measure(entries: Sequence[Entry], runs: int = 50, warmup: int = 10, thread_check: bool = False,
+            profile: Sequence[str] = (), log: Callable[[str], None] = lambda s: None) -> list[Record]:
+    """Time every entry interleaved (`deploy.latency.measure_interleaved`) and return one
+    `Record` each, in order.
+
+    Args:
+        runs, warmup: timed and untimed runs of each entry.
+        thread_check: entries whose backend can run another thread count in this process (ONNX
+            Runtime, OpenVINO), with `threads` > 1, also carry `latency_ms_median_1_thread` and
+            `speedup_vs_1_thread` (the same export with 1 thread, timed interleaved with it after
+            the table): whether the model uses its threads.
+        profile: backends whose entries also carry where their time goes (the runtime's
+            `profile_key`: `ort_op_ms`, `et_op_ms`, `ov_op_ms`; ms per run per op type).
+    """
+    log(f"measuring {len(entries)} model/backend pairs interleaved: {warmup} warm-up + {runs} runs each")
+    stats = measure_interleaved([Timed(e.key, e.compiled.run) for e in entries], runs=runs, warmup=warmup)
+    records = []
     for e in entries:
-        if e.compiled.rebuild is None or threads < 2:
-            continue
-        log(f"thread check: {e.label} on {e.backend} ({e.precision}), 1 vs {threads} threads")
-        single = e.compiled.rebuild(1)
-        stats = measure_interleaved([Timed("n", e.compiled.run), Timed("1", single.run)], runs=runs, warmup=warmup)
-        out[e.key] = {"latency_ms_median_1_thread": round(stats["1"].median, 4),
-                      "speedup_vs_1_thread": round(stats["1"].median / stats["n"].median, 3)}
-    return out
+        s, subject, settings = stats[e.key], e.subject, e.subject.settings
+        details = dict(e.compiled.info)
+        if settings.activation is not None:
+            details.update(activation=settings.activation, activations_replaced=subject.activations_replaced)
+        if e.precision == "int8":
+            details["calibration"] = str(settings.calibration) if settings.calibration is not None else "random"
+        if thread_check:
+            details.update(_thread_use(e, runs, warmup, log))
+        runtime = backend_runtime(e.backend)
+        if e.backend in profile and runtime.profile_key:
+            log(f"profiling {subject.label} on {e.backend} ({e.precision})")
+            details[runtime.profile_key] = {k: round(v, 4) for k, v in runtime.profile(
+                e.compiled, subject.x, settings.threads, runs, warmup).items()}
+        scale = subject.output_abs_max
+        records.append(Record(
+            subject.label, e.backend, e.precision, settings.batch_size, settings.threads, settings.resolution,
+            round(s.median, 4), round(s.p90, 4), round(s.mean, 4), round(s.min, 4), s.runs, subject.params,
+            round(subject.gmacs, 4), round(mobile_efficiency_score(subject.params, s.median / settings.batch_size), 4),
+            subject.top1_paper, e.max_abs_diff, scale,
+            e.max_abs_diff / scale if e.max_abs_diff is not None and scale > 0 else None, details))
+    return records
 
 
-def run_benchmark(models: Sequence[ModelSpec], backends: Sequence[str] = ("onnxruntime",), batch_size: int = 1,
-                  threads: int = 2, resolution: int = 224, runs: int = 50, warmup: int = 10,
-                  baseline: str | None = None, ort_profile: bool = False, int8: bool = False,
-                  calibration: str | Path | None = None, calibration_count: int = 32,
+def _thread_use(e: Entry, runs: int, warmup: int, log: Callable[[str], None]) -> dict:
+    """For an entry that can run with another thread count in this process: its latency with 1
+    thread, timed interleaved with the settings' count, and the speed-up; {} otherwise."""
+    threads = e.subject.settings.threads
+    if e.compiled.rebuild is None or threads < 2:
+        return {}
+    log(f"thread check: {e.subject.label} on {e.backend} ({e.precision}), 1 vs {threads} threads")
+    single = e.compiled.rebuild(1)
+    stats = measure_interleaved([Timed("n", e.compiled.run), Timed("1", single.run)], runs=runs, warmup=warmup)
+    return {"latency_ms_median_1_thread": round(stats["1"].median, 4),
+            "speedup_vs_1_thread": round(stats["1"].median / stats["n"].median, 3)}
+
+
+def _check_request(labels: Sequence[str], backends: Sequence[str], settings: Settings, int8: bool,
+                   baseline: str | None) -> None:
+    """Refuse a benchmark that cannot run, before anything is built."""
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown:
+        raise UsageError(f"unknown backend(s) {unknown}; choose from {', '.join(BACKENDS)}")
+    if len(set(labels)) != len(labels):
+        raise UsageError(f"model labels must be unique, got {list(labels)}")
+    if baseline is not None and baseline not in labels:
+        raise UsageError(f"baseline {baseline!r} is not among the models {list(labels)}")
+    if int8 and not set(backends) & set(INT8_BACKENDS):
+        raise UsageError(f"int8 needs a backend with an int8 path: {', '.join(INT8_BACKENDS)}")
+    if settings.calibration is not None and not int8:
+        raise UsageError("a calibration folder is only used for int8: pass int8=True (--int8)")
+    for b, why in available_backends(backends).items():
+        if why:
+            raise backend_runtime(b).unavailable_error(why)
+    if int8:
+        for b in backends:  # int8's own packages (NNCF), before anything is built
+            backend_runtime(b).require(int8=backend_runtime(b).int8)
+
+
+def run_benchmark(models: Sequence[ModelSpec], backends: Sequence[str] = ("onnxruntime",), *, int8: bool = False,
+                  runs: int = 50, warmup: int = 10, baseline: str | None = None, ort_profile: bool = False,
                   et_profile: bool = False, ov_profile: bool = False, thread_check: bool = False,
-                  activation: str | None = None, profile: Sequence[str] = (),
-                  log: Callable[[str], None] = lambda s: None) -> list[dict]:
-    """Measure every (model, backend, precision) triple interleaved and return one record each.
+                  log: Callable[[str], None] = lambda s: None, **settings: object) -> list[dict]:
+    """Measure every (model, backend, precision) triple interleaved and return one record each
+    (`Record.as_dict`): `prepare` each, then one `measure` of all.
 
     Args:
         models: names (a project variant, a timm model, `timm:NAME`) or `(label, module)` pairs
@@ -182,30 +386,17 @@ def run_benchmark(models: Sequence[ModelSpec], backends: Sequence[str] = ("onnxr
             architecture); a pair's module is benchmarked like a named one (deploy form, params
             and GMACs of the module as given) and its label names it in the records.
         backends: from `BACKENDS`; each must be usable here (`available_backends`), else
-            `ExportStackError` (a runtime not installed) or ValueError says what to do.
-        threads: intra-op threads of every backend. ExecuTorch's XNNPACK threadpool takes one
-            count per process (RuntimeError for a second one): run other counts in a new process.
+            `ExportStackError` (a runtime not installed) or `UsageError` says what to do.
+        int8: also measure int8 programs on the backends of `INT8_BACKENDS` (XNNPACK PT2E,
+            NNCF), calibrated as `Settings.calibration` says.
+        runs, warmup, thread_check: as for `measure`.
         baseline: a model label; records then carry `vs_baseline` (latency / the baseline's
             latency on the same backend and precision).
-        ort_profile: ONNX Runtime records also carry `ort_op_ms` (kernel time per op type, ms
-            per run, `deploy.runtimes.onnxruntime.op_time_profile`, after the timed runs).
-        int8: also measure int8 programs on the backends of `INT8_BACKENDS` (XNNPACK PT2E,
-            NNCF), calibrated on `calibration_count` batches from `calibration` (an
-            ImageNet-layout folder) or, when None, on random data (`RANDOM_CALIBRATION_NOTE`).
-        et_profile: ExecuTorch records also carry `et_op_ms` (time per operator type, delegate
-            kernels included, ms of one run from the median per event, from ExecuTorch's ETDump;
-            `deploy.runtimes.executorch.executorch_op_profile`).
-        ov_profile: OpenVINO records also carry `ov_op_ms` (time per node type of the compiled
-            model, fused activations named, ms of one run from the median per node;
-            `deploy.runtimes.openvino.op_time_profile`).
-        activation: "relu": every model's activations replaced by ReLU before it is measured
-            (`deploy.models.replace_activations`), the protocol of the paper's Pixel 6 latencies
-            (Sec. 5.1); a latency figure only. None: the models as built.
-        profile: further backends to profile the same way (any backend whose runtime has a
-            `profile`; `ort_profile`, `et_profile` and `ov_profile` name the three that do today).
-        thread_check: with `threads` > 1, ONNX Runtime and OpenVINO records also carry
-            `latency_ms_median_1_thread` and `speedup_vs_1_thread` (the same export with 1
-            thread, timed interleaved with it after the table): whether the model uses its threads.
+        ort_profile, et_profile, ov_profile: ONNX Runtime, ExecuTorch, OpenVINO records also carry
+            `ort_op_ms`, `et_op_ms`, `ov_op_ms` (time per op type, ms per run; the runtime's
+            `profile`, after the timed runs).
+        **settings: the fields of `Settings` (batch_size, threads, resolution, activation,
+            calibration, calibration_count).
 
     Records carry model, backend, precision (fp32 or int8), batch_size, threads, resolution,
     latency_ms_median/_p90/_mean/_min, runs, params (all parameters of the trainable form),
@@ -218,99 +409,29 @@ def run_benchmark(models: Sequence[ModelSpec], backends: Sequence[str] = ("onnxr
     records `calibration` (the folder, or "random"); with `activation`, records carry
     `activation` and `activations_replaced` (how many modules were swapped).
     """
-    unknown = [b for b in backends if b not in BACKENDS]
-    if unknown:
-        raise ValueError(f"unknown backend(s) {unknown}; choose from {', '.join(BACKENDS)}")
-    specs = [(m, None) if isinstance(m, str) else (m[0], m[1]) for m in models]
-    labels = [label for label, _ in specs]
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"model labels must be unique, got {labels}")
-    if baseline is not None and baseline not in labels:
-        raise ValueError(f"baseline {baseline!r} is not among the models {labels}")
-    if activation is not None and activation not in ACTIVATION_PROTOCOLS:
-        raise ValueError(f"activation must be None (models as built) or one of {sorted(ACTIVATION_PROTOCOLS)}, "
-                         f"got {activation!r}")
-    if int8 and not set(backends) & set(INT8_BACKENDS):
-        raise ValueError(f"int8 needs a backend with an int8 path: {', '.join(INT8_BACKENDS)}")
-    if calibration is not None and not int8:
-        raise ValueError("a calibration folder is only used for int8: pass int8=True (--int8)")
-    for b, why in available_backends(backends).items():
-        if why:
-            raise backend_runtime(b).unavailable_error(why)
-    if int8:
-        for b in backends:  # int8's own packages (NNCF), before anything is built
-            backend_runtime(b).require(int8=backend_runtime(b).int8)
-    torch.set_num_threads(threads)
-    x = torch.randn(batch_size, 3, resolution, resolution, generator=torch.Generator().manual_seed(0))
-    calib = None
-    if int8:
-        calib = _calibration_batches(calibration, x, calibration_count)
-        if calibration is None:
-            log(RANDOM_CALIBRATION_NOTE)
-    entries: list[_Entry] = []
-    info: dict[str, dict] = {}
-    top1: dict[str, float | None] = {}
+    setup = Settings(**settings)
+    specs = [m if isinstance(m, str) else (m[0], m[1]) for m in models]
+    labels = [s if isinstance(s, str) else s[0] for s in specs]
+    _check_request(labels, backends, setup, int8, baseline)
+    torch.set_num_threads(setup.threads)
+    if int8 and setup.calibration is None:
+        log(RANDOM_CALIBRATION_NOTE)
     with tempfile.TemporaryDirectory(prefix="efv2-bench-") as tmp:
-        for label, module in specs:
-            model = build_named_model(label, resolution) if module is None else module.eval()
-            top1[label] = PAPER_TOP1.get(_resolve(label)[0]) if module is None else None
-            info[label] = {"params": count_params(model), "gmacs": count_gmacs(model, resolution)}
-            net = deploy_form(model)  # a copy: a module given by the caller is left as it was
-            if activation is not None:
-                info[label]["activations_replaced"] = replace_activations(net, ACTIVATION_PROTOCOLS[activation])
-            with torch.inference_mode():
-                reference = as_tuple(net(x))
-            # random weights can give huge logits (MobileOne's): the difference relative to them too
-            info[label]["output_abs_max"] = max(float(t.float().abs().max()) for t in reference)
-            stem = label.replace(":", "_").replace("/", "_")
+        entries = []
+        for spec in specs:
+            subject = prepare_subject(spec, setup)
             for backend in backends:
-                precisions = ["fp32"] + (["int8"] if int8 and backend in INT8_BACKENDS else [])
-                for precision in precisions:
-                    log(f"preparing {label} on {backend} ({precision})")
-                    compiled = compile_module(net, x, backend, threads, tmp, f"{stem}_{backend}_{precision}",
-                                              calibration=calib if precision == "int8" else None)
-                    diff = None if backend == "torch" else _max_abs_diff(compiled.outputs(), reference)
-                    entries.append(_Entry(label, backend, precision, compiled, diff))
-        log(f"measuring {len(entries)} model/backend pairs interleaved: {warmup} warm-up + {runs} runs each")
-        stats = measure_interleaved([Timed(e.key, e.compiled.run) for e in entries], runs=runs, warmup=warmup)
-        extra: dict[str, dict] = {e.key: {} for e in entries}
-        if thread_check:
-            for key, values in _check_thread_use(entries, threads, runs, warmup, log).items():
-                extra[key].update(values)
-        profiled = {b for b, wanted in (("onnxruntime", ort_profile), ("executorch", et_profile),
-                                        ("openvino", ov_profile)) if wanted} | set(profile)
-        for e in entries:
-            runtime = backend_runtime(e.backend)
-            if e.backend in profiled and runtime.profile_key:
-                log(f"profiling {e.label} on {e.backend} ({e.precision})")
-                extra[e.key][runtime.profile_key] = {k: round(v, 4) for k, v in
-                                                     runtime.profile(e.compiled, x, threads, runs, warmup).items()}
-    records = []
-    for e in entries:
-        s = stats[e.key]
-        rec = {"model": e.label, "backend": e.backend, "precision": e.precision, "batch_size": batch_size,
-               "threads": threads, "resolution": resolution, "latency_ms_median": round(s.median, 4),
-               "latency_ms_p90": round(s.p90, 4), "latency_ms_mean": round(s.mean, 4),
-               "latency_ms_min": round(s.min, 4), "runs": s.runs, "params": info[e.label]["params"],
-               "gmacs": round(info[e.label]["gmacs"], 4),
-               "mes": round(mobile_efficiency_score(info[e.label]["params"], s.median / batch_size), 4),
-               "top1_paper": top1[e.label], "max_abs_diff": e.max_abs_diff}
-        scale = rec["output_abs_max"] = info[e.label]["output_abs_max"]
-        if e.max_abs_diff is not None and scale > 0:
-            rec["max_rel_diff"] = e.max_abs_diff / scale  # against the largest PyTorch output value
-        rec.update(e.compiled.info)
-        if activation is not None:
-            rec["activation"] = activation
-            rec["activations_replaced"] = info[e.label]["activations_replaced"]
-        if e.precision == "int8":
-            rec["calibration"] = str(calibration) if calibration is not None else "random"
-        rec.update(extra[e.key])
-        records.append(rec)
+                for precision in ["fp32"] + (["int8"] if int8 and backend in INT8_BACKENDS else []):
+                    log(f"preparing {subject.label} on {backend} ({precision})")
+                    entries.append(prepare(subject, backend, tmp, precision=precision))
+        profile = [b for b, wanted in (("onnxruntime", ort_profile), ("executorch", et_profile),
+                                       ("openvino", ov_profile)) if wanted]
+        records = measure(entries, runs, warmup, thread_check, profile, log)
     if baseline is not None:
-        base = {(r["backend"], r["precision"]): r["latency_ms_median"] for r in records if r["model"] == baseline}
+        base = {(r.backend, r.precision): r.latency_ms_median for r in records if r.model == baseline}
         for r in records:
-            r["vs_baseline"] = round(r["latency_ms_median"] / base[r["backend"], r["precision"]], 3)
-    return records
+            r.vs_baseline = round(r.latency_ms_median / base[r.backend, r.precision], 3)
+    return [r.as_dict() for r in records]
 
 
 def format_table(records: Sequence[dict]) -> str:
@@ -355,12 +476,12 @@ def read_records(path: str | Path) -> list[dict]:
     try:
         records = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path} is not a benchmark JSON file (written by tools/benchmark.py --json): {exc}") from None
+        raise FileFormatError(f"{path} is not a benchmark JSON file (written by tools/benchmark.py --json): {exc}") from None
     needed = {"model", "backend", "threads", "latency_ms_median"}
     if (not isinstance(records, list) or not records
             or not all(isinstance(r, dict) and needed <= r.keys() for r in records)):
-        raise ValueError(f"{path} is not a benchmark JSON file (written by tools/benchmark.py --json): "
-                         f"expected a list of records with {sorted(needed)}")
+        raise FileFormatError(f"{path} is not a benchmark JSON file (written by tools/benchmark.py --json): "
+                              f"expected a list of records with {sorted(needed)}")
     return records
 
 
@@ -384,7 +505,7 @@ def spread(runs: Sequence[Sequence[dict]]) -> list[dict]:
         for r in records:
             key = tuple(r.get(k, "fp32" if k == "precision" else None) for k in _SPREAD_KEY)
             if key in seen:
-                raise ValueError(f"one run has two records of {dict(zip(_SPREAD_KEY, key))}")
+                raise FileFormatError(f"one run has two records of {dict(zip(_SPREAD_KEY, key))}")
             seen.add(key)
             row = rows.setdefault(key, {**dict(zip(_SPREAD_KEY, key)), "latency_ms": [], "vs_baseline": []})
             row["latency_ms"].append(r["latency_ms_median"])

@@ -48,11 +48,13 @@ import torch
 from torch import nn
 
 from backbones import EfficientFormerV2
+from backbones.errors import UsageError
 from backbones.model_info import class_names
 
+from imagefolder import class_folders, eval_transform
+
 from .calibration import calibration_images, val_samples
-from .calibration import class_names as split_classes
-from .models import IMAGENET_MEAN, IMAGENET_STD, FeatureTuple, ImageInput, build_model, deploy_form
+from .models import FeatureTuple, ImageInput, build_model, deploy_form, model_data_config
 from .runtimes import FORMATS, INT8_FORMATS, RUNTIMES, format_runtime
 from .runtimes.base import FP32_ATOL, ExportResult, Runner, as_tuple, check_runtime, other_size
 from .runtimes.coreml import COREML_FEATURE_RANGE, CoreMLShapes, check_coreml, export_coreml
@@ -64,8 +66,8 @@ __all__ = ["ExportStackError", "ExportResult", "export_model", "export_onnx", "c
            "export_coreml", "check_coreml", "export_torchscript", "check_torchscript", "check_runtime",
            "compare_on_images", "ImageComparison", "check_output_path", "staged_output", "require_stack",
            "FORMATS", "INT8_FORMATS", "SUFFIXES", "ONNX_OPSET", "ONNX_ATOL", "EDGE_ATOL", "INT8_MIN_AGREEMENT",
-           "CALIBRATION_COUNT", "COREML_FEATURE_RANGE", "LABELS_SUFFIX", "imagenet_class_names", "model_class_names", "labels_path",
-           "other_size"]
+           "CALIBRATION_COUNT", "COREML_FEATURE_RANGE", "LABELS_SUFFIX", "imagenet_class_names", "model_class_names",
+           "labels_path", "other_size", "graph_transform"]
 
 SUFFIXES = {r.format: r.suffix for r in RUNTIMES.values() if r.format}
 ONNX_ATOL = FP32_ATOL     # float32 parity bound of ONNX Runtime against PyTorch
@@ -139,15 +141,22 @@ def compare_on_images(runner: Runner, module: nn.Module, samples: Iterable[tuple
                            cosine / n)
 
 
-def _labelled_val(root: Path, size: tuple[int, int], classes: int, limit: int | None, normalise) -> list | None:
+def _labelled_val(root: Path, transform: Callable, classes: int, limit: int | None, normalise) -> list | None:
     """(image, label) of the val split of `root` when it has one and its class count matches the
     classifier's; None otherwise."""
-    if not split_classes(root / "val"):
+    if not class_folders(root / "val"):
         return None
-    names = split_classes(root / "train") or split_classes(root / "val")
+    names = class_folders(root / "train") or class_folders(root / "val")
     if len(names) != classes:
         return None
-    return [(normalise(x), y) for x, y in val_samples(root, size, limit=limit)]
+    return [(normalise(x), y) for x, y in val_samples(root, transform, limit=limit)]
+
+
+def graph_transform(model: nn.Module, size: tuple[int, int]) -> Callable:
+    """RGB image -> (3, H, W) in [0, 1]: what an exported graph of `model` at `size` takes (its
+    evaluation transform, `deploy.models.model_data_config`; the graph applies the mean/std
+    itself, `ImageInput`). Calibration and the top-1 of exports read images with it."""
+    return eval_transform(model_data_config(model, size), normalize=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -157,17 +166,17 @@ def check_output_path(out: Path, fmt: str) -> None:
     """Fail early, before any export work, when `out` cannot be written for `fmt`."""
     runtime = format_runtime(fmt)
     if runtime.suffix and out.suffix != runtime.suffix:  # e.g. an ONNX file named x.mlpackage
-        raise ValueError(f"--format {fmt} writes a {runtime.suffix} file: give --out a path ending in "
+        raise UsageError(f"--format {fmt} writes a {runtime.suffix} file: give --out a path ending in "
                          f"{runtime.suffix}, not {out.name}")
     for folder in (out.parent, *out.parent.parents):
         if folder.exists():
             if not folder.is_dir():
-                raise ValueError(f"cannot write {out}: {folder} is a file, not a folder")
+                raise UsageError(f"cannot write {out}: {folder} is a file, not a folder")
             if not os.access(folder, os.W_OK | os.X_OK):
-                raise ValueError(f"cannot write {out}: no permission to write in {folder}")
+                raise UsageError(f"cannot write {out}: no permission to write in {folder}")
             break
     if out.is_dir() and not runtime.writes_folder:
-        raise ValueError(f"cannot write {out}: it is a folder")
+        raise UsageError(f"cannot write {out}: it is a folder")
 
 
 @contextmanager
@@ -191,7 +200,7 @@ def staged_output(out: Path) -> Iterator[Path]:
         for path in staged:  # check every target before moving anything
             target = out.parent / path.name
             if target != out and target.is_dir():
-                raise ValueError(f"cannot write {target}: a folder of that name is in the way")
+                raise UsageError(f"cannot write {target}: a folder of that name is in the way")
         for path in staged:
             target = out.parent / path.name
             if target == out and target.is_dir() and not target.is_symlink():
@@ -228,7 +237,8 @@ def export_model(name: str, fmt: Format, out: str | Path, checkpoint: str | Path
             OpenVINO, pt2 and aoti then have dynamic height/width (TorchScript's traced graph also
             holds for any size; ExecuTorch keeps the size `size`), and CoreML ranged sizes
             `COREML_FEATURE_RANGE` unless `coreml_shapes` says otherwise.
-        size: example input (height, width). normalize: ImageNet normalisation inside the graph.
+        size: example input (height, width). normalize: the model's mean/std normalisation (its
+            `pretrained_cfg`) inside the graph.
         precision: CoreML compute precision. model: an already built model (skips `name` lookup).
         coreml_shapes: CoreML flexible input sizes: a list of (height, width) (enumerated) or a
             (min, max) tuple (ranged); "fixed" for a features package of the size `size` only.
@@ -252,24 +262,28 @@ def export_model(name: str, fmt: Format, out: str | Path, checkpoint: str | Path
     """
     runtime = format_runtime(fmt)
     if int8 and not runtime.int8:
-        raise ValueError(f"int8 export is for {' and '.join(INT8_FORMATS)}, not {fmt}")
+        raise UsageError(f"int8 export is for {' and '.join(INT8_FORMATS)}, not {fmt}")
     if int8 and calibration is None:
-        raise ValueError("int8 export needs calibration images: pass --calibration DIR, an ImageNet-layout "
+        raise UsageError("int8 export needs calibration images: pass --calibration DIR, an ImageNet-layout "
                          "folder (DIR/train/<class>/<image>; DIR/val/ also gives the top-1)")
     if calibration is not None and not runtime.int8:
-        raise ValueError(f"calibration images are for the {' and '.join(INT8_FORMATS)} formats, not {fmt}")
+        raise UsageError(f"calibration images are for the {' and '.join(INT8_FORMATS)} formats, not {fmt}")
     out = Path(out)
     check_output_path(out, fmt)  # a wrong suffix or an unwritable place before anything else
     runtime.require(int8=int8)
     start = time.perf_counter()
     say = progress or (lambda _: None)
-    normalise = _identity if normalize else _imagenet_normalise
+    if model is None:
+        model = build_model(name, checkpoint, features=features)
+    # images in [0, 1] prepared as the model is evaluated (its pretrained_cfg) at the export size;
+    # the mean/std of the same configuration is applied in the graph, or here without `normalize`
+    config = model_data_config(model, size)
+    transform = graph_transform(model, size)
+    normalise = _identity if normalize else _normaliser(config["mean"], config["std"])
     images = None
     if calibration is not None:
         say(f"reading {calibration_count} calibration images of {calibration}")
-        images = [normalise(x) for x in calibration_images(calibration, size, calibration_count)]
-    if model is None:
-        model = build_model(name, checkpoint, features=features)
+        images = [normalise(x) for x in calibration_images(calibration, transform, calibration_count)]
     net = deploy_form(model)
     options = runtime.configure(features, size, precision=precision, shapes=coreml_shapes, image_input=normalize)
     if runtime.any_size(features, options) and isinstance(net, EfficientFormerV2):
@@ -277,7 +291,7 @@ def export_model(name: str, fmt: Format, out: str | Path, checkpoint: str | Path
     if features:
         net = FeatureTuple(net)
     if normalize:
-        net = ImageInput(net)
+        net = ImageInput(net, config["mean"], config["std"])
     net.eval()
     g = torch.Generator().manual_seed(seed)
     example = normalise(torch.rand(1, 3, *size, generator=g))
@@ -293,8 +307,8 @@ def export_model(name: str, fmt: Format, out: str | Path, checkpoint: str | Path
         result.path = out
         if calibration is not None and not features:
             say(f"top-1 of PyTorch and of the {fmt} export on {calibration}")
-            _report_top1(result, runtime.load(path), net, Path(calibration), size, images, eval_limit, normalise,
-                         min_agreement)
+            _report_top1(result, runtime.load(path), net, Path(calibration), transform, images, eval_limit,
+                         normalise, min_agreement)
         if labels is not None and not runtime.embeds_labels:
             labels_path(path).write_text("\n".join(labels) + "\n")
             result.labels = f"{labels_path(out)} ({len(labels)} class names, one per line)"
@@ -311,20 +325,20 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _imagenet_normalise(x: torch.Tensor) -> torch.Tensor:
-    """Images in [0, 1] as the graph without built-in normalisation takes them."""
-    mean = torch.tensor(IMAGENET_MEAN).view(1, -1, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, -1, 1, 1)
-    return (x - mean) / std
+def _normaliser(mean: Iterable[float], std: Iterable[float]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Images in [0, 1] -> as the graph without built-in normalisation takes them."""
+    mean_t = torch.tensor(tuple(mean)).view(1, -1, 1, 1)
+    std_t = torch.tensor(tuple(std)).view(1, -1, 1, 1)
+    return lambda x: (x - mean_t) / std_t
 
 
-def _report_top1(result: ExportResult, runner: Runner, net: nn.Module, root: Path, size: tuple[int, int],
+def _report_top1(result: ExportResult, runner: Runner, net: nn.Module, root: Path, transform: Callable,
                  images: list[torch.Tensor], eval_limit: int | None, normalise, min_agreement: float) -> None:
     """Top-1 of PyTorch and of the export on `root/val` (when it has the classifier's classes),
     else top-1 agreement on the calibration images; int8 is bounded by the agreement."""
     with torch.no_grad():
         classes = as_tuple(net(images[0]))[0].shape[-1]
-    val = _labelled_val(root, size, classes, eval_limit, normalise)
+    val = _labelled_val(root, transform, classes, eval_limit, normalise)
     samples = val if val else [(x, None) for x in images]
     cmp = compare_on_images(runner, net, samples)
     result.max_abs_diff = max(result.max_abs_diff or 0.0, cmp.max_abs_diff)
@@ -332,7 +346,7 @@ def _report_top1(result: ExportResult, runner: Runner, net: nn.Module, root: Pat
     result.cosine = cmp.cosine
     result.top1_images = cmp.images
     result.top1_split = str(root / "val") if val else f"{cmp.images} calibration images of {root}"
-    if val is None and split_classes(root / "val"):
+    if val is None and class_folders(root / "val"):
         result.note = f"no top-1: the classifier has {classes} classes, {root / 'val'} another count"
     if result.int8:
         result.checked += f"; top-1 agreement with PyTorch float on {cmp.images} images (bound {min_agreement:.0%})"

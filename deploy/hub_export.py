@@ -40,6 +40,7 @@ from torch import nn
 
 from backbones import CheckpointError, EfficientFormerV2, list_models, read_checkpoint
 from backbones.checkpoint import describe_arch
+from backbones.errors import NetworkError, UsageError
 
 from .models import build_model
 from .runtimes.base import FP32_ATOL
@@ -112,11 +113,11 @@ def run_facts(ckpt: Mapping[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 def timm_twin(model: EfficientFormerV2) -> nn.Module:
     """timm's own `efficientformerv2_*` with the weights of `model` (a released variant in
-    training form), eval mode. Raises ValueError for an architecture timm does not have."""
+    training form), eval mode. Raises UsageError for an architecture timm does not have."""
     import timm
     name = describe_arch(model.arch)
     if name not in list_models() or model.is_fused or model.features_only:
-        raise ValueError(f"timm's Hub format needs one of timm's architectures ({', '.join(list_models())}) as a "
+        raise UsageError(f"timm's Hub format needs one of timm's architectures ({', '.join(list_models())}) as a "
                          f"classifier in training form; the checkpoint holds {name}")
     twin = timm.create_model(name, pretrained=False, num_classes=model.num_classes,
                              distillation=model.head_dist is not None, img_size=model.img_size)
@@ -167,14 +168,14 @@ def _model_card(name: str, facts: Mapping[str, Any], label_names: Sequence[str] 
 # --------------------------------------------------------------------------------------------
 def _check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
-        raise ValueError(f"cannot write the folder {out}: a file of that name is in the way")
+        raise UsageError(f"cannot write the folder {out}: a file of that name is in the way")
     if out.is_dir() and any(out.iterdir()):
-        raise ValueError(f"{out} exists and is not empty: pass a new folder for the hub export (nothing was written)")
+        raise UsageError(f"{out} exists and is not empty: pass a new folder for the hub export (nothing was written)")
     parent = out.parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
-        raise ValueError(f"cannot write {out}: {parent} is a file, not a folder")
+        raise UsageError(f"cannot write {out}: {parent} is a file, not a folder")
 
 
 def export_hub(name: str, checkpoint: str | Path, out: str | Path, command: str | None = None,
@@ -190,7 +191,7 @@ def export_hub(name: str, checkpoint: str | Path, out: str | Path, command: str 
         command: the command line recorded in the model card.
         repo_id: the Hub repository the folder goes to (`push_folder`), named in the card's usage.
     Raises:
-        ValueError: not a released variant, a features-only checkpoint, an occupied `out`.
+        UsageError: not a released variant, a features-only checkpoint, an occupied `out`.
         backbones.CheckpointError: the checkpoint is unreadable, damaged, or of another network.
         AssertionError: timm's loaded model differs from the project's (nothing is written).
     """
@@ -199,7 +200,7 @@ def export_hub(name: str, checkpoint: str | Path, out: str | Path, command: str 
 
     out = Path(out)
     if name not in list_models():
-        raise ValueError(f"--format {HUB_FORMAT} is for {', '.join(list_models())} (timm's architectures), not {name}")
+        raise UsageError(f"--format {HUB_FORMAT} is for {', '.join(list_models())} (timm's architectures), not {name}")
     _check_out(out)
     start = time.perf_counter()
     _, ckpt = read_checkpoint(checkpoint)
@@ -247,13 +248,13 @@ def export_hub(name: str, checkpoint: str | Path, out: str | Path, command: str 
 
 def push_folder(folder: str | Path, repo_id: str, private: bool = False) -> str:
     """Upload a hub export folder to the Hugging Face Hub repository `repo_id` (created if
-    needed) with huggingface_hub; returns the commit's URL. No network or no login is an OSError
+    needed) with huggingface_hub; returns the commit's URL. No network or no login is a NetworkError
     whose message says so and that the folder is kept."""
     from backbones.hub import hub_offline
     folder = Path(folder)
     kept = f"the folder {folder} is kept: upload it later with `hf upload {repo_id} {folder}`"
     if hub_offline():
-        raise OSError(f"no network for --push (HF_HUB_OFFLINE is set): {kept}")
+        raise NetworkError(f"no network for --push (HF_HUB_OFFLINE is set): {kept}")
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
     failures: tuple[type[BaseException], ...] = (OSError, ConnectionError, TimeoutError)
@@ -269,10 +270,10 @@ def push_folder(folder: str | Path, repo_id: str, private: bool = False) -> str:
                                    commit_message="Add EfficientFormerV2 model (timm format)")
     except failures as e:
         if isinstance(e, (HfHubHTTPError, LocalTokenNotFoundError)):  # the hub answered, or no login here
-            raise OSError(f"--push {repo_id} failed ({' '.join(str(e).split())[:300]}); log in with `hf auth login` "
-                          f"if needed: {kept}") from e
-        raise OSError(f"no network: the Hugging Face Hub cannot be reached for --push ({type(e).__name__}): "
-                      f"{kept}") from e
+            raise NetworkError(f"--push {repo_id} failed ({' '.join(str(e).split())[:300]}); log in with `hf auth login` "
+                               f"if needed: {kept}") from e
+        raise NetworkError(f"no network: the Hugging Face Hub cannot be reached for --push ({type(e).__name__}): "
+                           f"{kept}") from e
     return str(getattr(commit, "commit_url", commit))
 
 

@@ -41,8 +41,9 @@ import torch
 from torch import nn
 
 from backbones import EfficientFormerV2
-from backbones.efficientformer_v2 import Arch, ClassifierForward, EfficientFormerV2Block, StageArch
-from backbones.efficientformer_v2 import stage_plans
+from backbones.arch import Arch, StageArch, stage_plans
+from backbones.efficientformer_v2 import ClassifierForward, EfficientFormerV2Block
+from backbones.errors import FileFormatError, UsageError
 from backbones.supernet import SearchSpace, SubnetConfig, as_subnet_config
 
 from .latency import measure
@@ -178,9 +179,9 @@ def measure_latency(module: nn.Module, shape: tuple[int, ...], backend: Backend 
     plugin in f32.
     """
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+        raise UsageError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
     if runs < 1:
-        raise ValueError(f"runs must be >= 1, got {runs}")
+        raise UsageError(f"runs must be >= 1, got {runs}")
     x = torch.randn(*shape)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -263,10 +264,10 @@ class LatencyTable:
             data = json.loads(Path(path).read_text())
             table = cls(**data)
         except (OSError, json.JSONDecodeError, TypeError) as e:
-            raise ValueError(f"{path} is not a latency table written by tools/build_latency_lut.py: {e}") from e
+            raise FileFormatError(f"{path} is not a latency table written by tools/build_latency_lut.py: {e}") from e
         bad = [k for k, v in table.entries.items() if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0)]
         if bad:
-            raise ValueError(f"{path}: entries {bad[:5]} are not non-negative latencies in ms")
+            raise FileFormatError(f"{path}: entries {bad[:5]} are not non-negative latencies in ms")
         return table
 
 

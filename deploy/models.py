@@ -1,21 +1,22 @@
 """Models to deploy: the project's EfficientFormerV2 family (deploy form) or any timm model,
-optionally with the ImageNet input normalisation built in."""
+optionally with the model's input normalisation built in."""
 from __future__ import annotations
 
 import copy
 import difflib
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from backbones import CheckpointError, EfficientFormerV2, checkpoint_info, create_model, list_models
+from backbones.errors import UsageError
+from imagefolder import data_config
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "build_model", "deploy_form", "is_project_model",
-           "replace_activations", "ImageInput", "FeatureTuple"]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = ["build_model", "deploy_form", "is_project_model", "replace_activations", "model_data_config", "ImageInput",
+           "FeatureTuple"]
 
 
 def is_project_model(name: str) -> bool:
@@ -28,11 +29,11 @@ def _timm_names() -> list[str]:
     return timm.list_models()
 
 
-def _unknown_model(name: str) -> ValueError:
+def _unknown_model(name: str) -> UsageError:
     candidates = sorted(set(list_models()) | set(_timm_names()))
     close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
-    return ValueError(f"unknown model {name!r}: use one of {', '.join(list_models())} or a timm model "
+    return UsageError(f"unknown model {name!r}: use one of {', '.join(list_models())} or a timm model "
                       f"name (timm.list_models()).{hint}")
 
 
@@ -63,7 +64,7 @@ def build_model(name: str, checkpoint: str | Path | None = None, features: bool 
     if checkpoint is not None:
         if name not in _timm_names():
             raise _unknown_model(name)
-        raise ValueError(f"--checkpoint is only supported for the project's models ({', '.join(list_models())}); "
+        raise UsageError(f"--checkpoint is only supported for the project's models ({', '.join(list_models())}); "
                          f"{name!r} is a timm model")
     import timm
     if name not in _timm_names():
@@ -110,13 +111,25 @@ def replace_activations(model: nn.Module, activation: type[nn.Module] = nn.ReLU)
     return replaced
 
 
+def model_data_config(model: nn.Module, size: int | tuple[int, int] | None = None) -> dict[str, Any]:
+    """`imagefolder.data_config` of the network inside the export wrappers (`ImageInput`,
+    `FeatureTuple`): its `pretrained_cfg`'s evaluation transform, at `size` where given."""
+    inner = model
+    while not hasattr(inner, "pretrained_cfg") and isinstance(getattr(inner, "model", None), nn.Module):
+        inner = inner.model
+    return data_config(inner, size)
+
+
 class ImageInput(nn.Module):
     """Wraps a model so that it takes RGB images scaled to [0, 1] (pixel / 255) and applies the
-    ImageNet mean/std normalisation itself."""
+    mean/std normalisation itself: the model's own (`model_data_config`) unless given."""
 
-    def __init__(self, model: nn.Module, mean: tuple[float, ...] = IMAGENET_MEAN,
-                 std: tuple[float, ...] = IMAGENET_STD) -> None:
+    def __init__(self, model: nn.Module, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None) -> None:
         super().__init__()
+        if mean is None or std is None:
+            config = model_data_config(model)
+            mean, std = config["mean"] if mean is None else mean, config["std"] if std is None else std
         self.model = model
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
         self.register_buffer("inv_std", 1.0 / torch.tensor(std).view(1, -1, 1, 1))

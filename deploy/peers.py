@@ -1,6 +1,6 @@
 """EfficientFormerV2 against the mobile backbones timm ships, side by side: each model at its
-native resolution, measured interleaved per runtime through `deploy.benchmark.run_benchmark`,
-with the ImageNet-1K top-1 its authors or timm published, and a top-1 against latency plot
+native resolution, measured interleaved per runtime through `deploy.benchmark` (`prepare`, then
+`measure`), with the ImageNet-1K top-1 its authors or timm published, and a top-1 against latency plot
 with the Pareto frontier marked.
 
     records, failures = measure_peers(PEERS, ["onnxruntime"], threads=1)
@@ -14,17 +14,16 @@ ImageNet-12k ones), where the ImageNet-1K-only tag is used. Each peer's `source`
 Latency does not depend on the weights (random weights are measured), only on the architecture,
 its tag's class count and its input size.
 
-Interleaving: `run_benchmark` feeds one input size to every model of a call, so the models of
-one runtime are measured in one interleaved call per native resolution (224 and 256 px groups);
-each record names its group (`peer_group`). Compare latencies inside a group directly; across
-groups they come from consecutive runs of the same process.
+Interleaving: the models of one runtime are measured in one interleaved `measure` per native
+resolution (224 and 256 px groups); each record names its group (`peer_group`). Compare latencies
+inside a group directly; across groups they come from consecutive runs of the same process.
 
-A model that a runtime cannot take (an export or a run that raises) is left out of that
-runtime's table and listed in the failures with the reason; the others are measured.
+A model that a runtime cannot take (its export or its first run raises in `prepare`) is left out
+of that runtime's table and listed in the failures with the reason; the others are measured.
 """
 from __future__ import annotations
 
-import re
+import tempfile
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,7 +32,9 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from .benchmark import build_named_model, run_benchmark
+from backbones.errors import UsageError
+
+from .benchmark import Settings, Subject, build_named_model, measure, prepare, prepare_subject
 
 __all__ = ["Peer", "PEERS", "FAMILIES", "TIMM_RESULTS", "select_peers", "build_peer", "measure_peers",
            "pareto_front", "plot_pareto", "format_failures", "peer_table"]
@@ -148,17 +149,17 @@ def select_peers(names: Iterable[str] | None = None, families: Iterable[str] | N
     `peers`.
 
     Raises:
-        ValueError: a name or family that is not in `peers`, with the known ones.
+        UsageError: a name or family that is not in `peers`, with the known ones.
     """
     names = list(names or [])
     families = list(families or [])
     known = {p.name for p in peers}
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(f"unknown peer(s) {unknown}: choose from {', '.join(p.name for p in peers)}")
+        raise UsageError(f"unknown peer(s) {unknown}: choose from {', '.join(p.name for p in peers)}")
     bad = [f for f in families if not any(_family_matches(f, p.family) for p in peers)]
     if bad:
-        raise ValueError(f"unknown family(ies) {bad}: choose from {', '.join(dict.fromkeys(p.family for p in peers))}")
+        raise UsageError(f"unknown family(ies) {bad}: choose from {', '.join(dict.fromkeys(p.family for p in peers))}")
     if not names and not families:
         return list(peers)
     return [p for p in peers if p.name in names or any(_family_matches(f, p.family) for f in families)]
@@ -178,155 +179,87 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:500]
 
 
-class _LogWatch:
-    """Forwards `run_benchmark`'s progress lines and remembers the last peer one named, so that a
-    failure while that model is prepared is put down to it."""
-
-    def __init__(self, labels: Sequence[str], log: Callable[[str], None]) -> None:
-        # longest first, so that a name that contains another is matched whole
-        self._patterns = [(label, re.compile(rf"(?<![\w.]){re.escape(label)}(?![\w.])"))
-                          for label in sorted(labels, key=len, reverse=True)]
-        self._log = log
-        self.last: str | None = None
-
-    def __call__(self, line: str) -> None:
-        self._log(line)
-        self.last = next((label for label, pattern in self._patterns if pattern.search(line)), None)
-
-
-BenchmarkFn = Callable[..., list]
-
-
-def _check_builds(peers: Sequence[Peer], log: Callable[[str], None]) -> tuple[dict[str, object], dict[str, str]]:
-    """Build each peer once and run it once in PyTorch at its resolution, so that a model that
-    cannot even be built is found here, named, and not inside a runtime's benchmark. Returns
-    ({name: what run_benchmark takes}, {name: reason})."""
-    specs: dict[str, object] = {}
-    failures: dict[str, str] = {}
-    for p in peers:
-        try:
-            model = build_peer(p)
-            with torch.inference_mode():
-                model(torch.zeros(1, 3, p.resolution, p.resolution))
-        except Exception as exc:  # noqa: BLE001 - reported, the others go on
-            failures[p.name] = f"cannot be built or run in PyTorch: {_one_line(exc)}"
-            log(f"{p.name}: {failures[p.name]}")
-            continue
-        specs[p.name] = p.name if p.tag is None else (p.name, model)
-    return specs, failures
-
-
-def _alone(p: Peer, specs: dict, runtime: str, kwargs: dict, benchmark: BenchmarkFn,
-           log: Callable[[str], None]) -> str:
-    """"" if `p` runs alone on `runtime` (one timed run), else the reason."""
-    try:
-        benchmark([specs[p.name]], [runtime], resolution=p.resolution, log=log, **{**kwargs, "runs": 1, "warmup": 0})
-        return ""
-    except Exception as exc:  # noqa: BLE001
-        return _one_line(exc)
-
-
-def _measure_group(peers: Sequence[Peer], specs: dict, runtime: str, kwargs: dict, benchmark: BenchmarkFn,
-                   log: Callable[[str], None]) -> tuple[list[dict], dict[str, str]]:
-    """One interleaved benchmark of `peers` (one resolution) on `runtime`. A model that fails is
-    left out with its reason and the others are measured again: the model being prepared when the
-    benchmark failed (its progress line names it), confirmed by running it alone; when that does
-    not explain the failure, every model is tried alone. Returns (records, {name: reason})."""
-    pending = list(peers)
-    failures: dict[str, str] = {}
-    while pending:
-        watch = _LogWatch([p.name for p in pending], log)
-        try:
-            return benchmark([specs[p.name] for p in pending], [runtime], resolution=pending[0].resolution,
-                             log=watch, **kwargs), failures
-        except Exception as exc:  # noqa: BLE001 - one model's failure must not stop the comparison
-            error = _one_line(exc)
-        if len(pending) == 1:
-            failures[pending[0].name] = error
-            return [], failures
-        culprit = next((p for p in pending if p.name == watch.last), None)
-        why = _alone(culprit, specs, runtime, kwargs, benchmark, log) if culprit is not None else ""
-        if not why:
-            break  # no model or the wrong one named: try each alone
-        failures[culprit.name] = why
-        log(f"{culprit.name} on {runtime}: {why}; measuring the others again")
-        pending.remove(culprit)
-    survivors = []
-    for p in pending:
-        why = _alone(p, specs, runtime, kwargs, benchmark, log)
-        if why:
-            failures[p.name] = why
-            log(f"{p.name} on {runtime}: {why}")
-        else:
-            survivors.append(p)
-    if not survivors:
-        return [], failures
-    if len(survivors) == len(pending):
-        # each runs alone but not all together: measure each alone, marked as not interleaved
-        log(f"{runtime}: the models run alone but not together ({error}); measuring each alone")
-        records = []
-        for p in survivors:
-            try:
-                got = benchmark([specs[p.name]], [runtime], resolution=p.resolution, log=log, **kwargs)
-            except Exception as exc:  # noqa: BLE001
-                failures[p.name] = _one_line(exc)
-                continue
-            records += [{**r, "interleaved": False} for r in got]
-        return records, failures
-    records, more = _measure_group(survivors, specs, runtime, kwargs, benchmark, log)
-    return records, {**failures, **more}
+def _subject(p: Peer, settings: Settings) -> Subject:
+    """The peer built at its resolution, in deploy form, run once in PyTorch."""
+    return prepare_subject((p.name, build_peer(p)), settings)
 
 
 def measure_peers(peers: Sequence[Peer], runtimes: Sequence[str], threads: int = 1, batch_size: int = 1,
-                  runs: int = 50, warmup: int = 10, log: Callable[[str], None] = lambda s: None,
-                  benchmark: BenchmarkFn = run_benchmark) -> tuple[list[dict], list[dict]]:
-    """Measure `peers` on each runtime, interleaved per native resolution.
+                  runs: int = 50, warmup: int = 10, log: Callable[[str], None] = lambda s: None
+                  ) -> tuple[list[dict], list[dict]]:
+    """Measure `peers` on each runtime, interleaved per native resolution: each model is built
+    once (`deploy.benchmark.prepare_subject`), prepared on the runtime (`prepare`: exported, run
+    once, compared with PyTorch), and the models that could be prepared are measured together
+    once (`measure`).
 
     Args:
         peers: from `PEERS` (`select_peers`).
         runtimes: `deploy.benchmark` backends (e.g. executorch, openvino, onnxruntime, torch).
         threads, batch_size, runs, warmup: as for `run_benchmark`. ExecuTorch takes one thread
             count per process.
-        benchmark: `run_benchmark` (tests pass a stand-in).
 
     Returns:
-        (records, failures): `run_benchmark`'s records (tools/benchmark.py's JSON format), each
-        with `top1`, `top1_source`, `family`, `tag` and `peer_group` (the runtime and resolution
-        group it was measured interleaved with; `interleaved: False` and its own group for a
-        model that was measured alone because the group failed only as a whole) added and
-        `top1_paper` set to the figure;
+        (records, failures): benchmark records (tools/benchmark.py's JSON format), each with
+        `top1`, `top1_source`, `family`, `tag` and `peer_group` (the runtime and resolution
+        group it was measured interleaved with) added and `top1_paper` set to the figure;
         failures are {"model", "backend", "resolution", "reason"} of each model a runtime could
-        not take (every runtime, for a model that cannot be built).
+        not take (every runtime, for a model that cannot be built or run in PyTorch; every model
+        of a group whose interleaved measurement failed).
     """
     if not peers:
-        raise ValueError("no models to compare")
+        raise UsageError("no models to compare")
     names = [p.name for p in peers]
     if len(set(names)) != len(names):
-        raise ValueError(f"peer names must be unique, got {names}")
-    by_name = {p.name: p for p in peers}
-    specs, broken = _check_builds(peers, log)
+        raise UsageError(f"peer names must be unique, got {names}")
+    torch.set_num_threads(threads)
+    subjects: dict[str, Subject] = {}
+    broken: dict[str, str] = {}
+    for p in peers:
+        try:
+            subjects[p.name] = _subject(p, Settings(batch_size=batch_size, threads=threads, resolution=p.resolution))
+        except Exception as exc:  # noqa: BLE001 - reported, the others go on
+            broken[p.name] = f"cannot be built or run in PyTorch: {_one_line(exc)}"
+            log(f"{p.name}: {broken[p.name]}")
     groups: dict[int, list[Peer]] = defaultdict(list)
     for p in peers:
-        if p.name in specs:
+        if p.name in subjects:
             groups[p.resolution].append(p)
-    kwargs = dict(batch_size=batch_size, threads=threads, runs=runs, warmup=warmup)
     records: list[dict] = []
     failures: list[dict] = []
+
+    def failed(p: Peer, runtime: str, why: str) -> None:
+        failures.append({"model": p.name, "backend": runtime, "resolution": p.resolution, "reason": why})
+
     for runtime in runtimes:
-        failures += [{"model": name, "backend": runtime, "resolution": by_name[name].resolution, "reason": why}
-                     for name, why in broken.items()]
+        for p in peers:
+            if p.name in broken:
+                failed(p, runtime, broken[p.name])
         for resolution in sorted(groups):
             group = groups[resolution]
             log(f"{runtime}: {len(group)} models at {resolution} px, interleaved")
-            got, failed = _measure_group(group, specs, runtime, kwargs, benchmark, log)
-            for r in got:
-                p = by_name[r["model"]]
-                alone = r.get("interleaved") is False
-                r.update(top1=p.top1, top1_paper=p.top1, top1_source=p.source, family=p.family, tag=p.tag,
-                         peer_group=f"{runtime}@{resolution}px" + (f", {p.name} alone" if alone else ""))
-                records.append(r)
-            failures += [{"model": name, "backend": runtime, "resolution": resolution, "reason": why}
-                         for name, why in failed.items()]
+            with tempfile.TemporaryDirectory(prefix="efv2-peers-") as tmp:
+                entries = []
+                for p in group:
+                    log(f"preparing {p.name} on {runtime}")
+                    try:
+                        entries.append(prepare(subjects[p.name], runtime, tmp))
+                    except Exception as exc:  # noqa: BLE001 - this model only; the others are measured
+                        failed(p, runtime, _one_line(exc))
+                        log(f"{p.name} on {runtime}: {failures[-1]['reason']}")
+                if not entries:
+                    continue
+                try:
+                    measured = measure(entries, runs, warmup, log=log)
+                except Exception as exc:  # noqa: BLE001 - the group is reported, the other groups go on
+                    why = f"the interleaved measurement of the {resolution} px group failed: {_one_line(exc)}"
+                    for e in entries:
+                        failed(next(p for p in group if p.name == e.subject.label), runtime, why)
+                    log(f"{runtime}: {why}")
+                    continue
+            for r in measured:
+                p = next(p for p in group if p.name == r.model)
+                records.append({**r.as_dict(), "top1": p.top1, "top1_paper": p.top1, "top1_source": p.source,
+                                "family": p.family, "tag": p.tag, "peer_group": f"{runtime}@{resolution}px"})
     return records, failures
 
 

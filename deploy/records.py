@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from backbones.errors import FileFormatError, UsageError
+
 __all__ = ["PROVENANCE_KEYS", "RecordFile", "provenance", "cpu_name", "load_record_file", "load_record_dir",
            "render_page", "render_model_table", "replace_between_markers", "MODEL_TABLE_BEGIN", "MODEL_TABLE_END"]
 
@@ -67,8 +69,8 @@ class RecordFile:
     def _common(self, key: str) -> str:
         values = sorted({str(r.get(key)) for r in self.records if r.get(key) is not None})
         if not values:
-            raise ValueError(f"{self.path}: the records carry no {key!r}; write them with a tool that records "
-                             "its provenance (deploy.records.provenance)")
+            raise FileFormatError(f"{self.path}: the records carry no {key!r}; write them with a tool that records "
+                                  "its provenance (deploy.records.provenance)")
         return "; ".join(values)
 
     def load_average(self) -> tuple[float, float] | None:
@@ -95,13 +97,13 @@ def load_record_file(path: str | Path) -> RecordFile:
     try:
         records = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path} is not a readable benchmark record file: {exc}") from None
+        raise FileFormatError(f"{path} is not a readable benchmark record file: {exc}") from None
     # latency records (tools/benchmark*.py --json) or export checks (tools/export.py --json)
     kinds = ({"model", "backend", "latency_ms_median"}, {"model", "format", "checked"})
     if (not isinstance(records, list) or not records
             or not all(isinstance(r, dict) and any(k <= r.keys() for k in kinds) for r in records)):
-        raise ValueError(f"{path} is not a benchmark record file: expected a JSON list of records with "
-                         f"{sorted(kinds[0])} (latencies) or {sorted(kinds[1])} (export checks)")
+        raise FileFormatError(f"{path} is not a benchmark record file: expected a JSON list of records with "
+                              f"{sorted(kinds[0])} (latencies) or {sorted(kinds[1])} (export checks)")
     return RecordFile(path, records)
 
 
@@ -109,10 +111,10 @@ def load_record_dir(folder: str | Path) -> list[RecordFile]:
     """Every `*.json` record file of `folder`, by name."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise ValueError(f"no record folder {folder}: run the benchmark tools with --json {folder}/NAME.json first")
+        raise UsageError(f"no record folder {folder}: run the benchmark tools with --json {folder}/NAME.json first")
     files = sorted(folder.glob("*.json"))
     if not files:
-        raise ValueError(f"{folder} holds no *.json record files")
+        raise UsageError(f"{folder} holds no *.json record files")
     return [load_record_file(p) for p in files]
 
 
@@ -218,7 +220,7 @@ def render_model_table(files: Sequence[RecordFile], page: str = "docs/benchmarks
     for backend, found in sorted(candidates.items()):
         runtimes[backend] = max(found, key=lambda fm: (sum(m in fm[1] for m in MODEL_TABLE_MODELS), fm[0].date))
     if not runtimes:
-        raise ValueError("no record file has the variants and mobilenetv2_100 at batch 1, 1 thread, fp32")
+        raise FileFormatError("no record file has the variants and mobilenetv2_100 at batch 1, 1 thread, fp32")
     head = ["model", "params (M)", "GMACs", "top-1 (published)"]
     head += [f"[{b}]({page}#{_anchor(f.title)}) ms (x MobileNetV2)" for b, (f, _) in runtimes.items()]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
@@ -246,5 +248,5 @@ def replace_between_markers(text: str, content: str, begin: str = MODEL_TABLE_BE
         head, rest = text.split(begin, 1)
         _, tail = rest.split(end, 1)
     except ValueError:
-        raise ValueError(f"the markers {begin!r} and {end!r} are not both in the text") from None
+        raise FileFormatError(f"the markers {begin!r} and {end!r} are not both in the text") from None
     return f"{head}{begin}\n{content}{end}{tail}"

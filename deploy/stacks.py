@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 
+from backbones.errors import EfficientFormerV2Error
+
 __all__ = ["ExportStackError", "STACKS", "require_stack"]
 
 # stack name -> (importable modules, what to pip install)
@@ -21,7 +23,7 @@ STACKS: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 
-class ExportStackError(ImportError):
+class ExportStackError(EfficientFormerV2Error, ImportError):
     """A package the chosen export format or runtime needs is not installed."""
 
 

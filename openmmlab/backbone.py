@@ -24,6 +24,8 @@ from backbones import load_checkpoint, to_project_keys
 from backbones.checkpoint import HEAD_PREFIXES
 from backbones.dense_bias import BIAS_MODES, bias_mode, checkpoint_bias_mode, match_bias_mode
 
+from .datasets import ConfigError
+
 __all__ = ["EfficientFormerV2", "to_backbone_keys"]
 
 _BODY = "body."
@@ -125,13 +127,13 @@ class EfficientFormerV2(BaseModule):
                  img_size: int = 224, with_cp: bool = False, bias_mode: str = "offset",
                  init_cfg: dict | None = None) -> None:
         if init_cfg is not None and init_cfg.get("type") == "Pretrained" and not init_cfg.get("checkpoint"):
-            raise ValueError("init_cfg=dict(type='Pretrained') needs checkpoint=PATH (a local file or "
-                             "hf-hub:ORG/REPO) to ImageNet weights")
+            raise ConfigError("init_cfg=dict(type='Pretrained') needs checkpoint=PATH (a local file or "
+                              "hf-hub:ORG/REPO) to ImageNet weights")
         super().__init__(init_cfg=init_cfg)
         if not -1 <= frozen_stages <= 4:
-            raise ValueError(f"frozen_stages must be in -1..4 (4 = every stage), got {frozen_stages}")
+            raise ConfigError(f"frozen_stages must be in -1..4 (4 = every stage), got {frozen_stages}")
         if bias_mode not in BIAS_MODES:
-            raise ValueError(f"bias_mode must be one of {', '.join(BIAS_MODES)}, not {bias_mode!r}")
+            raise ConfigError(f"bias_mode must be one of {', '.join(BIAS_MODES)}, not {bias_mode!r}")
         self.body = _EfficientFormerV2(dict(arch) if isinstance(arch, Mapping) else arch, features_only=True,
                                        out_indices=out_indices, drop_path_rate=drop_path_rate, img_size=img_size,
                                        bias_mode=bias_mode)

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import torch
 
 from backbones import resolve_arch
+from backbones.errors import UsageError
 from deploy.latency import measure
 
 from .backbone import EfficientFormerV2
@@ -126,12 +127,12 @@ def benchmark_backbone(variant: str, height: int = 800, width: int = 1333, repea
         ``forward_peak_mib`` (the rise of the peak during the forward passes, i.e. activations).
 
     Raises:
-        ValueError: an unknown variant or a size, repeat or thread count below 1.
+        ValueError: an unknown variant; UsageError: a size, repeat or thread count below 1.
         ChildDiedError: the measuring process ended without a result (e.g. killed out of memory).
     """
     resolve_arch(variant)  # an unknown name fails here, not in the child
     for name, value in (("height", height), ("width", width), ("repeats", repeats), ("threads", threads)):
         if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
+            raise UsageError(f"{name} must be >= 1, got {value}")
     return run_in_fresh_process(measure_fn, variant, height, width, repeats, threads,
                                 what=f"the benchmark of {variant} at {width}x{height}")

@@ -29,7 +29,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from mmengine.logging import print_log
 
-__all__ = ["LOADERS", "EVALUATORS", "RUN_KEYS", "CLASSES_FILE", "ConfigError", "leaf_datasets", "set_data_root",
+from backbones.errors import EfficientFormerV2Error, NotFoundError
+
+__all__ = ["LOADERS", "EVALUATORS", "CLASSES_FILE", "ConfigError", "leaf_datasets", "set_data_root",
            "check_cfg_options", "check_data_files", "coco_category_names", "data_classes", "config_classes",
            "apply_classes_from_data", "check_classes", "empty_dataset_message", "check_built_datasets",
            "init_checkpoints"]
@@ -40,19 +42,7 @@ RUN_LOADERS = {"train": ("train_dataloader", "val_dataloader"), "test": ("test_d
 RUN_EVALUATORS = {"train": ("val_evaluator",), "test": ("test_evaluator",)}
 # the file of an ADE-format folder that names its classes, one per line, in label order
 CLASSES_FILE = "classes.txt"
-# Top-level keys that mmengine's Runner (and its model wrapper, compile and checkpointing
-# options) reads when the run is built. Every other top-level key of a config is a variable of
-# the file (data_root, metainfo, train_pipeline, max_epochs, ...), used while it is parsed.
-RUN_KEYS = frozenset({
-    "model", "work_dir", "train_dataloader", "val_dataloader", "test_dataloader", "train_cfg", "val_cfg",
-    "test_cfg", "auto_scale_lr", "optim_wrapper", "param_scheduler", "val_evaluator", "test_evaluator",
-    "default_hooks", "custom_hooks", "data_preprocessor", "load_from", "resume", "launcher", "env_cfg",
-    "log_processor", "log_level", "visualizer", "default_scope", "randomness", "experiment_name",
-    "model_wrapper_cfg", "sync_bn", "find_unused_parameters", "activation_checkpointing",
-    "efficient_conv_bn_eval", "compile", "runner_type", "custom_imports"})
-
-
-class ConfigError(ValueError):
+class ConfigError(EfficientFormerV2Error, ValueError):
     """A config that cannot be run as written (the message names the file or key and the problem)."""
 
 
@@ -112,13 +102,13 @@ def set_data_root(cfg: Any, root: str | os.PathLike, keep: Iterable[str] = ()) -
     left as they are.
 
     Raises:
-        FileNotFoundError: `root` is not a folder.
+        NotFoundError: `root` is not a folder.
     """
     keep = set(keep)
     if not _is_remote(root) and not os.path.isdir(root):
-        raise FileNotFoundError(f"--data-root {str(root)!r} is not a folder: give the dataset folder (COCO: the "
-                                "one holding annotations/ and train2017/; ADE20K: the one holding images/ and "
-                                "annotations/)")
+        raise NotFoundError(f"--data-root {str(root)!r} is not a folder: give the dataset folder (COCO: the "
+                            "one holding annotations/ and train2017/; ADE20K: the one holding images/ and "
+                            "annotations/)")
     root = str(root)
     for loader in LOADERS:
         for _, ds in leaf_datasets(cfg, loader):
@@ -132,12 +122,17 @@ def set_data_root(cfg: Any, root: str | os.PathLike, keep: Iterable[str] = ()) -
                 ev["ann_file"] = anns[0]
 
 
-def check_cfg_options(cfg_options: Mapping[str, Any], cfg: Mapping[str, Any]) -> None:
-    """Refuse ``--cfg-options`` keys that set a variable of the config file rather than a key the
-    run reads (`RUN_KEYS`): the file uses its variables only while it is parsed."""
+def check_cfg_options(cfg_options: Mapping[str, Any], cfg: Mapping[str, Any], run_keys: Iterable[str]) -> None:
+    """Refuse ``--cfg-options`` keys that set a variable of the config file: a top-level key the
+    file defines that is not one the run reads (`run_keys`, the Runner's parameters) and whose
+    value the file copied into the run's keys (``max_epochs`` into ``train_cfg.max_epochs``), or
+    ``data_root`` / ``metainfo``. The file uses its variables only while it is parsed, so setting
+    one would change nothing. A key the file does not define is the run's to read (``strategy``,
+    ``tta_model``, ``compile``, ...) and is taken."""
+    run_keys = set(run_keys)
     for key, value in cfg_options.items():
         top = str(key).split(".", 1)[0]
-        if top in RUN_KEYS:
+        if top in run_keys or top not in cfg:
             continue
         if top == "data_root":
             hint = "pass --data-root DIR (every loader and evaluator follows it)"
@@ -145,11 +140,13 @@ def check_cfg_options(cfg_options: Mapping[str, Any], cfg: Mapping[str, Any]) ->
             hint = ("set train_dataloader.dataset.metainfo.classes (and val_dataloader's, test_dataloader's and the "
                     "heads' num_classes), or pass --classes-from-data to take the names from the data")
         else:
-            users = _keys_holding(cfg, cfg.get(top)) if top in cfg else []
+            users = _keys_holding(cfg, top)
+            if not users:
+                continue  # not copied anywhere: a key something else of the run may read
             named = [k for k in users if k.rsplit(".", 1)[-1] == top]  # max_epochs: train_cfg.max_epochs
             if named:
                 hint = f"set the keys that use it instead (e.g. {', '.join(named[:3])})"
-            elif 0 < len(users) <= 6:
+            elif len(users) <= 6:
                 hint = f"set the keys that use it instead ({', '.join(users)})"
             else:
                 hint = "set the keys that use it instead (see the config file)"
@@ -157,8 +154,10 @@ def check_cfg_options(cfg_options: Mapping[str, Any], cfg: Mapping[str, Any]) ->
                           f"the file is parsed, so setting it would change nothing; {hint}")
 
 
-def _keys_holding(cfg: Mapping[str, Any], value: Any) -> list[str]:
-    """Dotted keys of the run (`RUN_KEYS`) whose value equals `value` (not for bools/None)."""
+def _keys_holding(cfg: Mapping[str, Any], name: str) -> list[str]:
+    """Dotted keys, under the config's other top-level keys, whose value equals that of the
+    top-level key `name` (where the file copied it; none for bools and None)."""
+    value = cfg[name]
     if value is None or isinstance(value, bool):
         return []
     found: list[str] = []
@@ -174,14 +173,14 @@ def _keys_holding(cfg: Mapping[str, Any], value: Any) -> list[str]:
             for i, v in enumerate(node):
                 walk(f"{key}.{i}", v)
 
-    for top in sorted(RUN_KEYS):
-        if top in cfg:
+    for top in sorted(cfg):
+        if top != name:
             walk(top, cfg[top])
     return found
 
 
 def check_data_files(cfg: Mapping[str, Any], mode: str) -> None:
-    """Raise FileNotFoundError, naming the config key and the path, when a dataset of the run
+    """Raise NotFoundError, naming the config key and the path, when a dataset of the run
     (train and val loaders for "train", the test loader for "test") has a missing annotation
     file (``ann_file``) or folder (``data_prefix``), or an evaluator of the run a missing
     ``ann_file``. Remote paths and datasets with ``backend_args`` are left to their backends."""
@@ -196,21 +195,21 @@ def check_data_files(cfg: Mapping[str, Any], mode: str) -> None:
                 if not os.path.isfile(path):
                     where = (f"pass --data-root DIR, the folder holding {ann}" if root and not os.path.isabs(str(ann))
                              else f"set {key}.ann_file")
-                    raise FileNotFoundError(f"annotation file {path!r} of {key}.ann_file not found: {where}")
+                    raise NotFoundError(f"annotation file {path!r} of {key}.ann_file not found: {where}")
             prefixes = ds.get("data_prefix") or {}
             for name, prefix in (prefixes.items() if isinstance(prefixes, Mapping) else ()):
                 if not isinstance(prefix, str) or not prefix or _is_remote(prefix):
                     continue
                 path = _join(root, prefix)
                 if not os.path.isdir(path):
-                    raise FileNotFoundError(f"folder {path!r} of {key}.data_prefix.{name} not found: pass --data-root "
-                                            f"DIR, the folder holding {prefix}, or set {key}.data_prefix.{name}")
+                    raise NotFoundError(f"folder {path!r} of {key}.data_prefix.{name} not found: pass --data-root "
+                                        f"DIR, the folder holding {prefix}, or set {key}.data_prefix.{name}")
     for name in RUN_EVALUATORS[mode]:
         for ev in _evaluators(cfg, name):
             ann = ev.get("ann_file")
             if ann and not _is_remote(ann) and not ev.get("backend_args") and not os.path.isfile(str(ann)):
-                raise FileNotFoundError(f"annotation file {str(ann)!r} of {name}.ann_file not found: pass --data-root "
-                                        f"DIR (the evaluator follows its loader's dataset), or set {name}.ann_file")
+                raise NotFoundError(f"annotation file {str(ann)!r} of {name}.ann_file not found: pass --data-root "
+                                    f"DIR (the evaluator follows its loader's dataset), or set {name}.ann_file")
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,8 +5,8 @@ config's ``default_scope`` (mmdet or mmseg) picks the registries, so this module
 package. Distributed runs go through torchrun with ``launcher='pytorch'``, as with mmdet's and
 mmseg's own tools.
 
-Bad input is found before a run starts and raised as `ConfigError` (a `ValueError`) or
-`FileNotFoundError`, each naming the problem and its config key: a missing config, a config that
+Bad input is found before a run starts and raised as `ConfigError` or `NotFoundError` (the
+project's errors, `backbones.errors`), each naming the problem and its config key: a missing config, a config that
 does not parse, a ``--cfg-options`` key that sets a variable of the file (for ``data_root=...``
 pass ``data_root``, ``--data-root`` at the command line), a key no component accepts or a type no registry holds (found by
 building the model and the dataloaders of the run up front), a missing data root, annotation
@@ -17,6 +17,8 @@ folder, the dumped config, the work dir itself when it made it) is removed.
 """
 from __future__ import annotations
 
+import inspect
+import itertools
 import logging
 import os
 import pickle
@@ -34,11 +36,13 @@ from mmengine.logging import MMLogger
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from backbones.errors import NotFoundError
+
 from .datasets import (ConfigError, apply_classes_from_data, check_built_datasets, check_cfg_options,
                        check_classes, check_data_files, empty_dataset_message, init_checkpoints, set_data_root)
 from .safe_loading import allow_mmengine_checkpoints
 
-__all__ = ["LAUNCHERS", "ConfigError", "load_config", "check_data_roots", "check_init_checkpoints",
+__all__ = ["LAUNCHERS", "ConfigError", "load_config", "runner_keys", "check_data_roots", "check_init_checkpoints",
            "read_checkpoint", "build_runner", "train", "test", "train_measures", "final_val_metrics"]
 
 LAUNCHERS = ("none", "pytorch", "slurm", "mpi")
@@ -68,8 +72,8 @@ def load_config(config: str | Path, work_dir: str | Path | None = None,
     """
     path = Path(config)
     if not path.is_file():
-        raise FileNotFoundError(f"config {str(path)!r} not found; configs live in configs/detection and "
-                                "configs/segmentation")
+        raise NotFoundError(f"config {str(path)!r} not found; configs live in configs/detection and "
+                            "configs/segmentation")
     if launcher not in LAUNCHERS:
         raise ValueError(f"launcher must be one of {LAUNCHERS}, not {launcher!r}")
     try:
@@ -77,7 +81,7 @@ def load_config(config: str | Path, work_dir: str | Path | None = None,
     except SyntaxError as exc:
         raise ConfigError(f"config {str(path)!r} is not valid Python: {exc.msg} (line {exc.lineno})") from exc
     if cfg_options:
-        check_cfg_options(cfg_options, cfg)
+        check_cfg_options(cfg_options, cfg, runner_keys(cfg))
         if data_root is not None:
             both = sorted(k for k in cfg_options if str(k).split(".")[-1] == "data_root")
             if both:
@@ -97,8 +101,15 @@ def load_config(config: str | Path, work_dir: str | Path | None = None,
     return cfg
 
 
+def runner_keys(cfg: Mapping[str, Any]) -> frozenset[str]:
+    """The top-level config keys the config's Runner (``runner_type``, default mmengine's
+    `Runner`) takes as arguments: the parameters of its ``__init__``."""
+    runner = RUNNERS.get(cfg.get("runner_type", "Runner")) or Runner
+    return frozenset(inspect.signature(runner.__init__).parameters) - {"self", "cfg"}
+
+
 def check_data_roots(cfg: Config, mode: str) -> None:
-    """Raise FileNotFoundError when a dataloader of the run (train and val for "train", test for
+    """Raise NotFoundError when a dataloader of the run (train and val for "train", test for
     "test") names a local ``data_root`` that is not a folder (wrapped datasets included)."""
     for name in _DATALOADERS[mode]:
         dataset = (cfg.get(name) or {}).get("dataset")
@@ -106,19 +117,19 @@ def check_data_roots(cfg: Config, mode: str) -> None:
             dataset = dataset["dataset"]
         root = dataset.get("data_root") if dataset is not None else None
         if root and "://" not in str(root) and not Path(root).is_dir():  # URLs go to mmengine's file backends
-            raise FileNotFoundError(
+            raise NotFoundError(
                 f"data root {str(root)!r} of {name} not found: pass --data-root DIR (every loader and evaluator "
                 "follows it), or generate a toy set there with tools/make_toy_data.py")
 
 
 def check_init_checkpoints(cfg: Config) -> None:
-    """Raise FileNotFoundError when an ``init_cfg=dict(type='Pretrained', checkpoint=...)`` of the
+    """Raise NotFoundError when an ``init_cfg=dict(type='Pretrained', checkpoint=...)`` of the
     model names a local file that is not there (hub specs ``hf-hub:ORG/REPO`` and URLs are
     fetched when the weights are loaded)."""
     for key, checkpoint in init_checkpoints(cfg.get("model")):
         if checkpoint.startswith(("hf-hub:", "local-dir:")) or "://" in checkpoint or Path(checkpoint).is_file():
             continue
-        raise FileNotFoundError(
+        raise NotFoundError(
             f"checkpoint {checkpoint!r} of {key} not found: pass --cfg-options {key}=FILE, or a hub spec such as "
             "hf-hub:timm/efficientformerv2_s0.snap_dist_in1k")
 
@@ -127,12 +138,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """An mmengine checkpoint read with torch's safe loading.
 
     Raises:
-        FileNotFoundError: no such file.
+        NotFoundError: no such file.
         ConfigError: the file is not a torch checkpoint, or holds objects safe loading refuses.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} not found")
+        raise NotFoundError(f"checkpoint {str(path)!r} not found")
     with path.open("rb") as f:
         head = f.read(2)
     # torch.save writes a zip archive (older torch: a bare pickle, which starts with 0x80)
@@ -187,45 +198,38 @@ class _WorkDirGuard(Hook):
     def before_test_iter(self, runner: Any, batch_idx: int, data_batch: Any = None) -> None:
         self.started = True
 
-    def undo(self) -> None:
-        """Remove what this run added to the work dir (no-op once the run has started)."""
+    def undo(self, logger: logging.Logger | None = None) -> None:
+        """Remove what this run added to the work dir (no-op once the run has started); `logger`
+        (the run's, default mmengine's current one) stops writing its log file there."""
         if self.started:
             return
-        for logger in list(getattr(MMLogger, "_instance_dict", {}).values()):
-            for handler in list(logger.handlers):
-                if isinstance(handler, logging.FileHandler) and \
-                        Path(handler.baseFilename).absolute().is_relative_to(self.work_dir):
-                    handler.close()
-                    logger.removeHandler(handler)
-        _forget_visualizers(self.work_dir)
-        if self.created is not None:
-            shutil.rmtree(self.created, ignore_errors=True)
-            return
-        for name in (set(os.listdir(self.work_dir)) if self.work_dir.is_dir() else set()) - self.before:
-            path = self.work_dir / name
+        added = [self.created] if self.created is not None else [
+            self.work_dir / name for name in (set(os.listdir(self.work_dir)) if self.work_dir.is_dir() else set())
+            - self.before]
+        logger = logger if logger is not None else MMLogger.get_current_instance()
+        for handler in list(logger.handlers):
+            if isinstance(handler, logging.FileHandler) and \
+                    any(Path(handler.baseFilename).absolute().is_relative_to(p.absolute()) for p in added):
+                handler.close()
+                logger.removeHandler(handler)
+        for path in added:
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
 
 
-def _forget_visualizers(work_dir: Path) -> None:
-    """mmengine keeps a visualizer per name for the whole process (``name='visualizer'`` in
-    mmdet's and mmseg's configs), and the next Runner of the same name reuses it, with its save
-    folder: forget those that save under a removed work dir."""
-    from mmengine.visualization import Visualizer
+def _own_visualizer(cfg: Config) -> None:
+    """Give the run's visualizer a name of its own. mmengine keeps one visualizer per name for the
+    whole process and hands it, with its save folder, to the next Runner that asks for the name
+    (mmdet's and mmseg's configs all say ``name='visualizer'``): a run after a failed one would
+    write into the failed run's removed folder. Hooks find it by `get_current_instance`."""
+    visualizer = cfg.get("visualizer")
+    if isinstance(visualizer, Mapping):
+        cfg.visualizer.name = f"{visualizer.get('name', 'visualizer')}_{os.getpid()}_{next(_RUN_IDS)}"
 
-    classes = [Visualizer]
-    while classes:
-        cls = classes.pop()
-        classes += cls.__subclasses__()
-        instances = cls.__dict__.get("_instance_dict", {})
-        for name, visualizer in list(instances.items()):
-            for backend in getattr(visualizer, "_vis_backends", {}).values():
-                save_dir = getattr(backend, "_save_dir", None)
-                if save_dir and Path(save_dir).absolute().is_relative_to(work_dir):
-                    instances.pop(name, None)
-                    break
+
+_RUN_IDS = itertools.count(1)  # Runners built by this process (`_own_visualizer`)
 
 
 def build_runner(cfg: Config, mode: str = "train") -> Runner:
@@ -239,6 +243,7 @@ def build_runner(cfg: Config, mode: str = "train") -> Runner:
     check_data_roots(cfg, mode)
     check_data_files(cfg, mode)
     check_classes(cfg, mode)
+    _own_visualizer(cfg)
     guard = _WorkDirGuard(cfg.work_dir)
     # Warnings the components raise while being built are held back until the whole run is built:
     # when it fails, they are about a run that will not happen, and only the error is reported.
@@ -281,7 +286,7 @@ def _run(runner: Runner, mode: str) -> Any:
     except BaseException:
         for hook in runner.hooks:
             if isinstance(hook, _WorkDirGuard):
-                hook.undo()
+                hook.undo(runner.logger)
         raise
 
 

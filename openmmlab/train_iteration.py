@@ -27,6 +27,9 @@ from mmengine.optim import build_optim_wrapper
 from mmengine.registry import MODELS, init_default_scope
 from mmengine.runner import Runner
 
+from backbones.errors import NotFoundError, UsageError
+
+from .datasets import ConfigError
 from .runner import load_config
 
 __all__ = ["train_iteration", "set_train_data_root", "set_train_input_size", "synchronize"]
@@ -79,8 +82,8 @@ def _read_batches(loader: Any, count: int) -> list[Any]:
             if len(batches) == count:
                 break
         if len(batches) == before:
-            raise ValueError("the training dataloader gave no batch: is the dataset empty after filtering "
-                             "(e.g. class names that match no annotation)?")
+            raise ConfigError("the training dataloader gave no batch: is the dataset empty after filtering "
+                              "(e.g. class names that match no annotation)?")
     return batches
 
 
@@ -108,17 +111,17 @@ def train_iteration(config: str | Path, data_root: str | Path, device: str | tor
         (`torch.cuda.max_memory_allocated` over all iterations; None on the CPU).
     """
     if iterations < 1 or warmup < 0:
-        raise ValueError(f"iterations must be at least 1 and warmup at least 0, got {iterations} and {warmup}")
+        raise UsageError(f"iterations must be at least 1 and warmup at least 0, got {iterations} and {warmup}")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device cuda asked for, but torch sees no CUDA device")
+        raise UsageError("device cuda asked for, but torch sees no CUDA device")
     if not Path(data_root).is_dir():
-        raise FileNotFoundError(f"data root {str(data_root)!r} not found: generate a toy set with "
-                                "tools/make_toy_data.py --task det|seg")
+        raise NotFoundError(f"data root {str(data_root)!r} not found: generate a toy set with "
+                            "tools/make_toy_data.py --task det|seg")
     cfg = load_config(config, cfg_options=cfg_options)
     scope = cfg.get("default_scope")
     if scope is None:
-        raise ValueError(f"config {config} names no default_scope (mmdet or mmseg)")
+        raise ConfigError(f"config {config} names no default_scope (mmdet or mmseg)")
     set_train_data_root(cfg, data_root)
     if input_size is not None:
         set_train_input_size(cfg, input_size)

@@ -18,25 +18,24 @@ def test_registered_names():
 
 
 def test_each_variant_is_named_once():
-    """The factories and create_model's registry derive from the one table of backbones.arch;
-    the names that moved there still import from backbones.efficientformer_v2."""
+    """The factories and create_model's registry (backbones.builder) derive from the one table of
+    backbones.arch; the network file defines the network only."""
     import backbones
     import backbones.arch as arch_module
+    import backbones.builder as builder
     import backbones.efficientformer_v2 as model_module
-    from backbones.efficientformer_v2 import (ATTENTION_STAGES, DOWNSAMPLING, SWITCHES, Arch, StageArch,  # noqa: F401
-                                              StagePlan, _arch, feature_grids, resolve_arch, stage_plans)
+    from backbones.arch import resolve_arch
 
     assert [v.model_name for v in arch_module.RELEASED] == [f"efficientformerv2_{k}" for k in VARIANTS]
-    assert sorted(model_module.MODEL_FACTORIES) == NAMES
+    assert sorted(builder.MODEL_FACTORIES) == NAMES
     for v in arch_module.RELEASED:
         factory = getattr(backbones, v.model_name)
-        assert factory is getattr(model_module, v.model_name) is model_module.MODEL_FACTORIES[v.model_name]
+        assert factory is getattr(builder, v.model_name) is builder.MODEL_FACTORIES[v.model_name]
         assert factory.__name__ == v.model_name and v.summary in factory.__doc__
+        assert not hasattr(model_module, v.model_name)
         with torch.device("meta"):
             assert factory().arch == VARIANTS[v.key] == resolve_arch(v.model_name)
-    for name in ("Arch", "StageArch", "StagePlan", "SWITCHES", "ATTENTION_STAGES", "DOWNSAMPLING", "VARIANTS",
-                 "stage_plans", "feature_grids", "resolve_arch", "_arch"):
-        assert getattr(model_module, name) is getattr(arch_module, name), name
+    assert not hasattr(model_module, "load_pretrained") and not hasattr(model_module, "MODEL_FACTORIES")
 
 
 @pytest.mark.parametrize("name", NAMES)

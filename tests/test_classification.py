@@ -20,12 +20,12 @@ from torchvision import transforms as T
 
 from backbones.supernet import SearchSpace
 from classification.__main__ import cli
-from classification.data import (DataError, ImageFolderDataset, ImageNetDataModule, collate_skip_bad,
-                                 load_rgb, scan_split)
+from classification.data import ImageNetDataModule
 from classification.module import ImageClassifier
 from classification.optim import decays
 from classification.supernet import SupernetModule
 from classification.toy_data import CLASSES, make_toy_classification
+from imagefolder import DataError, ImageFolderDataset, collate_skip_bad, load_rgb, scan_split
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "classification"
 

@@ -20,10 +20,11 @@ from lightning.pytorch import Callback
 
 from backbones import CheckpointError, efficientformerv2_s0, load_checkpoint
 from classification.__main__ import cli, main
-from classification.data import ImageNetDataModule, load_rgb
+from classification.data import ImageNetDataModule
 from classification.predictions import PredictionWriter
 from classification.run_folder import RunFolderError
 from classification.toy_data import CLASSES, make_toy_classification
+from imagefolder import load_rgb
 from tool_runner import run_classification
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ import torch
 
 from conftest import ROOT
 from deploy.calibration import CalibrationError, calibration_images, top1_accuracy
-from deploy.export import EDGE_ATOL, export_model, staged_output
+from deploy.export import EDGE_ATOL, export_model, graph_transform, staged_output
 from deploy.models import FeatureTuple, ImageInput, build_model, deploy_form
 from tool_runner import run_tool
 
@@ -134,22 +134,28 @@ def test_openvino_features_dynamic_hw(s0_features, tmp_path):
 # --------------------------------------------------------------------------------------------
 # int8 and calibration
 # --------------------------------------------------------------------------------------------
+def _unnormalised(size):
+    """The evaluation transform of the tiny model at `size`, in [0, 1] (the graph normalises)."""
+    return graph_transform(build_model(TINY, num_classes=10), (size, size) if isinstance(size, int) else size)
+
+
 def test_calibration_images_are_preprocessed_for_the_graph(toy):
-    images = calibration_images(toy, (TOY_SIZE, 24), count=7)
+    images = calibration_images(toy, _unnormalised((TOY_SIZE, 24)), count=7)
     assert len(images) == 7 and all(x.shape == (1, 3, TOY_SIZE, 24) for x in images)
     assert all(0.0 <= float(x.min()) and float(x.max()) <= 1.0 for x in images)
     assert float(images[0].std()) > 0.01
-    assert len(calibration_images(toy, TOY_SIZE, count=1000)) == 30  # every train image, no more
-    assert top1_accuracy(lambda x: torch.eye(10)[:1], toy, TOY_SIZE) == pytest.approx(10.0)  # class 0 of 10
+    square = _unnormalised(TOY_SIZE)
+    assert len(calibration_images(toy, square, count=1000)) == 30  # every train image, no more
+    assert top1_accuracy(lambda x: torch.eye(10)[:1], toy, square) == pytest.approx(10.0)  # class 0 of 10
 
 
 def test_calibration_folder_without_readable_image_is_refused(tmp_path):
     (tmp_path / "train" / "a").mkdir(parents=True)
     (tmp_path / "train" / "a" / "broken.jpg").write_bytes(b"not an image")
     with pytest.raises(CalibrationError, match="none readable"):
-        calibration_images(tmp_path, 32)
+        calibration_images(tmp_path, _unnormalised(32))
     with pytest.raises(CalibrationError, match="does not exist"):
-        calibration_images(tmp_path / "missing", 32)
+        calibration_images(tmp_path / "missing", _unnormalised(32))
 
 
 def _int8(fmt: str, toy: Path, out: Path, min_agreement: float = 0.0):

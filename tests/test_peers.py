@@ -110,64 +110,54 @@ def test_two_tiny_models_on_torch_and_a_model_that_cannot_be_built(monkeypatch):
     assert "no such architecture" in failures[0]["reason"]
 
 
-def _fake_peers(monkeypatch, names):
+def _fake_peers(monkeypatch, names, prepare_fails=lambda label: False, measure_fails=False):
+    """Peers that build as a small conv net; `prepare` (the real one) raises for the labels
+    `prepare_fails` names, `measure` (the real one) raises when `measure_fails`. Returns the
+    peers and the list of calls made: ("prepare", label) and ("measure", [labels])."""
     monkeypatch.setattr(peers_mod, "build_peer", lambda p: nn.Conv2d(3, 4, 3))
-    return [Peer(n, "Fake", "in1k", 32, 70.0 + i, "test") for i, n in enumerate(names)]
+    calls = []
+    real_prepare, real_measure = peers_mod.prepare, peers_mod.measure
 
+    def prepare(subject, runtime, workdir):
+        calls.append(("prepare", subject.label))
+        if prepare_fails(subject.label):
+            raise RuntimeError(f"cannot export {subject.label}: unsupported operator")
+        return real_prepare(subject, "torch", workdir)
 
-def _fake_benchmark(calls, fail_when):
-    """A stand-in for run_benchmark: logs as it does, raises where `fail_when(labels, label)`."""
-    def benchmark(specs, backends, resolution, log, runs, warmup, **kwargs):
-        labels = [s if isinstance(s, str) else s[0] for s in specs]
-        calls.append((labels, runs))
-        for label in labels:
-            log(f"preparing {label} on {backends[0]} (fp32)")
-            if fail_when(labels, label, "prepare"):
-                raise RuntimeError(f"cannot export {label}: unsupported operator")
-        log(f"measuring {len(labels)} model/backend pairs interleaved")
-        if fail_when(labels, None, "measure"):
+    def measure(entries, runs, warmup, log):
+        calls.append(("measure", [e.subject.label for e in entries]))
+        if measure_fails:
             raise RuntimeError("the runtime crashed while running")
-        return [_record(label, backends[0], latency=1.0 + i) | {"resolution": resolution}
-                for i, label in enumerate(labels)]
-    return benchmark
+        return real_measure(entries, runs, warmup, log=log)
+    monkeypatch.setattr(peers_mod, "prepare", prepare)
+    monkeypatch.setattr(peers_mod, "measure", measure)
+    return [Peer(n, "Fake", "in1k", 32, 70.0 + i, "test") for i, n in enumerate(names)], calls
 
 
 def test_export_failure_is_put_down_to_the_model_being_prepared(monkeypatch):
-    peers = _fake_peers(monkeypatch, ["net_a", "net_bad", "net_c"])
-    calls = []
-    fake = _fake_benchmark(calls, lambda labels, label, stage: stage == "prepare" and label == "net_bad")
-    records, failures = measure_peers(peers, ["onnxruntime"], runs=5, warmup=1, benchmark=fake)
+    peers, calls = _fake_peers(monkeypatch, ["net_a", "net_bad", "net_c"], lambda label: label == "net_bad")
+    records, failures = measure_peers(peers, ["onnxruntime"], runs=2, warmup=1)
     assert [r["model"] for r in records] == ["net_a", "net_c"]
     assert [(f["model"], f["backend"]) for f in failures] == [("net_bad", "onnxruntime")]
     assert "unsupported operator" in failures[0]["reason"]
-    # the group, the blamed model alone (one run), the group without it
-    assert calls == [(["net_a", "net_bad", "net_c"], 5), (["net_bad"], 1), (["net_a", "net_c"], 5)]
+    # each model prepared once, the survivors measured together once: no retries
+    assert calls == [("prepare", "net_a"), ("prepare", "net_bad"), ("prepare", "net_c"),
+                     ("measure", ["net_a", "net_c"])]
 
 
-def test_failure_while_measuring_is_found_by_running_each_model_alone(monkeypatch):
-    peers = _fake_peers(monkeypatch, ["net_a", "net_b", "net_bad"])
-    calls = []
-    fake = _fake_benchmark(calls, lambda labels, label, stage: stage == "measure" and "net_bad" in labels)
-    records, failures = measure_peers(peers, ["openvino"], runs=5, warmup=1, benchmark=fake)
-    assert [r["model"] for r in records] == ["net_a", "net_b"]
-    assert [f["model"] for f in failures] == ["net_bad"] and "crashed" in failures[0]["reason"]
-    assert calls[-1] == (["net_a", "net_b"], 5)
-
-
-def test_models_that_fail_only_together_are_measured_alone(monkeypatch):
-    peers = _fake_peers(monkeypatch, ["net_a", "net_b"])
-    fake = _fake_benchmark([], lambda labels, label, stage: stage == "measure" and len(labels) > 1)
-    records, failures = measure_peers(peers, ["onnxruntime"], benchmark=fake)
-    assert failures == [] and [r["model"] for r in records] == ["net_a", "net_b"]
-    assert all(r["interleaved"] is False for r in records)
-    assert records[0]["peer_group"] == "onnxruntime@32px, net_a alone"
+def test_failure_while_measuring_lists_every_model_of_the_group(monkeypatch):
+    peers, calls = _fake_peers(monkeypatch, ["net_a", "net_b"], measure_fails=True)
+    records, failures = measure_peers(peers, ["openvino"], runs=2, warmup=1)
+    assert records == [] and [f["model"] for f in failures] == ["net_a", "net_b"]
+    assert all("crashed" in f["reason"] and "32 px group" in f["reason"] for f in failures)
+    assert [c for c in calls if c[0] == "measure"] == [("measure", ["net_a", "net_b"])]
 
 
 def test_a_runtime_that_takes_no_model_lists_every_one(monkeypatch):
-    peers = _fake_peers(monkeypatch, ["net_a", "net_b"])
-    fake = _fake_benchmark([], lambda labels, label, stage: True)
-    records, failures = measure_peers(peers, ["executorch"], benchmark=fake)
+    peers, calls = _fake_peers(monkeypatch, ["net_a", "net_b"], lambda label: True)
+    records, failures = measure_peers(peers, ["executorch"])
     assert records == [] and [f["model"] for f in failures] == ["net_a", "net_b"]
+    assert not [c for c in calls if c[0] == "measure"]
 
 
 def test_tool_lists_and_measures(tmp_path):

@@ -323,20 +323,17 @@ def test_create_model_pretrained_from_a_local_file(tmp_path, randomize_):
     path = save_checkpoint(source, tmp_path / "s0.safetensors")
     x = _x(1)
     for model in (create_model("efficientformerv2_s0", pretrained=str(path), img_size=SIDE, num_classes=5),
-                  create_model("efficientformerv2_s0", checkpoint=str(path), img_size=SIDE, num_classes=5),
                   create_model("efficientformerv2_s0", str(path), img_size=SIDE, num_classes=5)):
         with torch.no_grad():
             _close(model.eval()(x), source(x), atol=0)
-    with pytest.raises(ValueError, match="either"):
-        create_model("efficientformerv2_s0", pretrained=str(path), checkpoint=str(path))
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_create_model_pretrained_true_asks_for_the_variants_hub_weights(name, monkeypatch):
-    import backbones.checkpoint
+    import backbones.builder
 
     calls = []
-    monkeypatch.setattr(backbones.checkpoint, "load_checkpoint", lambda model, spec, **kw: calls.append((spec, kw)))
+    monkeypatch.setattr(backbones.builder, "load_checkpoint", lambda model, spec, **kw: calls.append((spec, kw)))
     create_model(name, pretrained=True)
     create_model(name, pretrained=True, num_classes=10)  # another class count: the heads stay fresh
     create_model(name, pretrained=True, features_only=True)

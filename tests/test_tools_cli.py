@@ -76,6 +76,30 @@ def test_bad_input_from_a_new_python_process(bad_inputs):
     _assert_one_line_error(r, "convert_checkpoint", "not a checkpoint: the file is a text file")
 
 
+def test_only_the_projects_errors_are_bad_input(capsys):
+    """The project's errors (and argparse's) are one line and status 2; any other exception, a
+    ValueError, OSError or ImportError from torch or a bug, keeps its traceback (status 1)."""
+    from backbones.errors import CheckpointError, EfficientFormerV2Error, NotFoundError, UsageError
+    from deploy.stacks import ExportStackError
+    from imagefolder import DataError
+
+    cli = load_tool("_cli")
+
+    def raising(exc):
+        def main(argv):
+            raise exc
+        return main
+
+    for error in (UsageError("u"), NotFoundError("n"), CheckpointError("c"), DataError("d"), ExportStackError("e")):
+        assert isinstance(error, EfficientFormerV2Error)
+        assert cli.run(raising(error), "tool") == 2
+        assert capsys.readouterr().err == f"tool: error: {error}\n"
+    for bug in (ValueError("shapes do not match"), FileNotFoundError("x"), ImportError("no module"),
+                RuntimeError("boom")):
+        with pytest.raises(type(bug)):
+            cli.run(raising(bug), "tool")
+
+
 def test_tools_offer_the_packages_choices():
     """The tools keep their choices as literals (their --help needs no torch): the packages' own."""
     from deploy.benchmark import BACKENDS

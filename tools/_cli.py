@@ -9,8 +9,13 @@ line on stderr that names the problem and what to do, and exit status 2, never a
     if __name__ == "__main__":
         sys.exit(run(main, "export"))
 
+Bad input is what argparse refuses and the project's own errors (`backbones.errors`:
+`EfficientFormerV2Error` and its subclasses, `UsageError` for what a tool checks itself). Any
+other exception (a ValueError, OSError or ImportError from torch or a bug of ours) keeps its
+traceback and exit status 1: that is what a report needs.
+
 Only tools import this module (scripts in tools/ have tools/ first on sys.path); no package
-imports it.
+imports it. Importing it stays cheap (`backbones.errors` loads no third-party module).
 """
 from __future__ import annotations
 
@@ -20,33 +25,19 @@ import sys
 from pathlib import Path
 from typing import Callable, NoReturn, Sequence
 
-__all__ = ["ArgumentParser", "UsageError", "BAD_INPUT", "is_bad_input", "run", "fail", "positive_int",
-           "require_positive", "check_writable"]
+from backbones.errors import EfficientFormerV2Error, UsageError
 
-
-class UsageError(Exception):
-    """Raised by a tool for bad input it detects itself; the message says what to do."""
-
-
-# Exceptions that mean bad input (wrong path, unreadable or unfitting file, bad value, missing
-# optional package), as opposed to a bug; the checkpoint loader's `CheckpointError` (a
-# RuntimeError) too, looked up in `is_bad_input` so that importing this module stays cheap.
-BAD_INPUT: tuple[type[BaseException], ...] = (UsageError, ValueError, OSError, ImportError)
+__all__ = ["ArgumentParser", "UsageError", "is_bad_input", "run", "fail", "positive_int", "require_positive",
+           "check_writable"]
 
 
 def is_bad_input(exc: BaseException) -> bool:
-    """Whether `exc` is bad input: one of `BAD_INPUT`, or a checkpoint that cannot be loaded."""
-    if isinstance(exc, BAD_INPUT):
-        return True
-    checkpoint = sys.modules.get("backbones.checkpoint")  # not imported: nothing raised its error
-    return checkpoint is not None and isinstance(exc, checkpoint.CheckpointError)
+    """Whether `exc` is bad input: one of the project's errors (`EfficientFormerV2Error`)."""
+    return isinstance(exc, EfficientFormerV2Error)
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    if isinstance(exc, (FileNotFoundError, IsADirectoryError, PermissionError)) and exc.filename:
-        text = f"{exc.strerror}: {exc.filename}"
-    return text
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def fail(prog: str, message: str) -> NoReturn:

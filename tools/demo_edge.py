@@ -41,7 +41,7 @@ def run_demo(data: Path, checkpoint: Path, out: Path, threads: int = 1, runs: in
     import torch
 
     from deploy.benchmark import format_table, run_benchmark
-    from deploy.executorch import set_threads
+    from deploy.runtimes.executorch import set_threads
     from deploy.export import export_model
     from deploy.models import build_model
 

@@ -18,12 +18,14 @@ from _cli import ArgumentParser, run
 from _demo import TOY_CLASSIFIER, add_threads_option, apply_threads
 
 
-def _toy_images(data: Path, size: int, n: int = 2):
-    """Up to `n` toy validation images as a (n, 3, size, size) tensor in [0, 1], or None."""
+def _toy_images(data: Path, model, size: int, n: int = 2):
+    """Up to `n` toy validation images as a (n, 3, size, size) tensor in [0, 1] (the model's
+    evaluation transform at `size`, unnormalised: the exported graph normalises), or None."""
     import torch
 
     from deploy.calibration import val_samples
-    images = [x for x, _ in val_samples(data / "toy_cls", size, limit=n)]
+    from deploy.export import graph_transform
+    images = [x for x, _ in val_samples(data / "toy_cls", graph_transform(model, (size, size)), limit=n)]
     return torch.cat(images) if images else None
 
 
@@ -42,7 +44,7 @@ def run_demo(data: Path, checkpoint: Path, out: Path) -> tuple[float, str]:
     onnx_res = export_model(name, "onnx", out / f"{name}.onnx", model=model, size=size)
     print(onnx_res.summary())
     diff = onnx_res.max_abs_diff
-    images = _toy_images(data, size[0])
+    images = _toy_images(data, model, size[0])
     if images is not None:
         net = ImageInput(deploy_form(model)).eval()
         diff = max(diff, check_onnx(onnx_res.path, net, images))

@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from imagefolder import DataError
+
 __all__ = ["Batches", "recalibrate_bn", "evaluate"]
 
 Batches = Iterable[Any]
@@ -68,7 +70,7 @@ def recalibrate_bn(model: nn.Module, batches: Batches, num_batches: int = 10) ->
             bn.momentum = momentum
         model.eval()
     if n == 0:
-        raise ValueError("no batch to recalibrate BatchNorm statistics with")
+        raise DataError("no batch to recalibrate BatchNorm statistics with")
     return n
 
 
@@ -96,5 +98,5 @@ def evaluate(model: nn.Module, batches: Batches, max_batches: int | None = None)
         correct += (logits.argmax(-1) == y).sum().item()
         total += y.numel()
     if total == 0:
-        raise ValueError("no labelled batch to evaluate on")
+        raise DataError("no labelled batch to evaluate on")
     return 100.0 * correct / total, loss / total

@@ -7,6 +7,7 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
+from backbones.errors import UsageError
 from backbones.supernet import SubnetConfig
 
 from .evaluator import SubnetEvaluator
@@ -50,7 +51,7 @@ def proxy_correlation(evaluator: SubnetEvaluator, configs: Sequence[SubnetConfig
     from scipy.stats import kendalltau
 
     if len(configs) < 3:
-        raise ValueError("the proxy check needs at least 3 sub-networks")
+        raise UsageError("the proxy check needs at least 3 sub-networks")
     inherited = [evaluator.accuracy(c)[0] for c in configs]
     standalone = [float(train_standalone(c)) for c in configs]
     r = _pearson(inherited, standalone)

@@ -5,6 +5,7 @@ from typing import Any
 
 import torch
 
+from backbones.errors import UsageError
 from backbones.supernet import EfficientFormerV2Supernet, SubnetConfig
 from deploy.latency_lut import LatencyTable, subnet_keys, table_entries
 
@@ -58,7 +59,7 @@ class SubnetEvaluator:
     def cost(self, config: SubnetConfig) -> tuple[int, float, float]:
         """(parameters, predicted latency in ms, MES)."""
         if self.table is None:
-            raise ValueError("latency and MES need a latency table (tools/build_latency_lut.py)")
+            raise UsageError("latency and MES need a latency table (tools/build_latency_lut.py)")
         params = self.count_params(config)
         latency = self.table.predict(config)
         return params, latency, self.mes_spec(params, latency)

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import torch
 
 from backbones import EfficientFormerV2
+from backbones.errors import FileFormatError, NotFoundError
 from backbones.supernet import EfficientFormerV2Supernet, SubnetConfig
 
 from .calibration import Batches
@@ -87,8 +88,8 @@ _NETWORK_KEYS = {"arch", "img_size", "num_classes", "distillation", "params"}
 def _record(data: Mapping[str, Any], source: str) -> SearchedNetwork:
     unknown = set(data) - _NETWORK_KEYS
     if unknown or not isinstance(data.get("arch"), Mapping):
-        raise ValueError(f"{source}: not a searched-network record (keys {sorted(data)}; expected "
-                         f"{sorted(_NETWORK_KEYS)})")
+        raise FileFormatError(f"{source}: not a searched-network record (keys {sorted(data)}; expected "
+                              f"{sorted(_NETWORK_KEYS)})")
     return SearchedNetwork(**{k: data.get(k) for k in _NETWORK_KEYS}, source=source)
 
 
@@ -106,8 +107,8 @@ def _from_classification_config(config: Mapping[str, Any], source: Path) -> Sear
     if not isinstance(model.get("arch"), Mapping) and isinstance(model.get("model_name"), str):
         model["arch"] = {"base": model["model_name"].lower().removeprefix("efficientformerv2_")}  # a variant config
     if not isinstance(model.get("arch"), Mapping):
-        raise ValueError(f"{source} has no model.arch: give the searched.yaml or search.json the search wrote, "
-                         "or an architecture dict")
+        raise FileFormatError(f"{source} has no model.arch: give the searched.yaml or search.json the search wrote, "
+                              "or an architecture dict")
     beside = source.parent / "search.json"   # written with it: the classes and count of the search
     if beside.is_file():
         found = load_searched(beside)
@@ -142,14 +143,14 @@ def load_searched(spec: str | Path | Mapping[str, Any]) -> SearchedNetwork:
             try:
                 data = json.loads(text)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{source} {text!r} is not JSON ({e}): give a dict such as "
-                                 '{"base": "s0", "attention": [0, 0, 2, 2]}') from None
+                raise FileFormatError(f"{source} {text!r} is not JSON ({e}): give a dict such as "
+                                      '{"base": "s0", "attention": [0, 0, 2, 2]}') from None
         else:
             path = Path(text)
             source = str(path)
             if not path.is_file():
-                raise FileNotFoundError(f"{path} does not exist: give the search's search.json or searched.yaml, "
-                                        "an architecture JSON file, or an inline JSON dict")
+                raise NotFoundError(f"{path} does not exist: give the search's search.json or searched.yaml, "
+                                    "an architecture JSON file, or an inline JSON dict")
             if path.suffix in (".yaml", ".yml"):
                 data = read_config(path, what="config")   # includes merged, dotted keys nested
                 if "model" in data:
@@ -158,11 +159,11 @@ def load_searched(spec: str | Path | Mapping[str, Any]) -> SearchedNetwork:
                 try:
                     data = json.loads(path.read_text())
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{path} is not JSON ({e}): give the search's search.json or searched.yaml, "
-                                     'or an architecture dict such as {"base": "s0", "attention": [0, 0, 2, 2]}') \
+                    raise FileFormatError(f"{path} is not JSON ({e}): give the search's search.json or searched.yaml, "
+                                          'or an architecture dict such as {"base": "s0", "attention": [0, 0, 2, 2]}') \
                         from None
     if not isinstance(data, Mapping):
-        raise ValueError(f"{source} holds a {type(data).__name__}, not an architecture dict or a searched network")
+        raise FileFormatError(f"{source} holds a {type(data).__name__}, not an architecture dict or a searched network")
     if "steps" in data and "arch" in data:          # search.json
         network = _from_search_json(data, source)
     elif isinstance(data.get("arch"), Mapping):     # a network record
@@ -174,7 +175,7 @@ def load_searched(spec: str | Path | Mapping[str, Any]) -> SearchedNetwork:
     try:
         resolve_arch(network.arch)   # an unknown key or value names itself now
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{source}: {e}") from None
+        raise FileFormatError(f"{source}: {e}") from None
     return network
 
 
@@ -191,27 +192,27 @@ def load_supernet(checkpoint: str | Path) -> EfficientFormerV2Supernet:
             fit the supernet its hyper-parameters describe.
     """
     if not Path(checkpoint).is_file():
-        raise FileNotFoundError(f"supernet checkpoint {checkpoint} does not exist (python -m classification.supernet "
-                                "fit ... writes checkpoints/last.ckpt)")
+        raise NotFoundError(f"supernet checkpoint {checkpoint} does not exist (python -m classification.supernet "
+                            "fit ... writes checkpoints/last.ckpt)")
     try:
         ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as e:
         # torch.load fails on a file that is not a torch checkpoint with any of these
-        raise ValueError(f"cannot read supernet checkpoint {checkpoint} (not a torch checkpoint, or one that "
-                         f"carries code): {type(e).__name__}: {e}") from e
+        raise FileFormatError(f"cannot read supernet checkpoint {checkpoint} (not a torch checkpoint, or one that "
+                              f"carries code): {type(e).__name__}: {e}") from e
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise ValueError(f"{checkpoint} is not a Lightning checkpoint of classification.supernet.SupernetModule "
-                         "(python -m classification.supernet fit ... writes one)")
+        raise FileFormatError(f"{checkpoint} is not a Lightning checkpoint of classification.supernet.SupernetModule "
+                              "(python -m classification.supernet fit ... writes one)")
     hp = ckpt["hyper_parameters"]
     state = {k[len("supernet."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("supernet.")}
     if not state:
-        raise ValueError(f"{checkpoint} holds no supernet weights (no 'supernet.*' keys)")
+        raise FileFormatError(f"{checkpoint} holds no supernet weights (no 'supernet.*' keys)")
     net = EfficientFormerV2Supernet(hp.get("space"), num_classes=hp["num_classes"],
                                     distillation=hp.get("distillation", True), img_size=hp["img_size"])
     missing, unexpected = net.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{checkpoint} does not fit the supernet its hyper-parameters describe: missing "
-                         f"{missing[:5]}, unexpected {unexpected[:5]}")
+        raise FileFormatError(f"{checkpoint} does not fit the supernet its hyper-parameters describe: missing "
+                              f"{missing[:5]}, unexpected {unexpected[:5]}")
     return net.eval()
 
 
@@ -229,7 +230,9 @@ def image_batches(root: str | Path, split: str, img_size: int, batch_size: int, 
     """
     from torch.utils.data import DataLoader, Subset
 
-    from ..data import ImageFolderDataset, ImageNetDataModule, collate_skip_bad, scan_split
+    from imagefolder import ImageFolderDataset, collate_skip_bad, scan_split
+
+    from ..data import ImageNetDataModule
 
     dm = ImageNetDataModule(root, img_size=img_size, batch_size=batch_size, num_workers=num_workers, **data_kwargs)
     dataset = ImageFolderDataset(scan_split(Path(root) / split, dm.class_to_idx), dm.eval_transform(), dm.classes)
@@ -264,18 +267,18 @@ def _read_yaml(path: Path, what: str, seen: tuple[Path, ...]) -> dict[str, Any]:
     import yaml
 
     if not path.is_file():
-        raise FileNotFoundError(f"{what} {str(path)!r} does not exist"
-                                + (f" (included by {str(seen[-1])!r})" if seen else
-                                   ": pass the path of a classification config (configs/classification/*.yaml "
-                                   "in the source tree)"))
+        raise NotFoundError(f"{what} {str(path)!r} does not exist"
+                            + (f" (included by {str(seen[-1])!r})" if seen else
+                               ": pass the path of a classification config (configs/classification/*.yaml "
+                               "in the source tree)"))
     if path.resolve() in seen:
-        raise ValueError(f"{what} {str(path)!r} includes itself")
+        raise FileFormatError(f"{what} {str(path)!r} includes itself")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ValueError(f"{what} {str(path)!r} is not valid YAML: {' '.join(str(e).split())}") from None
+        raise FileFormatError(f"{what} {str(path)!r} is not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{what} {str(path)!r} is not a YAML mapping of sections")
+        raise FileFormatError(f"{what} {str(path)!r} is not a YAML mapping of sections")
     out: dict[str, Any] = {}
     for key, value in data.items():   # in order: an included config is overridden by the keys after it
         if key == "config":

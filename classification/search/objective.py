@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from backbones.errors import UsageError
 from deploy.mes import ALPHA_LATENCY, ALPHA_SIZE, U_LATENCY_MS, U_SIZE, mobile_efficiency_score
 
 __all__ = ["MesSpec", "Target"]
@@ -27,7 +28,7 @@ class MesSpec:
     def __post_init__(self) -> None:
         for name in ("alpha_size", "alpha_latency"):
             if not 0.0 < getattr(self, name) <= 1.0:
-                raise ValueError(f"mes.{name} must lie in (0, 1], got {getattr(self, name)}")
+                raise UsageError(f"mes.{name} must lie in (0, 1], got {getattr(self, name)}")
         for name in ("u_size", "u_latency"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"mes.{name} must be positive, got {getattr(self, name)}")

@@ -7,6 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from backbones.errors import UsageError
 from backbones.supernet import EfficientFormerV2Supernet
 from deploy.latency_lut import LatencyTable
 
@@ -46,7 +47,7 @@ def run_search(supernet: EfficientFormerV2Supernet, data_root: str | Path, table
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if table.img_size != supernet.img_size:
-        raise ValueError(f"the latency table was built at {table.img_size}px, the supernet at {supernet.img_size}px")
+        raise UsageError(f"the latency table was built at {table.img_size}px, the supernet at {supernet.img_size}px")
     s, r = settings.search, settings.random
     batches = dict(img_size=supernet.img_size, batch_size=s.batch_size, cache=s.cache)
     val = image_batches(data_root, s.split, max_images=s.max_images, **batches)

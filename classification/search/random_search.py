@@ -4,6 +4,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from backbones.errors import UsageError
 from backbones.supernet import SubnetConfig
 
 from .evaluator import SubnetEvaluator
@@ -53,7 +54,7 @@ def sample_at_budget(evaluator: SubnetEvaluator, target: Target, count: int, rng
             if len(found) == count:
                 break
     if not found:
-        raise ValueError(f"no random sub-network within {tolerance:.0%} of the target {target} in "
+        raise UsageError(f"no random sub-network within {tolerance:.0%} of the target {target} in "
                          f"{max_draws} draws: loosen the tolerance or the target")
     return found
 

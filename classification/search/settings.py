@@ -14,6 +14,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
+from backbones.errors import EfficientFormerV2Error, NotFoundError
 from deploy.latency_lut import Backend
 
 from .evaluator import SubnetEvaluator
@@ -26,7 +27,7 @@ __all__ = ["SettingsError", "LutSettings", "TargetSettings", "GreedySettings", "
 EXTENDS_KEY = "extends"
 
 
-class SettingsError(ValueError):
+class SettingsError(EfficientFormerV2Error, ValueError):
     """A search config that cannot be used: the message names the key and what it accepts."""
 
 
@@ -256,8 +257,8 @@ def _read(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     import yaml
 
     if not path.is_file():
-        raise FileNotFoundError(f"search config {str(path)!r} does not exist"
-                                + (f" (extended by {str(seen[-1])!r})" if seen else ""))
+        raise NotFoundError(f"search config {str(path)!r} does not exist"
+                            + (f" (extended by {str(seen[-1])!r})" if seen else ""))
     if path.resolve() in seen:
         raise SettingsError(f"{path}: extends itself through {' -> '.join(map(str, seen))}")
     try:

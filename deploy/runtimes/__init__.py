@@ -25,6 +25,8 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
+from backbones.errors import UsageError
+
 from .base import CompiledModel, ExportResult, Runtime
 
 __all__ = ["RUNTIMES", "FORMATS", "BACKENDS", "INT8_FORMATS", "INT8_BACKENDS", "LUT_BACKENDS", "Runtime",
@@ -53,7 +55,7 @@ def format_runtime(fmt: str) -> Runtime:
     for r in RUNTIMES.values():
         if r.format == fmt:
             return r
-    raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    raise UsageError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
 def backend_runtime(backend: str, choices: tuple[str, ...] = BACKENDS) -> Runtime:
@@ -61,4 +63,4 @@ def backend_runtime(backend: str, choices: tuple[str, ...] = BACKENDS) -> Runtim
     for r in RUNTIMES.values():
         if r.backend == backend and backend in choices:
             return r
-    raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(choices)}")
+    raise UsageError(f"unknown backend {backend!r}; choose from {', '.join(choices)}")

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from backbones.errors import NotFoundError, UsageError
+
 from .base import Runtime, inference_runner
 from .pt2 import capture_program
 
@@ -25,7 +27,7 @@ def export_aoti(module, example, path: str | Path, dynamic_batch: bool = True, d
     import torch
     path = Path(path)
     if path.suffix != ".pt2":
-        raise ValueError(f"an AOTInductor package is saved as .pt2, got {path}")
+        raise UsageError(f"an AOTInductor package is saved as .pt2, got {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
     program = capture_program(module, example, dynamic_batch, dynamic_hw)
     with torch.no_grad():
@@ -39,7 +41,7 @@ def load_aoti(path: str | Path, threads: int | None = None):
     import torch
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no AOTInductor package at {path}")
+        raise NotFoundError(f"no AOTInductor package at {path}")
     if threads is not None:
         torch.set_num_threads(int(threads))
     return inference_runner(torch._inductor.aoti_load_package(str(path)))
@@ -64,12 +66,12 @@ class AOTInductor(Runtime):
         return ""
 
     def unavailable_error(self, why: str) -> Exception:
-        return ValueError(why)
+        return UsageError(why)
 
     def require(self, int8: bool = False) -> None:
         why = self.unavailable()
         if why:
-            raise ValueError(why.replace("backend aoti", "format aoti"))
+            raise UsageError(why.replace("backend aoti", "format aoti"))
 
     def export(self, module, example, path, *, dynamic_batch=False, dynamic_hw=False, calibration=None, **options):
         export_aoti(module, example, path, dynamic_batch, dynamic_hw)

@@ -14,6 +14,8 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Sequence
 
+from backbones.errors import UsageError
+
 from ..stacks import require_stack
 from .base import ExportResult, Runtime, as_tuple, other_size
 from .onnxruntime import output_names
@@ -76,16 +78,16 @@ def export_coreml(module: nn.Module, example: torch.Tensor, path: str | Path,
         raise ValueError(f"precision must be float16 or float32, not {precision!r}")
     path = Path(path)
     if path.suffix != ".mlpackage":
-        raise ValueError(f"a CoreML ML program is saved as a .mlpackage, got {path}")
+        raise UsageError(f"a CoreML ML program is saved as a .mlpackage, got {path}")
     n, c = example.shape[:2]
     size = tuple(example.shape[-2:])
     if isinstance(shapes, tuple):
         lo, hi = shapes
         if not (33 <= lo <= min(size) and max(size) <= hi):
-            raise ValueError(f"CoreML size range {lo}..{hi} must contain the example size {size} and start at 33 "
+            raise UsageError(f"CoreML size range {lo}..{hi} must contain the example size {size} and start at 33 "
                              "or more")
     elif shapes and size not in {tuple(s) for s in shapes}:
-        raise ValueError(f"the enumerated CoreML sizes {list(shapes)} must include the example size {size} "
+        raise UsageError(f"the enumerated CoreML sizes {list(shapes)} must include the example size {size} "
                          "(the package's default)")
     path.parent.mkdir(parents=True, exist_ok=True)
     module = module.eval()

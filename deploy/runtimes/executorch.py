@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from backbones.errors import NotFoundError, UsageError
+
 from ..stacks import require_stack
 from .base import Runtime, bind
 
@@ -171,7 +173,7 @@ def set_threads(n: int) -> None:
     same count does nothing, with another count it raises RuntimeError (use a subprocess)."""
     global _threads
     if n < 1:
-        raise ValueError(f"thread count must be at least 1, not {n}")
+        raise UsageError(f"thread count must be at least 1, not {n}")
     if _threads == n:
         return
     if _threads is not None:
@@ -196,7 +198,7 @@ class ExecuTorchProgram:
         from executorch.runtime import Runtime
         self.path = Path(path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"no ExecuTorch program at {self.path}")
+            raise NotFoundError(f"no ExecuTorch program at {self.path}")
         self._program = Runtime.get().load_program(self.path)
         self._method = self._program.load_method(method)
 

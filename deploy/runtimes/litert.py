@@ -33,6 +33,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from backbones.errors import FileFormatError, NotFoundError, UsageError
+
 from ..stacks import require_stack
 from .base import Runtime, bind
 
@@ -45,7 +47,7 @@ __all__ = ["LiteRTConversionError", "LiteRTProgram", "export_litert", "quantize_
 SIGNATURE = "serving_default"  # the converter's one signature
 
 
-class LiteRTConversionError(ValueError):
+class LiteRTConversionError(UsageError):
     """`litert_torch` cannot convert the model; the message names the operator."""
 
 
@@ -121,7 +123,7 @@ def export_litert(module: nn.Module, example: torch.Tensor, path: str | Path,
 
     path = Path(path)
     if path.suffix != ".tflite":
-        raise ValueError(f"a LiteRT model is saved as .tflite, got {path}")
+        raise UsageError(f"a LiteRT model is saved as .tflite, got {path}")
     module = module.eval()
     try:
         if calibration is None:
@@ -167,7 +169,7 @@ class LiteRTProgram:
 
         self.path = Path(path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"no LiteRT model at {self.path}")
+            raise NotFoundError(f"no LiteRT model at {self.path}")
         self.threads = int(threads) if threads is not None else torch.get_num_threads()
         self.interpreter = Interpreter(model_path=str(self.path), num_threads=self.threads)
         self.interpreter.allocate_tensors()
@@ -175,7 +177,7 @@ class LiteRTProgram:
         inputs, outputs = runner.get_input_details(), runner.get_output_details()
         del runner  # it holds the interpreter's tensors: we call the interpreter itself
         if len(inputs) != 1:
-            raise ValueError(f"{self.path} takes {len(inputs)} inputs, not one image")
+            raise FileFormatError(f"{self.path} takes {len(inputs)} inputs, not one image")
         self.input = next(iter(inputs.values()))
         # the signature's outputs by name (output_0, output_1, ...): PyTorch's order
         self.outputs = [outputs[k] for k in sorted(outputs, key=lambda k: (len(k), k))]

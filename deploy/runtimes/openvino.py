@@ -32,6 +32,8 @@ from typing import Literal
 
 from typing import TYPE_CHECKING
 
+from backbones.errors import NotFoundError, UsageError
+
 from ..stacks import require_stack
 from .base import Runtime, bind, dynamic_shapes
 
@@ -73,7 +75,7 @@ def export_openvino(module: nn.Module, example: torch.Tensor, path: str | Path, 
 
     path = Path(path)
     if path.suffix != ".xml":
-        raise ValueError(f"an OpenVINO IR is saved as .xml (and .bin), got {path}")
+        raise UsageError(f"an OpenVINO IR is saved as .xml (and .bin), got {path}")
     import torch
     module = module.eval()
     shape = [-1, example.shape[1], -1, -1] if dynamic_hw else list(example.shape)
@@ -119,7 +121,7 @@ def compile_openvino(path: str | Path, threads: int | None = None, precision: Pr
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no OpenVINO IR at {path}")
+        raise NotFoundError(f"no OpenVINO IR at {path}")
     config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision, "PERF_COUNT": perf_count}
     if threads is not None:
         config["INFERENCE_NUM_THREADS"] = int(threads)

@@ -14,6 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from backbones.errors import NotFoundError
+
 from .base import Runtime, dynamic_shapes, inference_runner
 
 if TYPE_CHECKING:
@@ -47,7 +49,7 @@ def load_pt2(path: str | Path):
     import torch
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no exported program at {path}")
+        raise NotFoundError(f"no exported program at {path}")
     return inference_runner(torch.export.load(str(path)).module())
 
 
