@@ -12,7 +12,7 @@ keys that do not fit: a detector evaluated with half of its weights random. `too
 - `check_checkpoint_fits` (after the model is built, before anything runs): the file's keys, with
   the backbone's converted as the backbone's own loading converts them
   (`openmmlab.backbone.to_backbone_keys`), against the model's: keys the file lacks, keys the
-  model has no place for, and shapes that differ are one `CheckpointMismatch` (a `ValueError`)
+  model has no place for, and shapes that differ are one `CheckpointMismatch` (a `backbones.CheckpointError`)
   that names their groups (``backbone``, ``roi_head.bbox_head``, ...) and what to do.
 
 Depends on mmengine, torch and `backbones` only.
@@ -43,7 +43,7 @@ _BACKBONE_TYPES = ("EfficientFormerV2", EfficientFormerV2)
 _CLASS_LAYERS = {"fc_cls.weight": 1, "conv_logits.weight": 0, "conv_seg.weight": 0}
 
 
-class CheckpointMismatch(ValueError):
+class CheckpointMismatch(CheckpointError):
     """A checkpoint that does not fit the model of a run; the message says what to do."""
 
 
