@@ -45,7 +45,7 @@ demo-finetune:
 
 test:
 	@$(SETUP) all
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider --durations=25 tests
 
 peers:
 	@$(SETUP) classification export

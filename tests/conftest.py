@@ -132,6 +132,24 @@ def s0_features(s0):
     return model
 
 
+@pytest.fixture(scope="module")
+def tiny():
+    """The tiny architecture (`TINY_ARCH`: the block types of S0, both attention kinds, 6 blocks
+    instead of 14) with 10 classes at 64 px and random weights (`_randomize`): what the export
+    tests convert where the point is the exporter, not S0 (S0 is converted once per runtime)."""
+    from backbones import EfficientFormerV2
+    return _randomize(EfficientFormerV2(TINY_ARCH, num_classes=10, img_size=64)).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_features(tiny):
+    """The feature extractor of `tiny` with its weights."""
+    from backbones import EfficientFormerV2
+    model = EfficientFormerV2(TINY_ARCH, img_size=64, features_only=True).eval()
+    model.load_state_dict({k: v for k, v in tiny.state_dict().items() if not k.startswith(("head", "norm"))})
+    return model
+
+
 def synthetic_table(space, img_size: int = 32, num_classes: int = 4, distillation: bool = True):
     """A latency table of `space` whose entries grow with width and expansion (no timing needed):
     what the search tests give the search in place of a measured one."""
