@@ -7,8 +7,10 @@ import torch
 
 from backbones import create_model
 
-# Two cores: keep intra-op threads low so tests and their subprocesses do not oversubscribe.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Two cores: keep intra-op threads low so tests and their subprocesses do not oversubscribe; under
+# pytest-xdist (`-n N`) the workers share the cores.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
 
 @pytest.fixture(autouse=True)
