@@ -13,6 +13,20 @@ _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
 
+# The test files that take longest (`--durations`), run first: `make test` hands whole files to two
+# pytest-xdist workers in this order (`--dist loadfile --no-loadscope-reorder`), so that no long
+# file starts last while the other worker idles. Tests within a file keep their order.
+SLOW_FIRST = ("test_latency_lut.py", "test_export_edge.py", "test_export.py", "test_benchmark.py",
+              "test_dense_cli.py", "test_classification_training.py", "test_classification_resume.py",
+              "test_cli_first_hour.py", "test_search.py", "test_gpu_check.py", "test_segmentation.py",
+              "test_supernet_training.py", "test_timm_contract.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest as collected
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
