@@ -121,8 +121,9 @@ def test_train_evaluate_resume_on_toy_coco(tmp_path, det_run, backbone_ckpt):
     state = torch.load(ckpt, map_location="cpu", weights_only=True)  # mmengine's checkpoint, safe loading
     assert (state["meta"]["epoch"], state["meta"]["iter"]) == (1, 1)  # 2 images, batch 2
     (scalars,) = run.glob("*/vis_data/scalars.json")
-    logged = [json.loads(line) for line in scalars.read_text().splitlines()]
-    val = [entry for entry in logged if "coco/bbox_mAP" in entry]
+    logged = [{k.removeprefix("val/"): v for k, v in json.loads(line).items()}
+              for line in scalars.read_text().splitlines()]
+    val = [entry for entry in logged if "coco/bbox_mAP" in entry]   # the evaluation's line
     assert val and 0 <= val[-1]["coco/bbox_mAP"] <= 1 and 0 <= val[-1]["coco/segm_mAP"] <= 1
     metrics = mm_test(DET_TOY, ckpt, tmp_path / "test", {"test_dataloader.batch_size": 2}, data_root=data)
     assert {"coco/bbox_mAP", "coco/segm_mAP", "coco/bbox_mAP_50"} <= set(metrics)  # load_from under safe loading
