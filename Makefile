@@ -43,9 +43,13 @@ demo-finetune:
 	@$(SETUP) classification
 	$(PY) tools/demo_finetune.py --data $(DATA)
 
+# Two pytest-xdist workers (TEST_WORKERS=0: no workers, one process), each taking whole test files so
+# that module fixtures are built once, the slowest files first (tests/conftest.py: SLOW_FIRST);
+# the 25 slowest tests are listed at the end.
+TEST_WORKERS ?= 2
 test:
 	@$(SETUP) all
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25 tests
 
 peers:
 	@$(SETUP) classification export

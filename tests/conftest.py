@@ -7,8 +7,24 @@ import torch
 
 from backbones import create_model
 
-# Two cores: keep intra-op threads low so tests and their subprocesses do not oversubscribe.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Two cores: keep intra-op threads low so tests and their subprocesses do not oversubscribe; under
+# pytest-xdist (`-n N`) the workers share the cores.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
+
+
+# The test files that take longest (`--durations`), run first: `make test` hands whole files to two
+# pytest-xdist workers in this order (`--dist loadfile --no-loadscope-reorder`), so that no long
+# file starts last while the other worker idles. Tests within a file keep their order.
+SLOW_FIRST = ("test_latency_lut.py", "test_export_edge.py", "test_export.py", "test_benchmark.py",
+              "test_dense_cli.py", "test_classification_training.py", "test_classification_resume.py",
+              "test_cli_first_hour.py", "test_search.py", "test_gpu_check.py", "test_segmentation.py",
+              "test_supernet_training.py", "test_timm_contract.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest as collected
 
 
 @pytest.fixture(autouse=True)
@@ -129,6 +145,24 @@ def s0_features(s0):
     """The feature extractor of `s0` with its weights."""
     model = create_model("efficientformerv2_s0", features_only=True).eval()
     model.load_state_dict({k: v for k, v in s0.state_dict().items() if not k.startswith(("head", "norm"))})
+    return model
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """The tiny architecture (`TINY_ARCH`: the block types of S0, both attention kinds, 6 blocks
+    instead of 14) with 10 classes at 64 px and random weights (`_randomize`): what the export
+    tests convert where the point is the exporter, not S0 (S0 is converted once per runtime)."""
+    from backbones import EfficientFormerV2
+    return _randomize(EfficientFormerV2(TINY_ARCH, num_classes=10, img_size=64)).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_features(tiny):
+    """The feature extractor of `tiny` with its weights."""
+    from backbones import EfficientFormerV2
+    model = EfficientFormerV2(TINY_ARCH, img_size=64, features_only=True).eval()
+    model.load_state_dict({k: v for k, v in tiny.state_dict().items() if not k.startswith(("head", "norm"))})
     return model
 
 

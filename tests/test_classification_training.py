@@ -1,6 +1,6 @@
 """Training through the CLI on toy data: a short fit whose checkpoints load with the backbone's
 loader, predictions written to a CSV file, run folders that follow default_root_dir and are never
-overwritten silently, resume after a kill equal to an uninterrupted run, DDP on two CPU processes,
+overwritten silently (resume after a kill: tests/test_classification_resume.py), DDP on two CPU processes,
 bad images during training, and checkpoints of other classes or unreadable ones refused."""
 from __future__ import annotations
 
@@ -206,31 +206,6 @@ def test_cli_errors_are_one_line(toy, tmp_path, capsys):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith(
         f"python -m classification: error: data root {str(tmp_path / 'no_such_data')!r} does not exist")
-
-
-def test_resume_after_kill_equals_uninterrupted(toy, tmp_path):
-    # 60 images / batch 4 = 15 steps per epoch, 2 epochs; killed in epoch 1 at step 23, last saved at 20
-    step_ckpt = ["--trainer.max_epochs", "2", "--trainer.limit_val_batches", "2",
-                 "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
-                 "--trainer.callbacks.dirpath", str(CKPT), "--trainer.callbacks.every_n_train_steps", "5",
-                 "--trainer.callbacks.save_top_k", "0", "--trainer.callbacks.save_last", "true",
-                 "--trainer.callbacks.enable_version_counter", "false"]
-    (tmp_path / "full").mkdir()
-    os.chdir(tmp_path / "full")
-    full = _fit(toy, *step_ckpt)
-    (tmp_path / "killed").mkdir()
-    os.chdir(tmp_path / "killed")
-    r = run_classification(["fit", *_args(toy, *step_ckpt, "--trainer.callbacks+=tool_runner.KillAtStep",
-                                   "--trainer.callbacks.step", "23")])
-    assert r.returncode == 17, r.stderr[-3000:]
-    state = torch.load(CKPT / "last.ckpt", map_location="cpu", weights_only=True)
-    assert (state["global_step"], state["epoch"]) == (20, 1)  # mid-epoch
-    resumed = _fit(toy, *step_ckpt, "--ckpt_path", "last")
-    assert resumed.trainer.global_step == full.trainer.global_step == 30
-    a, b = full.model.model.state_dict(), resumed.model.model.state_dict()
-    for k in a:
-        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6), k
-    assert float(resumed.trainer.callback_metrics["val/top1"]) == float(full.trainer.callback_metrics["val/top1"])
 
 
 def test_ddp_two_cpu_processes(toy, tmp_path):

@@ -1,5 +1,6 @@
-"""tools/mm_train.py and tools/mm_test.py as a newcomer runs them on data of their own (issue 26,
-items 2 and 3): one --data-root that every loader and evaluator follows, --cfg-options keys that
+"""tools/mm_train.py and tools/mm_test.py as a newcomer runs them on data of their own: a real
+Mask R-CNN train/evaluate/resume round on toy COCO data (one training shared by the tool and the
+Runner tests), one --data-root that every loader and evaluator follows, --cfg-options keys that
 set a variable of the config file refused, missing files named with their config key, no work
 folders left by a failed attempt, and a dataset whose class names are not the config's: a clear
 error, or --classes-from-data (COCO categories, an ADE-format folder's classes.txt) that sets
@@ -80,20 +81,58 @@ def test_data_root_sets_every_loader_and_evaluator(tmp_path, config):
     assert cfg.val_evaluator.ann_file == str(tmp_path / "annotations/instances_val2017.json")
 
 
-def test_mm_train_and_mm_test_follow_data_root(tmp_path, coco, backbone_ckpt):
-    """The toy config on a copy of its data elsewhere: one option for train, val and test."""
-    data = shutil.copytree(coco, tmp_path / "elsewhere")
-    options = ["train_dataloader.batch_size=2", "val_dataloader.batch_size=2", "test_dataloader.batch_size=2",
-               "train_cfg.max_epochs=1", "train_cfg.val_interval=1", "default_hooks.checkpoint.interval=1",
-               f"model.backbone.init_cfg.checkpoint={backbone_ckpt}"]
-    out = run_tool("mm_train", DET_TOY, "--data-root", data, "--work-dir", tmp_path / "run", "--cfg-options",
-                   *options, cwd=tmp_path)
+# the Mask R-CNN options of a short toy run: one epoch of batch 2, evaluated (every detection kept, so
+# that an untrained model has some to score), a checkpoint per epoch, the 64 px classifier's weights
+def _det_options(backbone_ckpt: Path, epochs: int = 1) -> dict:
+    return {"train_dataloader.batch_size": 2, "val_dataloader.batch_size": 2, "test_dataloader.batch_size": 2,
+            "train_cfg.max_epochs": epochs, "train_cfg.val_interval": 1, "default_hooks.checkpoint.interval": 1,
+            "model.test_cfg.rcnn.score_thr": 0.0, "model.backbone.init_cfg.checkpoint": str(backbone_ckpt)}
+
+
+@pytest.fixture(scope="module")
+def det_run(tmp_path_factory, coco, backbone_ckpt) -> tuple[Path, Path]:
+    """The one Mask R-CNN training of the toy config: tools/mm_train.py on a copy of the toy COCO
+    data elsewhere (--data-root), one iteration, COCO evaluation, epoch_1.pth. Shared by the tool
+    test and the train/evaluate/resume round: (the data folder, the work dir)."""
+    folder = tmp_path_factory.mktemp("det_run")
+    data = shutil.copytree(coco, folder / "elsewhere")
+    options = [f"{k}={v}" for k, v in _det_options(backbone_ckpt).items()]
+    out = run_tool("mm_train", DET_TOY, "--data-root", data, "--work-dir", folder / "run", "--cfg-options",
+                   *options, cwd=folder)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert (tmp_path / "run" / "epoch_1.pth").is_file()
-    out = run_tool("mm_test", DET_TOY, tmp_path / "run" / "epoch_1.pth", "--data-root", data, "--work-dir",
+    return data, folder / "run"
+
+
+def test_mm_train_and_mm_test_follow_data_root(tmp_path, det_run):
+    """The toy config on a copy of its data elsewhere: one option for train, val and test."""
+    data, run = det_run
+    assert (run / "epoch_1.pth").is_file()
+    out = run_tool("mm_test", DET_TOY, run / "epoch_1.pth", "--data-root", data, "--work-dir",
                    tmp_path / "test", "--cfg-options", "test_dataloader.batch_size=2", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "coco/bbox_mAP:" in out.stdout and "coco/segm_mAP:" in out.stdout
+
+
+def test_train_evaluate_resume_on_toy_coco(tmp_path, det_run, backbone_ckpt):
+    """A real Mask R-CNN round through mmengine's Runner: the shared run's iteration and CocoMetric
+    evaluation, test from its checkpoint, resume for a second epoch."""
+    data, run = det_run
+    ckpt = run / "epoch_1.pth"
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)  # mmengine's checkpoint, safe loading
+    assert (state["meta"]["epoch"], state["meta"]["iter"]) == (1, 1)  # 2 images, batch 2
+    (scalars,) = run.glob("*/vis_data/scalars.json")
+    logged = [{k.removeprefix("val/"): v for k, v in json.loads(line).items()}
+              for line in scalars.read_text().splitlines()]
+    val = [entry for entry in logged if "coco/bbox_mAP" in entry]   # the evaluation's line
+    assert val and 0 <= val[-1]["coco/bbox_mAP"] <= 1 and 0 <= val[-1]["coco/segm_mAP"] <= 1
+    metrics = mm_test(DET_TOY, ckpt, tmp_path / "test", {"test_dataloader.batch_size": 2}, data_root=data)
+    assert {"coco/bbox_mAP", "coco/segm_mAP", "coco/bbox_mAP_50"} <= set(metrics)  # load_from under safe loading
+    resumed_run = shutil.copytree(run, tmp_path / "run")   # the shared run stays as it is
+    runner = mm_train(DET_TOY, resumed_run, _det_options(backbone_ckpt, epochs=2),
+                      resume=str(resumed_run / "epoch_1.pth"), data_root=data)
+    assert runner.iter == 2
+    resumed = torch.load(resumed_run / "epoch_2.pth", map_location="cpu", weights_only=True)
+    assert (resumed["meta"]["epoch"], resumed["meta"]["iter"]) == (2, 2)
 
 
 @pytest.mark.parametrize("option, fragments", [

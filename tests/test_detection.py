@@ -1,7 +1,7 @@
 """MMDetection: the configs build Mask R-CNN with the EfficientFormerV2 backbone from mmdet's
-registry, detection needs neither mmseg nor `segmentation`, the toy COCO set, and a real Mask R-CNN
-train/evaluate/resume round on it through mmengine's Runner. (The backbone itself, shared with
-segmentation, is tested in tests/test_openmmlab.py.)"""
+registry, detection needs neither mmseg nor `segmentation`, and the toy COCO set. (A real Mask R-CNN
+train/evaluate/resume round through mmengine's Runner: tests/test_dense_cli.py, beside the tools'
+runs; the backbone itself, shared with segmentation, is tested in tests/test_openmmlab.py.)"""
 import subprocess
 import sys
 from pathlib import Path
@@ -14,11 +14,8 @@ pytest.importorskip("mmengine")
 
 from mmengine.config import Config
 
-from backbones import efficientformerv2_s0, save_checkpoint
 from detection.toy_data import make_toy_coco
 from openmmlab import EfficientFormerV2
-from openmmlab.runner import test as mm_test
-from openmmlab.runner import train as mm_train
 
 pytestmark = pytest.mark.mm
 
@@ -96,33 +93,6 @@ def test_toy_coco_is_deterministic_and_valid(tmp_path, toy_coco):
     assert kinds == {"list", "dict"}  # polygons and RLE
     for a in anns:
         assert coco.annToMask(a).sum() == a["area"]
-
-
-def test_train_evaluate_resume_on_toy_coco(tmp_path, toy_coco):
-    """Two iterations of Mask R-CNN, CocoMetric evaluation, test from the checkpoint, resume.
-    (The command-line tools run in tests/test_segmentation.py.)"""
-    # a classifier at 64 px like the one `make demo` trains
-    backbone_ckpt = save_checkpoint(efficientformerv2_s0(img_size=64), tmp_path / "s0.safetensors")
-    ann = str(toy_coco / "annotations/instances_val2017.json")
-    options = {"train_dataloader.batch_size": 2, "val_dataloader.batch_size": 2, "test_dataloader.batch_size": 2,
-               "train_dataloader.dataset.data_root": str(toy_coco), "val_dataloader.dataset.data_root": str(toy_coco),
-               "test_dataloader.dataset.data_root": str(toy_coco), "val_evaluator.ann_file": ann,
-               "test_evaluator.ann_file": ann, "train_cfg.max_epochs": 1, "train_cfg.val_interval": 1,
-               "model.test_cfg.rcnn.score_thr": 0.0, "default_hooks.checkpoint.interval": 1,
-               "model.backbone.init_cfg.checkpoint": str(backbone_ckpt)}
-    config = DET / "mask-rcnn_efficientformerv2-s0_fpn_toy-coco.py"
-    runner = mm_train(config, tmp_path / "run", options)
-    assert runner.iter == 2
-    logged = runner.message_hub.log_scalars
-    assert 0 <= logged["val/coco/bbox_mAP"].current() <= 1 and 0 <= logged["val/coco/segm_mAP"].current() <= 1
-    ckpt = tmp_path / "run" / "epoch_1.pth"
-    metrics = mm_test(config, ckpt, tmp_path / "test", options)  # load_from under torch's safe loading
-    assert {"coco/bbox_mAP", "coco/segm_mAP", "coco/bbox_mAP_50"} <= set(metrics)
-    options["train_cfg.max_epochs"] = 2
-    runner = mm_train(config, tmp_path / "run", options, resume=str(ckpt))
-    assert runner.iter == 4
-    resumed = torch.load(tmp_path / "run" / "epoch_2.pth", map_location="cpu", weights_only=True)
-    assert (resumed["meta"]["epoch"], resumed["meta"]["iter"]) == (2, 4)
 
 
 def test_det_inferencer_from_the_toy_config_draws_on_any_image(tmp_path):

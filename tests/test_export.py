@@ -1,5 +1,6 @@
 """Export of the deploy form: ONNX (parity with ONNX Runtime), CoreML (package validates),
-TorchScript, at 224 and with feature maps at a non-square size; helpful errors."""
+TorchScript, S0 at 224 and, with feature maps, the tiny architecture at a non-square size; helpful
+errors."""
 import copy
 import importlib.util
 
@@ -12,7 +13,9 @@ from deploy.models import FeatureTuple, ImageInput, build_model, deploy_form
 
 S0 = "efficientformerv2_s0"
 FEAT_SIZE = (160, 224)  # non-square, not the training grid
-FEAT_SHAPES = [(32, 40, 56), (48, 20, 28), (96, 10, 14), (176, 5, 7)]  # S0 strides 4/8/16/32 at 160x224
+# S0 is converted once per format (its classifier at 224); feature maps, sizes and options are
+# checked on the tiny architecture (conftest.TINY_ARCH), whose strides are S0's
+TINY_FEAT_SHAPES = [(16, 40, 56), (24, 20, 28), (32, 10, 14), (48, 5, 7)]  # strides 4/8/16/32 at 160x224
 
 
 def test_onnx_classifier_224(s0, tmp_path):
@@ -26,56 +29,60 @@ def test_onnx_classifier_224(s0, tmp_path):
     assert any(n.op_type == "Gelu" for n in graph.node)  # a single Gelu op per activation (opset 20)
 
 
-def test_onnx_features_dynamic_nonsquare(s0_features, tmp_path):
-    res = export_model(S0, "onnx", tmp_path / "s0_feat.onnx", model=s0_features, features=True, size=FEAT_SIZE)
+def test_onnx_features_dynamic_nonsquare(tiny_features, tmp_path):
+    res = export_model(S0, "onnx", tmp_path / "tiny_feat.onnx", model=tiny_features, features=True, size=FEAT_SIZE)
     assert res.max_abs_diff <= ONNX_ATOL
     from deploy.runtimes.onnxruntime import create_session
     sess = create_session(res.path)
     assert [o.name for o in sess.get_outputs()] == ["feat0", "feat1", "feat2", "feat3"]
     x = torch.rand(1, 3, *FEAT_SIZE)
     outs = sess.run(None, {"image": x.numpy()})
-    assert [tuple(o.shape[1:]) for o in outs] == FEAT_SHAPES
+    assert [tuple(o.shape[1:]) for o in outs] == TINY_FEAT_SHAPES
     # symbolic height/width: a third size, square and at the training grid, also matches PyTorch
-    net = ImageInput(FeatureTuple(deploy_form(s0_features))).eval()
-    assert check_onnx(res.path, net, torch.rand(2, 3, 224, 224), session=sess) <= ONNX_ATOL
+    net = ImageInput(FeatureTuple(deploy_form(tiny_features))).eval()
+    assert check_onnx(res.path, net, torch.rand(2, 3, 64, 64), session=sess) <= ONNX_ATOL
 
 
-def test_onnx_static_graph_is_the_fused_deploy_form(s0, tmp_path):
-    """The classifier graph of the benchmark: static shapes, no BatchNorm, q/k/v as separate
-    convolutions (no Split: each is delegated whole by XNNPACK), the upsampling of the two
-    stride attentions a native Resize, parity with PyTorch."""
+def test_onnx_static_graph_is_the_fused_deploy_form(tiny, tmp_path):
+    """The classifier graph of the benchmark (the tiny architecture: S0's block types): static
+    shapes, no BatchNorm, q/k/v as separate convolutions (no Split: each is delegated whole by
+    XNNPACK), the upsampling of the one stride attention a native Resize, one Softmax per
+    attention (stage 3, stage 4, the downsampling into stage 4), parity with PyTorch."""
     import onnx
 
     from deploy.export import export_onnx
     from deploy.runtimes.onnxruntime import create_session
-    net = deploy_form(s0)
-    x = torch.randn(1, 3, 224, 224)
-    path = export_onnx(net, x, tmp_path / "s0_static.onnx", dynamic_batch=False)
+    net = deploy_form(tiny)
+    x = torch.randn(1, 3, 64, 64)
+    path = export_onnx(net, x, tmp_path / "tiny_static.onnx", dynamic_batch=False)
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
     assert "BatchNormalization" not in ops and "Split" not in ops
-    assert ops.count("Resize") == 2 and ops.count("Softmax") == 5
-    optimized = tmp_path / "s0.opt.onnx"
+    assert ops.count("Resize") == 1 and ops.count("Softmax") == 3
+    optimized = tmp_path / "tiny.opt.onnx"
     sess = create_session(path, threads=2, optimized_path=optimized)
     assert optimized.is_file()
     assert check_onnx(path, net, x, session=sess) <= ONNX_ATOL
 
 
-def test_torchscript_classifier_and_features(s0, s0_features, tmp_path):
+def test_torchscript_classifier_and_features(s0, tiny_features, tmp_path):
     res = export_model(S0, "torchscript", tmp_path / "s0.pt", model=s0)
     assert res.max_abs_diff <= 1e-5
-    res = export_model(S0, "torchscript", tmp_path / "s0_feat.pt", model=s0_features, features=True, size=FEAT_SIZE)
+    res = export_model(S0, "torchscript", tmp_path / "tiny_feat.pt", model=tiny_features, features=True,
+                       size=FEAT_SIZE)
     traced = torch.jit.load(str(res.path))
     outs = traced(torch.rand(1, 3, *FEAT_SIZE))
-    assert [tuple(o.shape[1:]) for o in outs] == FEAT_SHAPES
+    assert [tuple(o.shape[1:]) for o in outs] == TINY_FEAT_SHAPES
     # the traced graph holds for other sizes too (the bias is computed for the actual grid)
     x = torch.rand(1, 3, 224, 192)
-    net = ImageInput(FeatureTuple(deploy_form(s0_features))).eval()
+    net = ImageInput(FeatureTuple(deploy_form(tiny_features))).eval()
     with torch.no_grad():
         assert max(float((a - b).abs().max()) for a, b in zip(traced(x), net(x))) <= 1e-4
 
 
 @pytest.mark.skipif(importlib.util.find_spec("coremltools") is None, reason="coremltools not installed")
-def test_coreml_classifier_and_features(s0, s0_features, tmp_path):
+def test_coreml_classifier_and_features(s0, tiny_features, tmp_path):
+    """S0's classifier (its one CoreML conversion in-process; tools/export.py converts its feature
+    maps below), and a ranged feature package of the tiny architecture."""
     res = export_model(S0, "coreml", tmp_path / "s0.mlpackage", model=s0)
     assert res.ok and (res.path / "Manifest.json").is_file()
     assert "conv" in res.ops and "softmax" in res.ops and "matmul" in res.ops
@@ -84,7 +91,7 @@ def test_coreml_classifier_and_features(s0, s0_features, tmp_path):
     assert spec.description.input[0].type.WhichOneof("Type") == "imageType"
     assert spec.specificationVersion >= 7  # iOS 16
     # --features: ranged input sizes by default (the traced graph is checked at three sizes first)
-    res = export_model(S0, "coreml", tmp_path / "s0_feat.mlpackage", model=s0_features, features=True,
+    res = export_model(S0, "coreml", tmp_path / "tiny_feat.mlpackage", model=tiny_features, features=True,
                        size=FEAT_SIZE, precision="float32")
     assert res.ok and "height 64..2048, width 64..2048" in res.checked
     spec = ct.utils.load_spec(str(res.path))
@@ -96,14 +103,14 @@ def test_coreml_classifier_and_features(s0, s0_features, tmp_path):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("coremltools") is None, reason="coremltools not installed")
-def test_coreml_enumerated_sizes_and_bad_range(s0, tmp_path):
-    res = export_model(S0, "coreml", tmp_path / "s0_enum.mlpackage", model=s0, size=(224, 224),
-                       coreml_shapes=[(224, 224), (256, 320)])
-    assert res.ok and "sizes 224x224, 256x320" in res.checked
+def test_coreml_enumerated_sizes_and_bad_range(tiny, tmp_path):
+    res = export_model(S0, "coreml", tmp_path / "tiny_enum.mlpackage", model=tiny, size=(64, 64),
+                       coreml_shapes=[(64, 64), (96, 128)])
+    assert res.ok and "sizes 64x64, 96x128" in res.checked
     with pytest.raises(ValueError, match="must contain the example size"):
-        export_model(S0, "coreml", tmp_path / "x.mlpackage", model=s0, coreml_shapes=(256, 512))
+        export_model(S0, "coreml", tmp_path / "x.mlpackage", model=tiny, size=(64, 64), coreml_shapes=(96, 512))
     with pytest.raises(ValueError, match="must include the example size"):
-        export_model(S0, "coreml", tmp_path / "x.mlpackage", model=s0, coreml_shapes=[(256, 320)])
+        export_model(S0, "coreml", tmp_path / "x.mlpackage", model=tiny, size=(64, 64), coreml_shapes=[(96, 128)])
 
 
 def test_unknown_model_is_refused_with_a_hint():
@@ -131,13 +138,13 @@ def test_missing_export_stack_says_what_to_install(monkeypatch, tmp_path):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("coremltools") is None, reason="coremltools not installed")
-def test_coreml_flexible_sizes_refuse_a_size_specific_trace(s0_features, tmp_path):
+def test_coreml_flexible_sizes_refuse_a_size_specific_trace(tiny_features, tmp_path):
     # the plain deploy form precomputes its biases for the training grid: its trace does not hold at
     # other sizes, which the check finds before conversion (shape_generic() is what makes it hold)
-    net = FeatureTuple(deploy_form(copy.deepcopy(s0_features))).eval()
+    net = FeatureTuple(deploy_form(copy.deepcopy(tiny_features))).eval()
     with pytest.raises(AssertionError, match="does not hold"):
-        export_coreml(net, torch.rand(1, 3, 224, 224), tmp_path / "x.mlpackage", image_input=False,
-                      shapes=[(224, 224), (160, 224)])
+        export_coreml(net, torch.rand(1, 3, 64, 64), tmp_path / "x.mlpackage", image_input=False,
+                      shapes=[(64, 64), (160, 224)])
 
 
 # --------------------------------------------------------------------------------------------
@@ -172,7 +179,7 @@ def test_registry_lists_every_runtime_once_without_importing_torch():
 SMALL = (64, 64)
 
 
-def test_pt2_classifier_and_features_reload_and_match(s0, s0_features, tmp_path):
+def test_pt2_classifier_and_features_reload_and_match(s0, tiny_features, tmp_path):
     res = export_model(S0, "pt2", tmp_path / "s0.pt2", model=s0, size=SMALL)
     assert res.ok and res.max_abs_diff <= ONNX_ATOL
     assert "1x3x64x64" in res.checked and "2x3x64x64" in res.checked  # symbolic batch checked
@@ -183,24 +190,15 @@ def test_pt2_classifier_and_features_reload_and_match(s0, s0_features, tmp_path)
     with torch.no_grad():
         assert float((program(x) - net(x)).abs().max()) <= ONNX_ATOL
     # --features: symbolic height and width too
-    res = export_model(S0, "pt2", tmp_path / "s0_feat.pt2", model=s0_features, features=True, size=(64, 96))
+    res = export_model(S0, "pt2", tmp_path / "tiny_feat.pt2", model=tiny_features, features=True, size=(64, 96))
     assert res.max_abs_diff <= ONNX_ATOL and "1x3x101x67" in res.checked  # the other, non-square size
     program = torch.export.load(str(res.path)).module()
-    net = ImageInput(FeatureTuple(deploy_form(s0_features))).eval()
+    net = ImageInput(FeatureTuple(deploy_form(tiny_features))).eval()
     x = torch.rand(2, 3, *FEAT_SIZE)
     with torch.no_grad():
         outs = program(x)
-        assert [tuple(o.shape[1:]) for o in outs] == FEAT_SHAPES
+        assert [tuple(o.shape[1:]) for o in outs] == TINY_FEAT_SHAPES
         assert max(float((a - b).abs().max()) for a, b in zip(outs, net(x))) <= ONNX_ATOL
-
-
-@pytest.fixture(scope="module")
-def tiny(randomize_):
-    """The tiny architecture (conftest.TINY_ARCH: the block types of S0, both attention kinds, 6
-    blocks instead of 14) with 10 classes at 64 px and random weights, for the slowest compilers."""
-    from backbones import EfficientFormerV2
-    from conftest import TINY_ARCH
-    return randomize_(EfficientFormerV2(TINY_ARCH, num_classes=10, img_size=64)).eval()
 
 
 @pytest.mark.slow
