@@ -56,7 +56,6 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from backbones import CheckpointError, read_state_dict
 from backbones.errors import EfficientFormerV2Error
 from backbones.threads import set_cpu_threads
-from imagefolder import DataError
 
 __all__ = ["RunFolderCLI", "OneLineArgumentParser", "close_match", "saved_config", "with_saved_config",
            "RunFolderError", "SettingError", "TrainerSettingError", "MetricHistory", "EpochCheckpoint",
@@ -462,10 +461,11 @@ def exit_status(run: Callable[[], Any], prog: str) -> int:
     other error keeps its traceback. Argument errors are jsonargparse's (also status 2)."""
     try:
         run()
-    except (SettingError, DataError, RunFolderError, CheckpointError, OSError) as exc:
-        if isinstance(exc, OSError) and not isinstance(exc, RunFolderError) and exc.filename is None:
+    except (EfficientFormerV2Error, OSError) as exc:
+        if not isinstance(exc, EfficientFormerV2Error) and exc.filename is None:
             raise  # not about a path the user gave: its traceback is what a report needs
-        message = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.filename else str(exc)
+        plain_os = isinstance(exc, OSError) and exc.filename and exc.strerror
+        message = f"{exc.strerror}: {exc.filename}" if plain_os else str(exc)
         print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)
         return 2
     return 0

@@ -244,6 +244,10 @@ def build_runner(cfg: Config, mode: str = "train") -> Runner:
     check_data_files(cfg, mode)
     check_classes(cfg, mode)
     _own_visualizer(cfg)
+    if not torch.cuda.is_available():  # the loader workers and torch's threads share the CPU's cores
+        from backbones.threads import set_cpu_threads
+        workers = max(int((cfg.get(_LOOP_LOADERS[loop]) or {}).get("num_workers", 0)) for loop in _LOOPS[mode])
+        set_cpu_threads(workers, override="--threads N")
     guard = _WorkDirGuard(cfg.work_dir)
     # Warnings the components raise while being built are held back until the whole run is built:
     # when it fails, they are about a run that will not happen, and only the error is reported.

@@ -113,10 +113,14 @@ def _official_layout(timm_sd: dict) -> dict:
 
 
 @pytest.fixture
-def one_thread():
-    """Tiny tensors: one intra-op thread is several times faster than two on a busy 2-core box."""
+def one_thread(monkeypatch):
+    """Tiny tensors: one intra-op thread is several times faster than two on a busy 2-core box.
+    The commands a test runs in this process or as a child (they choose their threads with
+    `backbones.threads`, which reads EFV2_THREADS) use one thread too, so that a run and its
+    resume in another process compute alike."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    monkeypatch.setenv("EFV2_THREADS", "1")
     yield
     torch.set_num_threads(threads)
 

@@ -28,7 +28,10 @@ from typing import Callable, NoReturn, Sequence
 from backbones.errors import EfficientFormerV2Error, UsageError
 
 __all__ = ["ArgumentParser", "UsageError", "is_bad_input", "run", "fail", "positive_int", "require_positive",
-           "check_writable"]
+           "check_writable", "require_packages", "DENSE_PACKAGES"]
+
+# what the detection and segmentation tools import (the `dense` job of tools/setup_env.sh)
+DENSE_PACKAGES = ("mmcv", "mmengine", "mmdet", "mmseg")
 
 
 def is_bad_input(exc: BaseException) -> bool:
@@ -85,6 +88,16 @@ def check_writable(path: Path, option: str) -> None:
     if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise UsageError(f"{option} {path} cannot be written ({parent} is not a writable folder): "
                          "choose another path")
+
+
+def require_packages(job: str, modules: Sequence[str]) -> None:
+    """Raise UsageError naming the install command when a module of `job` (a tools/setup_env.sh
+    job and a setup.py extra) is not installed, before a tool imports it."""
+    import importlib.util
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UsageError(f"{', '.join(missing)} not installed: run `bash tools/setup_env.sh {job}` "
+                         f"(or `pip install -e .[{job}]`)")
 
 
 def run(main: Callable[..., int | None], prog: str, argv: Sequence[str] | None = None) -> int:

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from _cli import ArgumentParser, UsageError, run
+from _cli import DENSE_PACKAGES, ArgumentParser, UsageError, require_packages, run
 from _demo import TOY_CLASSIFIER, add_threads_option, apply_threads, ensure_toy_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +48,7 @@ def run_demo(task: str, data: Path, backbone: Path, work_dir: Path | None, cfg_o
 
 
 def main(argv: list[str] | None = None) -> int:
+    require_packages("dense", DENSE_PACKAGES)
     from mmengine.config import DictAction
 
     parser = ArgumentParser(prog="demo_dense", description=__doc__)

@@ -20,10 +20,12 @@ work dir keeps anyway); the last line names the last validation's main metrics a
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 
-from _cli import ArgumentParser, run
+from _cli import DENSE_PACKAGES, ArgumentParser, require_packages, run
+from _demo import add_threads_option
 
 # mmengine imports pkg_resources, which the setuptools that builds mmcv (< 82) deprecates: a warning
 # on every run that says nothing to the user of this tool (main() imports mmengine, after this filter)
@@ -31,6 +33,8 @@ warnings.filterwarnings("ignore", message="pkg_resources is deprecated", categor
 
 
 def main(argv: list[str] | None = None) -> int:
+    require_packages("dense", DENSE_PACKAGES)
+    from backbones.threads import THREADS_ENV
     from mmengine.config import DictAction
 
     from openmmlab.console import brief_console
@@ -56,7 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--launcher", choices=LAUNCHERS, default="none", help="job launcher (pytorch for torchrun)")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--verbose", action="store_true", help="show mmengine's whole log on the console too")
+    add_threads_option(parser)
     args = parser.parse_args(argv)
+    if args.threads:  # the runner picks the threads on a CPU (`backbones.threads`): an explicit count wins
+        os.environ[THREADS_ENV] = str(args.threads)
     with brief_console(args.verbose):
         runner = train(args.config, args.work_dir, args.cfg_options, args.resume, args.amp, args.launcher,
                        args.data_root, args.classes_from_data)

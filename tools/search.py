@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from _cli import ArgumentParser, UsageError, positive_int, run
+from _demo import add_threads_option, apply_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--target-latency", type=float, help="ms, by the table")
     group.add_argument("--target-mes", type=float)
     group.add_argument("--target-mes-factor", type=float, help="x the largest sub-network's MES")
+    add_threads_option(parser)
     args = parser.parse_args(argv)
+    apply_threads(args.threads, workers=0)  # the held-out images are read in this process
     target = {k: v for k, v in (("params", args.target_params), ("latency_ms", args.target_latency),
                                 ("mes", args.target_mes), ("mes_factor", args.target_mes_factor)) if v is not None}
     search_keys = {k: v for k, v in (("max_steps", args.max_steps), ("max_images", args.max_images),
