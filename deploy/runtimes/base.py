@@ -47,6 +47,20 @@ def inference_runner(call: Callable) -> Callable:
     return run
 
 
+def calibrate_pt2e(captured: Any, quantizer: Any, calibration: Sequence[torch.Tensor], **convert_kwargs: Any) -> Any:
+    """PT2E post-training quantization of a captured graph (`torch.export(...).module()`):
+    `prepare_pt2e` for `quantizer`, one forward per calibration batch, `convert_pt2e`
+    (`convert_kwargs`, e.g. fold_quantize)."""
+    import torch
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    prepared = prepare_pt2e(captured, quantizer)
+    with torch.no_grad():
+        for x in calibration:
+            prepared(x)
+    return convert_pt2e(prepared, **convert_kwargs)
+
+
 def other_size(size: tuple[int, int]) -> tuple[int, int]:
     """A second, non-square input size for checking a graph with symbolic height and width:
     taller by 37 and narrower by 29 pixels (at least 33), so neither side is a multiple of 32."""

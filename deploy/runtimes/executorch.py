@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from backbones.errors import NotFoundError, UsageError
 
 from ..stacks import require_stack
-from .base import Runtime, bind
+from .base import Runtime, bind, calibrate_pt2e
 
 if TYPE_CHECKING:
     import torch
@@ -118,18 +118,12 @@ def quantize_pt2e(module: nn.Module, example: torch.Tensor, calibration: Sequenc
     require_stack("executorch")
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
                                                                          get_symmetric_quantization_config)
-    import torch
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     if not calibration:
         raise ValueError("int8 quantization needs calibration images (pass --calibration DIR)")
     captured = capture(module, example).module()
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    prepared = prepare_pt2e(captured, quantizer)
-    with torch.no_grad():
-        for x in calibration:
-            prepared(x)
-    return convert_pt2e(prepared)
+    return calibrate_pt2e(captured, quantizer, calibration)
 
 
 def export_executorch(module: nn.Module, example: torch.Tensor, path: str | Path,

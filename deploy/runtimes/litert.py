@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 from backbones.errors import FileFormatError, NotFoundError, UsageError
 
 from ..stacks import require_stack
-from .base import Runtime, bind
+from .base import Runtime, bind, calibrate_pt2e
 
 if TYPE_CHECKING:
     import torch
@@ -92,18 +92,13 @@ def quantize_pt2e(module: nn.Module, example: torch.Tensor, calibration: Sequenc
     require_stack("litert")
     import torch
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     if not calibration:
         raise ValueError("int8 quantization needs calibration images (pass --calibration DIR)")
     with torch.no_grad():
         captured = _fold_constants(torch.export.export(module.eval(), (example,)).module())
     quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    prepared = prepare_pt2e(captured, quantizer)
-    with torch.no_grad():
-        for x in calibration:
-            prepared(x)
-    return convert_pt2e(prepared, fold_quantize=False), quantizer
+    return calibrate_pt2e(captured, quantizer, calibration, fold_quantize=False), quantizer
 
 
 def export_litert(module: nn.Module, example: torch.Tensor, path: str | Path,
