@@ -13,7 +13,7 @@ from conftest import ROOT
 from deploy.calibration import CalibrationError, calibration_images, top1_accuracy
 from deploy.export import EDGE_ATOL, export_model, graph_transform, staged_output
 from deploy.models import FeatureTuple, ImageInput, build_model, deploy_form
-from tool_runner import run_tool
+from tool_runner import assert_one_line_error, run_tool
 
 pytestmark = pytest.mark.export
 
@@ -245,24 +245,17 @@ def _export_cli(*args: str, hide: str | None = None) -> subprocess.CompletedProc
     return run_tool("export", *args, cwd=ROOT, hide=(hide,) if hide else ())
 
 
-def _assert_one_line_error(proc: subprocess.CompletedProcess, *words: str) -> None:
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("export: error:"), proc.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
 
 
 def test_cli_runtime_not_installed(tmp_path):
     proc = _export_cli("--model", S0, "--format", "executorch", "--out", str(tmp_path / "m.pte"), hide="executorch")
-    _assert_one_line_error(proc, "executorch", "install")
+    assert_one_line_error(proc, "export", "executorch", "install")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_int8_without_calibration(tmp_path):
     proc = _export_cli("--model", S0, "--format", "openvino", "--out", str(tmp_path / "m.xml"), "--int8")
-    _assert_one_line_error(proc, "--calibration")
+    assert_one_line_error(proc, "export", "--calibration")
 
 
 def test_cli_calibration_without_readable_image(tmp_path):
@@ -271,19 +264,19 @@ def test_cli_calibration_without_readable_image(tmp_path):
     out = tmp_path / "out" / "m.pte"
     proc = _export_cli("--model", S0, "--format", "executorch", "--out", str(out), "--int8",
                        "--calibration", str(tmp_path / "cal"))
-    _assert_one_line_error(proc, "none readable")
+    assert_one_line_error(proc, "export", "none readable")
     assert not (tmp_path / "out").exists()
 
 
 def test_cli_output_path_that_cannot_be_written(tmp_path):
     (tmp_path / "file").write_text("a file, not a folder")
     proc = _export_cli("--model", S0, "--format", "openvino", "--out", str(tmp_path / "file" / "m.xml"))
-    _assert_one_line_error(proc, "is a file, not a folder")
+    assert_one_line_error(proc, "export", "is a file, not a folder")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
 def test_cli_missing_checkpoint(tmp_path):
     proc = _export_cli("--model", S0, "--format", "onnx", "--out", str(tmp_path / "m.onnx"),
                        "--checkpoint", str(tmp_path / "missing.safetensors"))
-    _assert_one_line_error(proc, "missing.safetensors", "does not exist")
+    assert_one_line_error(proc, "export", "missing.safetensors", "does not exist")
     assert list(tmp_path.iterdir()) == []

@@ -11,7 +11,7 @@ import torch
 from conftest import ROOT, TINY_ARCH
 from deploy.export import EDGE_ATOL, export_model, imagenet_class_names
 from deploy.models import FeatureTuple, ImageInput, deploy_form
-from tool_runner import run_tool
+from tool_runner import assert_one_line_error, run_tool
 
 pytestmark = [pytest.mark.export,
               pytest.mark.skipif(importlib.util.find_spec("litert_torch") is None
@@ -160,13 +160,6 @@ def test_s0_classifier_224(s0, tmp_path):
 # --------------------------------------------------------------------------------------------
 # Bad input through the command line: one line, exit status 2, nothing written
 # --------------------------------------------------------------------------------------------
-def _assert_one_line_error(proc, *words: str) -> None:
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("export: error:"), proc.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
 
 
 class _Cummax(torch.nn.Module):
@@ -180,21 +173,21 @@ def test_cli_operator_litert_cannot_convert(monkeypatch, tmp_path):
     monkeypatch.setattr("deploy.export.build_model", lambda *args, **kwargs: _Cummax())
     out = tmp_path / "out" / "m.tflite"
     proc = run_tool("export", "--model", "cummax", "--format", "litert", "--out", out, "--size", "32", cwd=ROOT)
-    _assert_one_line_error(proc, "LiteRT cannot convert", "aten.cummax")
+    assert_one_line_error(proc, "export", "LiteRT cannot convert", "aten.cummax")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_suffix_other_than_tflite(tmp_path):
     proc = run_tool("export", "--model", "efficientformerv2_s0", "--format", "litert", "--out", tmp_path / "m.tfl",
                     cwd=ROOT)
-    _assert_one_line_error(proc, ".tflite")
+    assert_one_line_error(proc, "export", ".tflite")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_int8_without_calibration(tmp_path):
     proc = run_tool("export", "--model", "efficientformerv2_s0", "--format", "litert", "--out", tmp_path / "m.tflite",
                     "--int8", cwd=ROOT)
-    _assert_one_line_error(proc, "--calibration")
+    assert_one_line_error(proc, "export", "--calibration")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -203,12 +196,12 @@ def test_cli_calibration_folder_without_image(tmp_path):
     (tmp_path / "cal" / "train" / "a" / "notes.txt").write_text("not an image")
     proc = run_tool("export", "--model", "efficientformerv2_s0", "--format", "litert", "--out",
                     tmp_path / "out" / "m.tflite", "--int8", "--calibration", tmp_path / "cal", cwd=ROOT)
-    _assert_one_line_error(proc, "no image files")
+    assert_one_line_error(proc, "export", "no image files")
     assert not (tmp_path / "out").exists()
 
 
 def test_cli_runtime_not_installed(tmp_path):
     proc = run_tool("export", "--model", "efficientformerv2_s0", "--format", "litert", "--out", tmp_path / "m.tflite",
                     cwd=ROOT, hide=("litert_torch",))
-    _assert_one_line_error(proc, "litert_torch", "install")
+    assert_one_line_error(proc, "export", "litert_torch", "install")
     assert list(tmp_path.iterdir()) == []
