@@ -99,11 +99,12 @@ def load_record_file(path: str | Path) -> RecordFile:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise FileFormatError(f"{path} is not a readable benchmark record file: {exc}") from None
     # latency records (tools/benchmark*.py --json) or export checks (tools/export.py --json)
-    kinds = ({"model", "backend", "latency_ms_median"}, {"model", "format", "checked"})
+    kinds = ({"model", "backend", "latency_ms_median"}, {"model", "format", "checked"}, {"demo", "condition", "seconds"})
     if (not isinstance(records, list) or not records
             or not all(isinstance(r, dict) and any(k <= r.keys() for k in kinds) for r in records)):
         raise FileFormatError(f"{path} is not a benchmark record file: expected a JSON list of records with "
-                              f"{sorted(kinds[0])} (latencies) or {sorted(kinds[1])} (export checks)")
+                              f"{sorted(kinds[0])} (latencies), {sorted(kinds[1])} (export checks) or "
+                              f"{sorted(kinds[2])} (command durations)")
     return RecordFile(path, records)
 
 
@@ -123,11 +124,13 @@ def _fmt(value: Any, spec: str) -> str:
         return "-"
     if isinstance(value, (int, float)):
         return format(value, spec)
-    return str(value)
+    return str(value).replace("|", "\\|")
 
 
 # columns of a records table: header, record key, format; shown only where some record has the key
-_COLUMNS = (("model", "model", ""), ("weights", "checkpoint", ""), ("activation", "activation", ""),
+_COLUMNS = (("command", "demo", ""), ("condition", "condition", ""), ("seconds", "seconds", ".0f"),
+            ("minutes", "minutes", ".1f"), ("exit status", "exit_status", "d"), ("last line", "summary", ""),
+            ("model", "model", ""), ("weights", "checkpoint", ""), ("activation", "activation", ""),
             ("backend", "backend", ""), ("format", "format", ""), ("precision", "precision", ""),
             ("batch", "batch_size", "d"), ("threads", "threads", "d"),
             ("px", "resolution", "d"), ("params (M)", "params", ".2f"), ("GMACs", "gmacs", ".3f"),
