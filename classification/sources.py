@@ -57,7 +57,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
-from imagefolder import IMAGE_EXTENSIONS, READ_ERRORS, DataError, ImageFolderDataset, load_rgb, seeded
+from imagefolder import (IMAGE_EXTENSIONS, READ_ERRORS, DataError, ImageFolderDataset, UnreadableImageWarning, load_rgb,
+                         seeded)
 
 from .loaders import ResumableDataLoader
 
@@ -429,7 +430,7 @@ class ShardStream(IterableDataset):
     def _warn_shard(self, exn: Exception) -> bool:
         """webdataset's error handler: a shard that cannot be read on is named and left."""
         warnings.warn(f"skipped the rest of a damaged shard: {' '.join(str(a) for a in exn.args if a)}",
-                      RuntimeWarning, stacklevel=2)
+                      UnreadableImageWarning, stacklevel=2)
         return True
 
     def _samples(self, shards: Sequence[str], shuffle_seed: int | None) -> Iterator[dict]:
@@ -482,7 +483,8 @@ class ShardStream(IterableDataset):
         except (*READ_ERRORS, KeyError) as e:
             with self._skipped.get_lock():
                 self._skipped.value += 1
-            warnings.warn(f"skipped unreadable image {name}: {type(e).__name__}: {e}", RuntimeWarning, stacklevel=2)
+            warnings.warn(f"skipped unreadable image {name}: {type(e).__name__}: {e}", UnreadableImageWarning,
+                          stacklevel=2)
             return None
         if self.transform is not None:
             with seeded(_seed(self.seed, epoch, self.rank, index)):

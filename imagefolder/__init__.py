@@ -34,7 +34,7 @@ from torch.utils.data import Dataset, default_collate
 
 from backbones.errors import EfficientFormerV2Error
 
-__all__ = ["DataError", "IMAGE_EXTENSIONS", "READ_ERRORS", "load_rgb", "is_image", "class_folders", "find_classes",
+__all__ = ["DataError", "UnreadableImageWarning", "IMAGE_EXTENSIONS", "READ_ERRORS", "load_rgb", "is_image", "class_folders", "find_classes",
            "image_files", "scan_split", "ImageFolderDataset", "collate_skip_bad", "seeded", "DATA_CONFIG_KEYS",
            "data_config", "eval_transform"]
 
@@ -44,6 +44,21 @@ READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)  
 
 class DataError(EfficientFormerV2Error, ValueError):
     """The data folder does not have the expected layout; the message says what to fix."""
+
+
+class UnreadableImageWarning(RuntimeWarning):
+    """An image file (or a shard's member) that could not be read and was skipped. Shown as one
+    line, `warning: skipped unreadable image PATH: ERROR`, without the source line that Python
+    prints for other warnings (it would point into the data loader, not at the file)."""
+
+
+def _format_warning(message, category, filename, lineno, line=None, _default=warnings.formatwarning) -> str:
+    if isinstance(category, type) and issubclass(category, UnreadableImageWarning):
+        return f"warning: {message}\n"
+    return _default(message, category, filename, lineno, line)
+
+
+warnings.formatwarning = _format_warning   # only this project's category is formatted differently
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,7 +197,7 @@ class ImageFolderDataset(Dataset):
             with self._skipped.get_lock():
                 self._skipped.value += 1
             if self.warn:
-                warnings.warn(f"skipped unreadable image {path}: {type(e).__name__}: {e}", RuntimeWarning,
+                warnings.warn(f"skipped unreadable image {path}: {type(e).__name__}: {e}", UnreadableImageWarning,
                               stacklevel=2)
             return None
         if self.transform is not None:

@@ -100,7 +100,18 @@ def det_run(tmp_path_factory, coco, backbone_ckpt) -> tuple[Path, Path]:
     out = run_tool("mm_train", DET_TOY, "--data-root", data, "--work-dir", folder / "run", "--cfg-options",
                    *options, cwd=folder)
     assert out.returncode == 0, out.stderr[-3000:]
+    _assert_brief_console(out.stdout, "mm_train")
     return data, folder / "run"
+
+
+def _assert_brief_console(stdout: str, prog: str) -> None:
+    """A real mmengine run's console, as the tools show it: progress and metrics only (no
+    environment or config dump), ending with one summary line that says where the full log is."""
+    lines = stdout.strip().splitlines()
+    assert len(lines) < 40, stdout
+    assert not any(word in stdout for word in ("System environment", "Config:", "sys.platform", "train_pipeline"))
+    assert lines[-1].startswith(f"{prog}: coco/bbox_mAP ") and "coco/segm_mAP" in lines[-1], lines[-1]
+    assert "(full log in " in lines[-1]
 
 
 def test_mm_train_and_mm_test_follow_data_root(tmp_path, det_run):
@@ -111,6 +122,7 @@ def test_mm_train_and_mm_test_follow_data_root(tmp_path, det_run):
                    tmp_path / "test", "--cfg-options", "test_dataloader.batch_size=2", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "coco/bbox_mAP:" in out.stdout and "coco/segm_mAP:" in out.stdout
+    _assert_brief_console(out.stdout, "mm_test")
 
 
 def test_train_evaluate_resume_on_toy_coco(tmp_path, det_run, backbone_ckpt):

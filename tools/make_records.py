@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     new_readme = replace_between_markers(args.readme.read_text(), render_model_table(files, page=args.page.as_posix()))
     outputs = {args.page: page, args.readme: fill_durations(new_readme, records, where=str(args.readme))}
     for doc in sorted(args.page.parent.glob("*.md")):
-        if doc != args.page:
+        if doc not in outputs:
             outputs[doc] = fill_durations(doc.read_text(), records, where=str(doc))
     stale = [p for p, text in outputs.items() if not p.is_file() or p.read_text() != text]
     if args.check:
