@@ -195,6 +195,8 @@ class ImageClassifier(LightningModule):
         if pretrained:
             load_pretrained_weights(self.model, pretrained, pretrained_classifier)
         self.model.set_distilled_training(distill)
+        # `fit`'s model summary shows the FLOPs (and input/output sizes) at the training size
+        self.example_input_array = torch.zeros(1, 3, img_size, img_size)
         if distill:
             check_teacher_config(teacher)  # a config error now; its weights are read for fitting only
         self.teacher: nn.Module | None = None  # built by setup("fit"): evaluation needs no teacher file

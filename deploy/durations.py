@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from backbones.errors import FileFormatError, UsageError
 
@@ -39,7 +39,11 @@ COMMANDS: dict[str, list[str]] = {
     "make demo-edge": ["make", "demo-edge"],
 }
 CONDITIONS = ("idle", "one busy core")
-DURATION_MARKER = re.compile(r"<!-- duration: (?P<name>[^>]+?) -->(?P<text>.*?)<!-- /duration -->", re.S)
+_OPEN = "<!-- duration: "
+# a marker's content never holds another marker's opening: an unclosed marker is an error, not a
+# match that swallows the next one
+DURATION_MARKER = re.compile(r"<!-- duration: (?P<name>[^>]+?) -->(?P<text>(?:(?!<!-- duration: ).)*?)"
+                             r"<!-- /duration -->", re.S)
 
 
 @contextlib.contextmanager
@@ -47,8 +51,8 @@ def busy_core() -> Iterator[int]:
     """A process spinning on one of the cores this process may use (the last), for the duration
     of the block; yields the core's number."""
     core = max(os.sched_getaffinity(0))
-    spinner = subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{core}}})\nwhile True: pass"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    spin = f"import os; os.sched_setaffinity(0, {{{core}}})\nwhile True: pass"
+    spinner = subprocess.Popen([sys.executable, "-c", spin], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(0.5)   # spinning before the command starts
         yield core
@@ -58,10 +62,11 @@ def busy_core() -> Iterator[int]:
 
 
 def time_command(name: str, condition: str = "idle", cwd: str | Path = ".",
-                 log: Any = print) -> dict[str, Any]:
+                 log: Callable[[str], object] = print) -> dict[str, Any]:
     """Run the documented command `name` (a key of COMMANDS) in `cwd` under `condition` (one of
     CONDITIONS) and return its record: seconds from start to exit, exit status, the last line it
-    printed and the 1-minute load average before and after. Its output is passed through.
+    printed, the usable cores and the load averages (1, 5, 15 min) before and after. Its output is
+    passed through.
 
     Raises UsageError for an unknown name or condition.
     """
@@ -85,7 +90,8 @@ def time_command(name: str, condition: str = "idle", cwd: str | Path = ".",
         seconds = time.perf_counter() - start
     log(f"time_demos: {name} ({condition}): {seconds:.0f} s, exit status {status}")
     return {"demo": name, "condition": condition, "seconds": round(seconds, 1), "minutes": round(seconds / 60, 1),
-            "exit_status": status, "summary": lines[-1] if lines else "", "cpu_count": len(os.sched_getaffinity(0)),
+            "exit_status": status, "summary": lines[-1] if lines else "",
+            "cpu_count": len(os.sched_getaffinity(0)),
             "load_average_before": load_before, "load_average_after": [round(v, 2) for v in os.getloadavg()]}
 
 
@@ -98,7 +104,8 @@ def _sentence(records: Sequence[dict[str, Any]]) -> str:
             minutes = r["seconds"] / 60
             figure = f"{minutes:.0f} min" if minutes >= 2 else f"{r['seconds']:.0f} s"
             cores = r.get("cpu_count", "?")
-            parts.append(f"{figure} on an idle {cores}-core CPU" if condition == "idle" else f"{figure} with one core busy")
+            parts.append(f"{figure} on an idle {cores}-core CPU" if condition == "idle"
+                         else f"{figure} with one core busy")
     return "about " + ", ".join(parts) if parts else ""
 
 
@@ -106,18 +113,21 @@ def fill_durations(text: str, records: Sequence[dict[str, Any]], where: str = "t
     """`text` with each `<!-- duration: NAME -->...<!-- /duration -->` marker's content replaced
     by the measured durations of NAME ("about 5 min on an idle 2-core CPU, 7 min with one core
     busy"), from the latest successful record of each condition. FileFormatError when a marker
-    names a command with no successful record."""
+    names a command with no successful record, or is not closed."""
+    if text.count(_OPEN) != len(DURATION_MARKER.findall(text)):
+        raise FileFormatError(f"{where}: a `{_OPEN}NAME -->` marker is not closed by `<!-- /duration -->`")
     latest: dict[tuple[str, str], dict[str, Any]] = {}
-    for r in sorted(records, key=lambda r: str(r.get("date"))):
-        if "demo" in r and "seconds" in r and r.get("exit_status") == 0:
-            latest[r["demo"], r["condition"]] = r
+    timed = [r for r in records if "demo" in r and "seconds" in r and r.get("date") and r.get("exit_status") == 0]
+    for r in sorted(timed, key=lambda r: str(r["date"])):
+        latest[r["demo"], r["condition"]] = r
 
     def replace(match: re.Match) -> str:
         name = match["name"].strip()
         sentence = _sentence([r for (n, _), r in latest.items() if n == name])
         if not sentence:
-            raise FileFormatError(f"{where} asks for the duration of {name!r}, which no record in benchmarks/records "
-                                  f"has: run python tools/time_demos.py --commands {name!r} --json ...")
+            raise FileFormatError(f"{where} asks for the duration of {name!r}, which no record in "
+                                  f"benchmarks/records has: run python tools/time_demos.py --commands {name!r} "
+                                  "--json ...")
         return f"<!-- duration: {name} -->{sentence}<!-- /duration -->"
 
     return DURATION_MARKER.sub(replace, text)

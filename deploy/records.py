@@ -98,7 +98,8 @@ def load_record_file(path: str | Path) -> RecordFile:
         records = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise FileFormatError(f"{path} is not a readable benchmark record file: {exc}") from None
-    # latency records (tools/benchmark*.py --json) or export checks (tools/export.py --json)
+    # latency records (tools/benchmark*.py --json), export checks (tools/export.py --json) or command
+    # durations (tools/time_demos.py --json)
     kinds = ({"model", "backend", "latency_ms_median"}, {"model", "format", "checked"}, {"demo", "condition", "seconds"})
     if (not isinstance(records, list) or not records
             or not all(isinstance(r, dict) and any(k <= r.keys() for k in kinds) for r in records)):

@@ -34,7 +34,8 @@ from torch.utils.data import Dataset, default_collate
 
 from backbones.errors import EfficientFormerV2Error
 
-__all__ = ["DataError", "UnreadableImageWarning", "IMAGE_EXTENSIONS", "READ_ERRORS", "load_rgb", "is_image", "class_folders", "find_classes",
+__all__ = ["DataError", "UnreadableImageWarning", "IMAGE_EXTENSIONS", "READ_ERRORS", "load_rgb", "is_image",
+           "class_folders", "find_classes",
            "image_files", "scan_split", "ImageFolderDataset", "collate_skip_bad", "seeded", "DATA_CONFIG_KEYS",
            "data_config", "eval_transform"]
 
@@ -47,8 +48,8 @@ class DataError(EfficientFormerV2Error, ValueError):
 
 
 class UnreadableImageWarning(RuntimeWarning):
-    """An image file (or a shard's member) that could not be read and was skipped. Shown as one
-    line, `warning: skipped unreadable image PATH: ERROR`, without the source line that Python
+    """An image file, a shard's member or the rest of a damaged shard that could not be read and
+    was skipped. Shown as one line, `warning: skipped ...: ERROR`, without the source line Python
     prints for other warnings (it would point into the data loader, not at the file)."""
 
 
@@ -58,7 +59,9 @@ def _format_warning(message, category, filename, lineno, line=None, _default=war
     return _default(message, category, filename, lineno, line)
 
 
-warnings.formatwarning = _format_warning   # only this project's category is formatted differently
+# Only this project's category is formatted differently. (With a replaced formatwarning Python
+# no longer adds tracemalloc's "Object allocated at" lines to ResourceWarnings.)
+warnings.formatwarning = _format_warning
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,8 +18,8 @@ from typing import Any, TextIO
 
 __all__ = ["brief_console", "main_metrics", "summary_line"]
 
-# the lines of mmengine's console log worth seeing while a run goes on
-_KEEP = re.compile(r"Epoch\(|Iter\(| - (WARNING|ERROR|CRITICAL) - |Traceback|Error")
+# the lines of mmengine's console log worth seeing while a run goes on (and the demos' own lines)
+_KEEP = re.compile(r"Epoch\(|Iter\(| - (WARNING|ERROR|CRITICAL) - |Traceback|Error|^demo-")
 # the metrics a summary names: COCO's mAP per task, mmseg's mean IoU and accuracies
 _MAIN = re.compile(r"(^|/)(bbox_mAP|segm_mAP|mIoU|mAcc|aAcc)$")
 

@@ -327,3 +327,20 @@ def test_teacher_needs_weights(tmp_path):
         ImageClassifier(num_classes=10, teacher={"name": "efficientformerv2_s9", "checkpoint": "t.pth"})
     with pytest.raises(ValueError, match="does not exist: give the local file"):
         ImageClassifier(num_classes=10, teacher={"name": "test_resnet", "checkpoint": str(tmp_path / "gone.pth")})
+
+
+def test_the_fit_summary_counts_the_flops_at_the_training_size():
+    """Lightning's model summary (printed by `fit`) gets the model's FLOPs from an example input at
+    the training size: torch's FLOP count of the same model, not 0."""
+    from lightning.pytorch.utilities.model_summary import ModelSummary
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from conftest import TINY_ARCH
+    classifier = ImageClassifier(arch=TINY_ARCH, num_classes=3, img_size=32)
+    assert tuple(classifier.example_input_array.shape) == (1, 3, 32, 32)
+    summary = ModelSummary(classifier, max_depth=1)
+    assert classifier.model.training  # the summary's forward left the model's mode as it was
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        classifier.model.eval()(torch.zeros(1, 3, 32, 32))
+    assert summary.total_flops == counter.get_total_flops() > 0

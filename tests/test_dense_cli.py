@@ -6,6 +6,7 @@ folders left by a failed attempt, and a dataset whose class names are not the co
 error, or --classes-from-data (COCO categories, an ADE-format folder's classes.txt) that sets
 metainfo.classes and the heads' num_classes."""
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -123,6 +124,25 @@ def test_mm_train_and_mm_test_follow_data_root(tmp_path, det_run):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "coco/bbox_mAP:" in out.stdout and "coco/segm_mAP:" in out.stdout
     _assert_brief_console(out.stdout, "mm_test")
+
+
+def test_the_det_demo_shows_progress_and_ends_with_its_metrics(tmp_path, coco, backbone_ckpt):
+    """tools/demo_dense.py det on a toy COCO folder (one iteration): the console keeps mmengine's
+    progress lines and the demo's own lines (no environment, config or COCO tables), the work dir's
+    log file mmengine's whole log, and the last line is the demo's summary."""
+    data = tmp_path / "data"
+    shutil.copytree(coco, data / "toy_coco")
+    options = [f"{k}={v}" for k, v in _det_options(backbone_ckpt).items() if k != "model.backbone.init_cfg.checkpoint"]
+    out = run_tool("demo_dense", "det", "--data", data, "--backbone", backbone_ckpt, "--work-dir", tmp_path / "run",
+                   "--threads", "1", "--cfg-options", *options, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    assert not any(word in out.stdout for word in ("System environment", "Config:", "Average Precision"))
+    assert any("Epoch(train)" in line for line in lines)
+    assert any(line.startswith("demo-det: 1 iterations") for line in lines)
+    assert re.fullmatch(r"demo-det: bbox mAP \d\.\d{3} segm mAP \d\.\d{3} in \d+ s", lines[-1]), lines[-1]
+    (log,) = (tmp_path / "run").glob("*/*.log")
+    assert "System environment" in log.read_text() and "Epoch(val)" in log.read_text()  # the whole log
 
 
 def test_train_evaluate_resume_on_toy_coco(tmp_path, det_run, backbone_ckpt):

@@ -245,8 +245,6 @@ def _export_cli(*args: str, hide: str | None = None) -> subprocess.CompletedProc
     return run_tool("export", *args, cwd=ROOT, hide=(hide,) if hide else ())
 
 
-
-
 def test_cli_runtime_not_installed(tmp_path):
     proc = _export_cli("--model", S0, "--format", "executorch", "--out", str(tmp_path / "m.pte"), hide="executorch")
     assert_one_line_error(proc, "export", "executorch", "install")

@@ -134,6 +134,20 @@ def test_predict_on_unreadable_files_is_one_line_and_writes_nothing(toy, tmp_pat
     assert not list(tmp_path.rglob("predictions*.csv"))
 
 
+def test_an_unreadable_image_is_one_warning_line_without_a_source_line(tmp_path):
+    from imagefolder import ImageFolderDataset, UnreadableImageWarning
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image at all")
+    with pytest.warns(UnreadableImageWarning) as caught:
+        assert ImageFolderDataset([(str(bad), 0)])[0] is None
+    (w,) = caught
+    shown = warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line)
+    assert shown == f"warning: skipped unreadable image {bad}: UnidentifiedImageError: cannot identify image file {str(bad)!r}\n"
+    assert shown.count("\n") == 1 and "warnings.warn" not in shown
+    # other warnings keep Python's format (file, line and source)
+    assert "UserWarning" in warnings.formatwarning("x", UserWarning, "f.py", 3)
+
+
 @pytest.mark.parametrize("flags, fragment", [
     (["--data.batch_size", "-4"], "--data.batch_size must be a positive integer, got -4"),
     (["--trainer.max_epochs", "-5"], "--trainer settings: `max_epochs` must be a non-negative integer"),
@@ -237,20 +251,6 @@ def test_an_export_of_a_finetuned_checkpoint_carries_its_class_names(fitted, toy
 # --------------------------------------------------------------------------------------------
 # quiet mm tools
 # --------------------------------------------------------------------------------------------
-def test_an_unreadable_image_is_one_warning_line_without_a_source_line(tmp_path):
-    from imagefolder import ImageFolderDataset, UnreadableImageWarning
-    bad = tmp_path / "bad.png"
-    bad.write_bytes(b"not an image at all")
-    with pytest.warns(UnreadableImageWarning) as caught:
-        assert ImageFolderDataset([(str(bad), 0)])[0] is None
-    (w,) = caught
-    shown = warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line)
-    assert shown == f"warning: skipped unreadable image {bad}: UnidentifiedImageError: {w.message.args[0].split(': ', 2)[2]}\n"
-    assert shown.count("\n") == 1 and "warnings.warn" not in shown
-    # other warnings keep Python's format (file, line and source)
-    assert "UserWarning" in warnings.formatwarning("x", UserWarning, "f.py", 3)
-
-
 def test_mm_console_keeps_progress_and_warnings_and_ends_with_one_summary_line():
     pytest.importorskip("mmengine")  # the openmmlab package registers its backbone with mmengine
     from openmmlab import console

@@ -3,7 +3,6 @@ mmseg), shapes, freezing, pretrained init, safe loading of mmengine checkpoints,
 bad-input errors, the command-line tools' one-line errors, and the backbone benchmark's handling
 of a measuring process that dies."""
 import math
-import os
 import pickle
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from backbones import CheckpointError, efficientformerv2_s0, save_checkpoint
 from openmmlab import EfficientFormerV2
 from openmmlab.benchmark import ChildDiedError, benchmark_backbone, run_in_fresh_process
 from openmmlab.runner import ConfigError, check_data_roots, load_config, read_checkpoint
+from child_targets import dies_with_exit_code_3, doubles, raises_memory_error
 from tool_runner import assert_one_line_error as _assert_one_line_error, run_tool
 
 pytestmark = pytest.mark.mm
@@ -388,35 +388,33 @@ def test_mm_benchmark_backbone_bad_arguments(tmp_path, args, fragment):
 
 # --- the backbone benchmark ------------------------------------------------------------------
 
-def _dies_with_exit_code_3(*args):
-    """Stands in for the measurement in the child: ends the process without a result, as the
-    kernel's out-of-memory killer does (spawn pickles it by name, so it is module-level)."""
-    os._exit(3)
-
-
-def _raises(*args):
-    raise MemoryError("no memory for the activations")
-
-
-def _doubles(x):
-    return 2 * x
-
-
 def test_run_in_fresh_process_returns_the_result():
-    assert run_in_fresh_process(_doubles, 21) == 42
+    assert run_in_fresh_process(doubles, 21) == 42
 
 
 def test_benchmark_child_that_dies_is_an_error_with_its_exit_code():
     with pytest.raises(ChildDiedError, match="s0 at 64x48 ended without a result: exit code 3") as info:
-        benchmark_backbone("s0", 48, 64, 1, 1, measure_fn=_dies_with_exit_code_3)
+        benchmark_backbone("s0", 48, 64, 1, 1, measure_fn=dies_with_exit_code_3)
     assert info.value.exitcode == 3
     with pytest.raises(ChildDiedError, match="exit code 1") as info:  # uncaught error in the child
-        benchmark_backbone("s0", 48, 64, 1, 1, measure_fn=_raises)
+        benchmark_backbone("s0", 48, 64, 1, 1, measure_fn=raises_memory_error)
     assert info.value.exitcode == 1
     with pytest.raises(ValueError, match="unknown EfficientFormerV2 variant"):  # refused before any process
-        benchmark_backbone("s9", 48, 64, 1, 1, measure_fn=_dies_with_exit_code_3)
+        benchmark_backbone("s9", 48, 64, 1, 1, measure_fn=dies_with_exit_code_3)
     with pytest.raises(ValueError, match="height must be >= 1"):
-        benchmark_backbone("s0", 0, 64, 1, 1, measure_fn=_dies_with_exit_code_3)
+        benchmark_backbone("s0", 0, 64, 1, 1, measure_fn=dies_with_exit_code_3)
+
+
+def test_measure_backbone_in_this_process_gives_the_record():
+    from openmmlab.benchmark import measure_backbone
+    threads = torch.get_num_threads()
+    try:
+        record = measure_backbone("s0", 32, 48, repeats=2, threads=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert (record["variant"], record["height"], record["width"], record["threads"]) == ("s0", 32, 48, 1)
+    assert round(record["params"] / 1e6, 2) == 3.25 and record["forward_ms_median"] > 0  # the tool's "3.25 M"
+    assert record["peak_rss_mib"] > 0 and record["forward_peak_mib"] >= 0
 
 
 def test_mm_benchmark_backbone_tool_measures_a_small_input(tmp_path):

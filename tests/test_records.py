@@ -142,3 +142,87 @@ def test_model_table_takes_the_file_with_most_variants_then_the_latest(tmp_path)
                                                 _record("mobilenetv2_100", "openvino", 10.0, **later)])
     table = render_model_table(load_record_dir(folder))
     assert "30.00 (3.00x)" in table and "#c-two-variants-late" in table and "20.00" not in table
+
+
+# --------------------------------------------------------------------------------------------
+# durations of the documented commands (tools/time_demos.py): records, page, docs' markers
+# --------------------------------------------------------------------------------------------
+def _duration(name: str, condition: str, seconds: float, status: int = 0, date: str = PROV["date"]) -> dict:
+    return {"demo": name, "condition": condition, "seconds": seconds, "minutes": round(seconds / 60, 1),
+            "exit_status": status, "summary": f"{name}: done | ok", "cpu_count": 2, **PROV, "date": date}
+
+
+def test_durations_fill_the_docs_markers_from_the_latest_successful_runs():
+    from backbones.errors import FileFormatError
+    from deploy.durations import fill_durations
+    records = [_duration("make demo", "idle", 300.0, date="2026-12-06 01:00 UTC"),
+               _duration("make demo", "idle", 290.0), _duration("make demo", "one busy core", 430.0),
+               _duration("make demo", "one busy core", 10.0, status=2, date="2026-12-08 01:00 UTC"),
+               _duration("predict", "idle", 47.4)]
+    text = ("`make demo` takes <!-- duration: make demo -->old<!-- /duration -->; predict "
+            "<!-- duration: predict -->x<!-- /duration -->.")
+    assert fill_durations(text, records) == (
+        "`make demo` takes <!-- duration: make demo -->about 5 min on an idle 2-core CPU, 7 min with one core busy"
+        "<!-- /duration -->; predict <!-- duration: predict -->about 47 s on an idle 2-core CPU<!-- /duration -->.")
+    with pytest.raises(FileFormatError, match="make demo-det.*time_demos.py"):
+        fill_durations("<!-- duration: make demo-det --><!-- /duration -->", records, where="docs/dense.md")
+    with pytest.raises(FileFormatError, match="not closed"):
+        fill_durations("<!-- duration: make demo --> and <!-- duration: predict --><!-- /duration -->", records)
+
+
+def test_time_command_runs_idle_and_beside_a_busy_core(monkeypatch, capsys):
+    import os
+    import sys
+
+    from backbones.errors import UsageError
+    from deploy import durations
+    monkeypatch.setitem(durations.COMMANDS, "quick", [sys.executable, "-c", "print('working'); print('quick: done')"])
+    idle = durations.time_command("quick", "idle", log=lambda line: None)
+    assert idle["exit_status"] == 0 and idle["summary"] == "quick: done" and 0 <= idle["seconds"] < 60
+    assert idle["condition"] == "idle" and len(idle["load_average_before"]) == 3
+    assert "working" in capsys.readouterr().out          # the command's output is passed through
+    with durations.busy_core() as core:
+        assert core in os.sched_getaffinity(0)
+    busy = durations.time_command("quick", "one busy core", log=lambda line: None)
+    assert busy["condition"] == "one busy core" and busy["exit_status"] == 0
+    monkeypatch.setitem(durations.COMMANDS, "fails", [sys.executable, "-c", "raise SystemExit(3)"])
+    assert durations.time_command("fails", log=lambda line: None)["exit_status"] == 3
+    with pytest.raises(UsageError, match="unknown command"):
+        durations.time_command("nope")
+    with pytest.raises(UsageError, match="unknown condition"):
+        durations.time_command("quick", "busy")
+
+
+def test_time_demos_tool_writes_records_the_page_and_the_docs_take(monkeypatch, tmp_path):
+    import sys
+
+    from deploy import durations
+    monkeypatch.setitem(durations.COMMANDS, "quick", [sys.executable, "-c", "print('quick: done')"])
+    folder = tmp_path / "records"
+    out = folder / "demo_durations_idle.json"
+    result = run_tool("time_demos", "--commands", "quick", "--json", out)
+    assert result.returncode == 0, result.stderr
+    (record,) = load_record_file(out).records
+    assert record["demo"] == "quick" and record["command"].startswith("python tools/time_demos.py --commands quick")
+    assert "| quick | idle |" in render_page(load_record_dir(folder))
+    # a table cell keeps a `|` of the text it shows
+    _write(tmp_path / "piped", "durations.json", [_duration("make demo", "idle", 290.0)])
+    assert "| make demo: done \\| ok |" in render_page(load_record_dir(tmp_path / "piped"))
+    # make records writes the duration into the docs' marker
+    _write(folder, "b.json", [_record("efficientformerv2_s0", "openvino", 10.0),
+                              _record("mobilenetv2_100", "openvino", 8.0)])
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n{MODEL_TABLE_BEGIN}\n{MODEL_TABLE_END}\n")
+    (tmp_path / "docs").mkdir()
+    doc = tmp_path / "docs" / "demo.md"
+    doc.write_text("Quick takes <!-- duration: quick --><!-- /duration -->.\n")
+    args = ["--records", folder, "--page", tmp_path / "docs" / "benchmarks.md", "--readme", readme]
+    assert run_tool("make_records", *args).returncode == 0
+    filled = r"Quick takes <!-- duration: quick -->about \d+ s on an idle \d+-core CPU<!-- /duration -->\.\n"
+    assert re.fullmatch(filled, doc.read_text())
+    assert run_tool("make_records", *args, "--check").returncode == 0
+    # bad input: one line, exit status 2
+    result = run_tool("time_demos", "--commands", "nope", "--json", out)
+    assert result.returncode == 2 and "invalid choice: 'nope'" in result.stderr
+    result = run_tool("time_demos", "--commands", "quick", "--json", out / "x.json")
+    assert result.returncode == 2 and "cannot be written" in result.stderr

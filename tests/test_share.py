@@ -163,3 +163,47 @@ def test_the_tools_hub_literal_is_the_packages():
     from deploy.hub_export import HUB_FORMAT
     from tool_runner import load_tool
     assert load_tool("export").HUB == HUB_FORMAT
+
+
+def test_push_uploads_the_folder_and_names_what_failed(tmp_path, monkeypatch):
+    """`push_folder` with huggingface_hub's client stood in: the upload, an unreachable Hub, a
+    refusal from the Hub (no login): the last two one NetworkError that says the folder is kept."""
+    import huggingface_hub
+    from huggingface_hub import constants
+    from huggingface_hub.errors import LocalTokenNotFoundError
+
+    from backbones.errors import NetworkError
+    from deploy.hub_export import push_folder
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    calls = []
+
+    class FakeApi:
+        failure: BaseException | None = None
+
+        def __init__(self, library_name):
+            calls.append(("api", library_name))
+
+        def create_repo(self, repo_id, private, exist_ok):
+            if FakeApi.failure is not None:
+                raise FakeApi.failure
+            calls.append(("create", repo_id, private, exist_ok))
+            return type("Repo", (), {"repo_id": repo_id})()
+
+        def upload_folder(self, repo_id, folder_path, commit_message):
+            calls.append(("upload", repo_id, folder_path))
+            return type("Commit", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/1"})()
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    assert push_folder(folder, "me/s0", private=True) == "https://huggingface.co/me/s0/commit/1"
+    assert calls == [("api", "timm"), ("create", "me/s0", True, True), ("upload", "me/s0", str(folder))]
+    FakeApi.failure = ConnectionError("name resolution failed")
+    unreachable = r"no network: the Hugging Face Hub cannot be reached .*\(ConnectionError\).* is kept"
+    with pytest.raises(NetworkError, match=unreachable):
+        push_folder(folder, "me/s0")
+    FakeApi.failure = LocalTokenNotFoundError("no token")
+    with pytest.raises(NetworkError, match=r"--push me/s0 failed \(no token\); log in with `hf auth login`.* is kept"):
+        push_folder(folder, "me/s0")

@@ -8,8 +8,9 @@ classification set (trained first, with tools/demo_cls.py, when missing at its d
 another --backbone must exist). The toy set is
 generated under DATA/toy_coco or DATA/toy_ade20k when missing; training and the final
 evaluation (COCO bbox/segm mAP or mIoU on the val split, never trained on) use mmengine's Runner.
-Last line: `demo-det: bbox mAP <0..1> segm mAP <0..1> in <seconds> s` or
-`demo-seg: mIoU <percent> in <seconds> s`.
+The console shows the progress lines of mmengine's log, its warnings and the demo's own lines
+(`--verbose`: the whole log, which the work dir keeps either way). Last line:
+`demo-det: bbox mAP <0..1> segm mAP <0..1> in <seconds> s` or `demo-seg: mIoU <percent> in <seconds> s`.
 """
 from __future__ import annotations
 
@@ -28,20 +29,23 @@ DENSE_WORKERS = 0  # the toy configs' loader workers
 
 
 def run_demo(task: str, data: Path, backbone: Path, work_dir: Path | None, cfg_options: dict,
-             threads: int | None = None) -> str:
-    """Run one demo and return its summary line (`threads`: intra-op threads, None: chosen for the machine)."""
+             threads: int | None = None, verbose: bool = False) -> str:
+    """Run one demo and return its summary line (`threads`: intra-op threads, None: chosen for the
+    machine; `verbose`: mmengine's whole console log)."""
+    from openmmlab.console import brief_console
     apply_threads(threads, workers=DENSE_WORKERS)
     start = time.time()
     ensure_toy_classifier(backbone, data, f"demo-{task}")
     work_dir = work_dir or Path("work_dirs") / f"demo_{task}"
-    if task == "det":
-        from detection.demo import run_det_demo
-        r = run_det_demo(CONFIGS[task], data / DATASETS[task], backbone, work_dir, cfg_options)
-        result = f"bbox mAP {r['bbox_mAP']:.3f} segm mAP {r['segm_mAP']:.3f}"
-    else:
-        from segmentation.demo import run_seg_demo
-        r = run_seg_demo(CONFIGS[task], data / DATASETS[task], backbone, work_dir, cfg_options)
-        result = f"mIoU {r['mIoU']:.2f}"
+    with brief_console(verbose):
+        if task == "det":
+            from detection.demo import run_det_demo
+            r = run_det_demo(CONFIGS[task], data / DATASETS[task], backbone, work_dir, cfg_options)
+            result = f"bbox mAP {r['bbox_mAP']:.3f} segm mAP {r['segm_mAP']:.3f}"
+        else:
+            from segmentation.demo import run_seg_demo
+            r = run_seg_demo(CONFIGS[task], data / DATASETS[task], backbone, work_dir, cfg_options)
+            result = f"mIoU {r['mIoU']:.2f}"
     print(f"demo-{task}: {r['iters']} iterations, {r['seconds_per_iter']:.3f} s/iter, "
           f"peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
     return f"demo-{task}: {result} in {time.time() - start:.0f} s"
@@ -58,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="S0 classification checkpoint the backbone starts from")
     parser.add_argument("--work-dir", type=Path, default=None)
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, default={})
+    parser.add_argument("--verbose", action="store_true", help="show mmengine's whole console log")
     add_threads_option(parser)
     args = parser.parse_args(argv)
     if args.data.exists() and not args.data.is_dir():
@@ -65,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.backbone.exists() and not args.backbone.is_file():
         raise UsageError(f"--backbone {args.backbone} is not a file; give the S0 classification checkpoint, "
                          f"or leave --backbone out for {TOY_CLASSIFIER}")
-    print(run_demo(args.task, args.data, args.backbone, args.work_dir, args.cfg_options, args.threads), flush=True)
+    print(run_demo(args.task, args.data, args.backbone, args.work_dir, args.cfg_options, args.threads, args.verbose),
+          flush=True)
     return 0
 
 

@@ -1,14 +1,15 @@
 """Generate the benchmark records page and the README's model table from the JSON records.
 
     python tools/make_records.py            # docs/benchmarks.md and README.md's model table
-    python tools/make_records.py --check    # exit 1 when either is not what the records give
+    python tools/make_records.py --check    # exit 1 when any of them is not what the records give
 
 Reads every `benchmarks/records/*.json` (written by tools/benchmark.py --json,
 tools/benchmark_peers.py, tools/time_demos.py and the other benchmark tools, each record with
 its command, date and CPU), writes one section per file onto the records page, replaces the
 README's model table (between its markers) with the variants' and MobileNetV2's figures from the
-same records, and fills each `<!-- duration: NAME -->` marker of the README and docs/*.md with
-the measured duration of that command. Also `make records`.
+same records, and fills each `<!-- duration: NAME -->` marker of the README and of the Markdown
+pages beside the records page (docs/*.md) with the measured durations of that command. Also
+`make records`.
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", type=Path, default=Path("README.md"),
                         help="README whose model table (between its markers) is replaced")
     parser.add_argument("--check", action="store_true",
-                        help="write nothing; exit 1 when the page or the README table differ from the records")
+                        help="write nothing; exit 1 when the page, the README table or a duration in the README or "
+                             "the page's folder differ from the records")
     args = parser.parse_args(argv)
     from deploy.durations import fill_durations
     from deploy.records import load_record_dir, render_model_table, render_page, replace_between_markers

@@ -9,6 +9,9 @@ follow, `make demo` first, whose model the other demos start from), idle or besi
 (a spinning process pinned to one usable core), and writes one record per command: seconds,
 exit status, its last line, the load average before and after, with the command, date and CPU.
 `make records` puts them on the records page and into the docs' duration markers.
+
+Time them in a fresh clone (or after `make clean` and removing the generated `data/` toy sets):
+the commands write where the docs say, and `fit` refuses to overwrite an earlier run's checkpoints.
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, required=True, help="record file to write")
     args = parser.parse_args(argv)
     check_writable(args.json, "--json")
-    prov = provenance(argv if argv is None else ["tools/time_demos.py", *argv])
+    prov = provenance(["tools/time_demos.py", *(sys.argv[1:] if argv is None else map(str, argv))])
     records = []
     for name in args.commands:
         record = time_command(name, args.condition, cwd=ROOT)
