@@ -10,23 +10,31 @@ and applies them with `set_cpu_threads`, which prints the choice in one line:
 
 Whoever asks wins, in this order: an explicit count (a command's `--threads`), the environment
 variable `EFV2_THREADS`, `OMP_NUM_THREADS`; otherwise the usable cores (`os.sched_getaffinity`)
-less the loader workers, divided among the processes of the run, and at least one.
+less the cores other processes keep busy when the command starts (`busy_cores`: a short sample
+of /proc/stat, less this process's own CPU time), less the loader workers, divided among the
+processes of the run, and at least one. Threads that wait for a core another process holds wait
+at every operator: on two cores with one busy, two intra-op threads train three times slower than
+one.
 Depends on torch only (imported when the threads are applied).
 """
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .errors import UsageError
 
-__all__ = ["THREADS_ENV", "ThreadChoice", "usable_cores", "choose_threads", "set_cpu_threads"]
+__all__ = ["THREADS_ENV", "ThreadChoice", "usable_cores", "busy_cores", "choose_threads", "set_cpu_threads"]
 
 #: the environment variable that sets the intra-op threads of every command
 THREADS_ENV = "EFV2_THREADS"
 
 _announced: int | None = None  # the count last printed in this process: in-process runs say it once
+_BUSY_SAMPLE_S = 0.25
+_BUSY_KEEP_S = 60.0  # a process that chooses again within this long reuses its sample
+_busy_sampled: tuple[float, frozenset[int], int] | None = None  # (when, cores, busy)
 
 
 @dataclass(frozen=True)
@@ -38,13 +46,15 @@ class ThreadChoice:
     workers: int
     processes: int
     source: str
+    busy: int = 0  # usable cores other processes kept busy when the choice was made
 
     def line(self, override: str | None = None) -> str:
         """The one line a command prints; `override` names how to change it besides the variable."""
         how = f"{THREADS_ENV}=N" + (f" or {override}" if override else "")
         if self.source == "cores":
-            why = (f"{self.cores} usable core{'s' * (self.cores != 1)}, {self.workers} loader "
-                   f"worker{'s' * (self.workers != 1)}"
+            why = (f"{self.cores} usable core{'s' * (self.cores != 1)}"
+                   + (f", {self.busy} busy with other work" if self.busy else "")
+                   + f", {self.workers} loader worker{'s' * (self.workers != 1)}"
                    + (f", {self.processes} processes" if self.processes > 1 else ""))
         else:
             why = f"from {self.source}"
@@ -61,6 +71,51 @@ def usable_cores(affinity: set[int] | None = None) -> int:
     return max(1, len(affinity))
 
 
+def _cpu_ticks(cores: frozenset[int]) -> tuple[int, int] | None:
+    """(busy, all) clock ticks of `cores` since boot, from /proc/stat; None where it is not readable."""
+    busy = total = 0
+    try:
+        with open("/proc/stat") as stat:
+            for line in stat:
+                name, *fields = line.split()
+                if not name.startswith("cpu") or name == "cpu" or int(name[3:]) not in cores:
+                    continue
+                ticks = [int(f) for f in fields[:8]]  # user nice system idle iowait irq softirq steal
+                busy += sum(ticks) - ticks[3] - ticks[4]
+                total += sum(ticks)
+    except (OSError, ValueError, IndexError):
+        return None
+    return busy, total
+
+
+def busy_cores(affinity: set[int] | None = None, sample_s: float = _BUSY_SAMPLE_S) -> int:
+    """Whole cores of `affinity` (default: this process's) that other processes keep busy now:
+    their busy time over a `sample_s` sample of /proc/stat less this process's own CPU time, in
+    whole cores (0.6 of a core counts as one). 0 where /proc/stat cannot be read (not Linux). A
+    process that asks again within a minute for the same cores gets the same answer unsampled."""
+    global _busy_sampled
+    try:
+        cores = frozenset(os.sched_getaffinity(0) if affinity is None else affinity)
+    except (AttributeError, OSError):
+        return 0
+    now = time.monotonic()
+    if _busy_sampled is not None and _busy_sampled[1] == cores and now - _busy_sampled[0] < _BUSY_KEEP_S:
+        return _busy_sampled[2]
+    first, own_first = _cpu_ticks(cores), sum(os.times()[:2])
+    if first is None:
+        return 0
+    time.sleep(sample_s)
+    last, own_last = _cpu_ticks(cores), sum(os.times()[:2])
+    if last is None or last[1] <= first[1]:
+        return 0
+    # busy share of the sampled ticks, in cores, less what this process used meanwhile
+    elapsed_cores = (last[1] - first[1]) / len(cores)   # ticks per core over the sample
+    others = (last[0] - first[0]) / elapsed_cores - (own_last - own_first) / sample_s
+    busy = min(len(cores), max(0, int(others + 0.4)))
+    _busy_sampled = (now, cores, busy)
+    return busy
+
+
 def _count(text: str | None, name: str) -> int | None:
     if text is None or not str(text).strip():
         return None
@@ -74,7 +129,8 @@ def _count(text: str | None, name: str) -> int | None:
 
 
 def choose_threads(workers: int = 0, requested: int | None = None, processes: int = 1,
-                   affinity: set[int] | None = None, environ: Mapping[str, str] | None = None) -> ThreadChoice:
+                   affinity: set[int] | None = None, environ: Mapping[str, str] | None = None,
+                   busy: int | None = None) -> ThreadChoice:
     """The intra-op threads for a CPU run.
 
     Args:
@@ -83,6 +139,7 @@ def choose_threads(workers: int = 0, requested: int | None = None, processes: in
         processes: processes of the run on this machine (e.g. CPU DDP), sharing the cores.
         affinity: the usable cores (default: this process's `os.sched_getaffinity`).
         environ: the environment (default `os.environ`): `EFV2_THREADS`, then `OMP_NUM_THREADS`.
+        busy: usable cores other processes keep busy (default: measured, `busy_cores`).
 
     Raises:
         UsageError: a requested or environment count that is not a positive integer.
@@ -94,7 +151,9 @@ def choose_threads(workers: int = 0, requested: int | None = None, processes: in
                           ("OMP_NUM_THREADS", _count(environ.get("OMP_NUM_THREADS"), "OMP_NUM_THREADS"))):
         if value is not None:
             return ThreadChoice(value, cores, workers, processes, source)
-    return ThreadChoice(max(1, cores // processes - workers), cores, workers, processes, "cores")
+    busy = busy_cores(affinity) if busy is None else max(0, int(busy))
+    free = max(1, cores - busy)
+    return ThreadChoice(max(1, free // processes - workers), cores, workers, processes, "cores", busy)
 
 
 def set_cpu_threads(workers: int = 0, requested: int | None = None, processes: int = 1,

@@ -101,10 +101,35 @@ def fitted(toy, tmp_path_factory) -> Path:
 ])
 def test_threads_are_the_usable_cores_less_the_workers_unless_asked(affinity, workers, processes, environ,
                                                                     requested, want, source):
-    choice = choose_threads(workers, requested, processes, affinity=affinity, environ=environ)
+    choice = choose_threads(workers, requested, processes, affinity=affinity, environ=environ, busy=0)
     assert (choice.threads, choice.source, choice.cores) == (want, source, len(affinity))
     line = choice.line("--threads N")
     assert line.startswith(f"threads: {want} intra-op (") and "EFV2_THREADS=N or --threads N" in line
+
+
+@pytest.mark.parametrize("affinity, workers, busy, want", [
+    ({0, 1}, 0, 1, 1),     # two cores, one busy with other work: one thread, not two waiting on each other
+    ({0, 1}, 1, 1, 1),     # never below one
+    (set(range(8)), 2, 3, 3),
+    ({0, 1}, 0, 2, 1),
+])
+def test_cores_busy_with_other_work_are_left_to_it(affinity, workers, busy, want):
+    choice = choose_threads(workers, affinity=affinity, environ={}, busy=busy)
+    assert (choice.threads, choice.busy, choice.source) == (want, busy, "cores")
+    assert f"{len(affinity)} usable cores, {busy} busy with other work, {workers} loader worker" in choice.line()
+
+
+def test_a_core_kept_busy_by_another_process_is_measured(monkeypatch):
+    from backbones import threads
+    from deploy.durations import busy_core
+    monkeypatch.setattr(threads, "_busy_sampled", None)
+    with busy_core() as core:
+        assert threads.busy_cores({core}, sample_s=0.3) == 1      # the spinner holds that core
+        assert threads.busy_cores({core}, sample_s=0.3) == 1      # asked again: the same answer, not sampled
+        assert threads._busy_sampled[1] == frozenset({core})
+    monkeypatch.setattr(threads, "_cpu_ticks", lambda cores: None)  # no /proc/stat (not Linux)
+    monkeypatch.setattr(threads, "_busy_sampled", None)
+    assert threads.busy_cores({0}) == 0
 
 
 def test_a_thread_count_that_is_not_one_is_refused():
