@@ -125,6 +125,15 @@ def one_thread(monkeypatch):
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def one_thread_in_tmp(one_thread, tmp_path, monkeypatch):
+    """`one_thread` in a temporary working folder (where the commands write their runs), with the
+    third-party hints hidden as a user sees them (no EFV2_VERBOSE)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("EFV2_VERBOSE", raising=False)
+    yield
+
+
 @pytest.fixture(scope="session")
 def randomize_():
     """`randomize_(model)`: random weights and BatchNorm statistics in place (parity tests)."""

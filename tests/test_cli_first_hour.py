@@ -27,7 +27,7 @@ import yaml
 from classification.run_folder import exit_status
 from classification.toy_data import make_toy_classification
 from conftest import REFERENCE_PARAMS, synthetic_table
-from tool_runner import run_tool
+from tool_runner import run_tool, tiny_cli_options
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_S0 = ROOT / "configs/classification/efficientformerv2_s0.yaml"
@@ -35,20 +35,10 @@ TOY = ROOT / "configs/classification/toy.yaml"
 SUPERNET_PAPER = ROOT / "configs/search/supernet_imagenet.yaml"
 SUPERNET_TOY = ROOT / "configs/search/supernet_toy.yaml"
 NUM_CLASSES = 10   # the toy set's
-TINY = ["--data.img_size", "32", "--data.batch_size", "8", "--data.num_workers", "0",
-        "--data.persistent_workers", "false", "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2",
-        "--trainer.limit_val_batches", "1", "--trainer.enable_model_summary", "false"]
+TINY = tiny_cli_options(epochs=2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread_in_tmp(tmp_path, monkeypatch):
-    """Tiny tensors (one thread is fastest on a busy 2-core box); runs land in a temporary folder."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("EFV2_VERBOSE", raising=False)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_in_tmp")
 
 
 @pytest.fixture(scope="module")

@@ -31,22 +31,14 @@ from backbones.threads import THREADS_ENV, choose_threads
 from classification.run_folder import close_match, exit_status
 from classification.toy_data import make_toy_classification
 from conftest import TINY_ARCH
-from tool_runner import assert_one_line_error, run_tool
+from tool_runner import assert_one_line_error, run_tool, tiny_cli_options
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ROOT / "configs/classification/toy.yaml"
-TINY = ["--data.img_size", "32", "--data.batch_size", "8", "--data.num_workers", "0",
-        "--data.persistent_workers", "false", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
-        "--trainer.limit_val_batches", "1", "--trainer.enable_model_summary", "false"]
+TINY = tiny_cli_options(epochs=1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread_in_tmp(tmp_path, monkeypatch):
-    threads = torch.get_num_threads()
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv(THREADS_ENV, "1")
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_in_tmp")
 
 
 @pytest.fixture(scope="module")

@@ -110,3 +110,12 @@ def assert_one_line_error(out: subprocess.CompletedProcess, prog: str, *fragment
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
     return lines[0]
+
+
+def tiny_cli_options(epochs: int) -> list[str]:
+    """Classification CLI options of a tiny run on a 32 px toy set: batches of 8 read in this
+    process, `epochs` epochs of two batches, one validation batch, no model summary."""
+    return ["--data.img_size", "32", "--data.batch_size", "8", "--data.num_workers", "0",
+            "--data.persistent_workers", "false", "--trainer.max_epochs", str(epochs),
+            "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+            "--trainer.enable_model_summary", "false"]
