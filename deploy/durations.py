@@ -20,6 +20,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 from backbones.errors import FileFormatError, UsageError
 
+from .records import load_average
+
 __all__ = ["COMMANDS", "CONDITIONS", "time_command", "busy_core", "fill_durations", "DURATION_MARKER"]
 
 # the documented CPU commands, by the name the docs' markers use, in the order a user meets them
@@ -39,11 +41,11 @@ COMMANDS: dict[str, list[str]] = {
     "make demo-edge": ["make", "demo-edge"],
 }
 CONDITIONS = ("idle", "one busy core")
-_OPEN = "<!-- duration: "
+_OPEN, _CLOSE = "<!-- duration: ", "<!-- /duration -->"
 # a marker's content never holds another marker's opening: an unclosed marker is an error, not a
 # match that swallows the next one
-DURATION_MARKER = re.compile(r"<!-- duration: (?P<name>[^>]+?) -->(?P<text>(?:(?!<!-- duration: ).)*?)"
-                             r"<!-- /duration -->", re.S)
+DURATION_MARKER = re.compile(f"{re.escape(_OPEN)}(?P<name>[^>]+?) -->(?P<text>(?:(?!{re.escape(_OPEN)}).)*?)"
+                             f"{re.escape(_CLOSE)}", re.S)
 
 
 @contextlib.contextmanager
@@ -75,7 +77,7 @@ def time_command(name: str, condition: str = "idle", cwd: str | Path = ".",
     if condition not in CONDITIONS:
         raise UsageError(f"unknown condition {condition!r}; choose from {', '.join(CONDITIONS)}")
     argv = COMMANDS[name]
-    load_before = [round(v, 2) for v in os.getloadavg()]
+    load_before = load_average()
     context = busy_core() if condition == "one busy core" else contextlib.nullcontext()
     lines: list[str] = []
     with context:
@@ -92,11 +94,12 @@ def time_command(name: str, condition: str = "idle", cwd: str | Path = ".",
     return {"demo": name, "condition": condition, "seconds": round(seconds, 1), "minutes": round(seconds / 60, 1),
             "exit_status": status, "summary": lines[-1] if lines else "",
             "cpu_count": len(os.sched_getaffinity(0)),
-            "load_average_before": load_before, "load_average_after": [round(v, 2) for v in os.getloadavg()]}
+            "load_average_before": load_before, "load_average_after": load_average()}
 
 
 def _sentence(records: Sequence[dict[str, Any]]) -> str:
-    by_condition = {r["condition"]: r for r in records if r.get("exit_status") == 0}
+    """`about 3 min on an idle 2-core CPU, 4 min with one core busy` from a command's successful records."""
+    by_condition = {r["condition"]: r for r in records}
     parts = []
     for condition in CONDITIONS:
         r = by_condition.get(condition)
@@ -115,7 +118,7 @@ def fill_durations(text: str, records: Sequence[dict[str, Any]], where: str = "t
     busy"), from the latest successful record of each condition. FileFormatError when a marker
     names a command with no successful record, or is not closed."""
     if text.count(_OPEN) != len(DURATION_MARKER.findall(text)):
-        raise FileFormatError(f"{where}: a `{_OPEN}NAME -->` marker is not closed by `<!-- /duration -->`")
+        raise FileFormatError(f"{where}: a `{_OPEN}NAME -->` marker is not closed by `{_CLOSE}`")
     latest: dict[tuple[str, str], dict[str, Any]] = {}
     timed = [r for r in records if "demo" in r and "seconds" in r and r.get("date") and r.get("exit_status") == 0]
     for r in sorted(timed, key=lambda r: str(r["date"])):
@@ -128,6 +131,6 @@ def fill_durations(text: str, records: Sequence[dict[str, Any]], where: str = "t
             raise FileFormatError(f"{where} asks for the duration of {name!r}, which no record in "
                                   f"benchmarks/records has: run python tools/time_demos.py --commands {name!r} "
                                   "--json ...")
-        return f"<!-- duration: {name} -->{sentence}<!-- /duration -->"
+        return f"{_OPEN}{name} -->{sentence}{_CLOSE}"
 
     return DURATION_MARKER.sub(replace, text)

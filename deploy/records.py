@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import platform
 import shlex
 import sys
@@ -19,7 +20,7 @@ from typing import Any, Sequence
 
 from backbones.errors import FileFormatError, UsageError
 
-__all__ = ["PROVENANCE_KEYS", "RecordFile", "provenance", "cpu_name", "load_record_file", "load_record_dir",
+__all__ = ["PROVENANCE_KEYS", "RecordFile", "provenance", "load_average", "cpu_name", "load_record_file", "load_record_dir",
            "render_page", "render_model_table", "replace_between_markers", "MODEL_TABLE_BEGIN", "MODEL_TABLE_END"]
 
 PROVENANCE_KEYS = ("command", "date", "cpu")
@@ -51,6 +52,13 @@ def provenance(argv: Sequence[str] | None = None) -> dict[str, str]:
     argv = list(sys.argv if argv is None else argv)
     date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return {"command": "python " + shlex.join(argv), "date": date, "cpu": cpu_name()}
+
+
+def load_average() -> list[float]:
+    """The machine's load averages (1, 5, 15 min), rounded, as records keep them before and after
+    a run (`load_average_before` / `load_average_after`): other work shows as a load above the
+    run's own threads."""
+    return [round(v, 2) for v in os.getloadavg()]
 
 
 class RecordFile:

@@ -35,7 +35,6 @@ records carry their provenance for the records page (`deploy.records`, `make rec
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -112,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, option) is not None:
             check_writable(getattr(args, option), f"--{option}")
     from deploy.benchmark import format_table, plot_accuracy_latency, write_csv, write_json
-    from deploy.records import provenance
-    load_before = [round(v, 2) for v in os.getloadavg()]
+    from deploy.records import load_average, provenance
+    load_before = load_average()
     records = benchmark(args.models, args.backend, args.threads, args.batch_size, args.resolution, args.runs,
                         args.warmup, args.baseline, args.ort_profile, args.int8, args.calibration,
                         args.calibration_count, args.et_profile, args.thread_check, args.ov_profile,
@@ -138,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         # provenance for the records page (deploy.records): the command, the date, the CPU, the load
         run = {**provenance(["tools/benchmark.py", *(sys.argv[1:] if argv is None else map(str, argv))]),
-               "load_average_before": load_before, "load_average_after": [round(v, 2) for v in os.getloadavg()]}
+               "load_average_before": load_before, "load_average_after": load_average()}
         print(f"json: {write_json([{**r, **run} for r in records], args.json)}")
     if args.csv:
         print(f"csv: {write_csv(records, args.csv)}")

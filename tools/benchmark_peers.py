@@ -17,7 +17,6 @@ models and their figures without measuring.
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -53,13 +52,13 @@ def main(argv: list[str] | None = None) -> int:
         for suffix in (".json", ".png"):
             check_writable(args.out_dir / f"peers_{runtime}{suffix}", "--out-dir")
     from deploy.benchmark import format_table, write_json
-    from deploy.records import provenance
+    from deploy.records import load_average, provenance
     prov = provenance(None if argv is None else ["tools/benchmark_peers.py", *argv])
-    load_before = [round(v, 2) for v in os.getloadavg()]  # other work on the machine, for the records page
+    load_before = load_average()  # other work on the machine, for the records page
     records, failures = measure_peers(peers, runtimes, threads=args.threads, batch_size=args.batch_size,
                                       runs=args.runs, warmup=args.warmup,
                                       log=lambda s: print(f"benchmark_peers: {s}", file=sys.stderr, flush=True))
-    prov.update(load_average_before=load_before, load_average_after=[round(v, 2) for v in os.getloadavg()])
+    prov.update(load_average_before=load_before, load_average_after=load_average())
     for r in records:
         r.update(prov)
     for runtime in runtimes:
